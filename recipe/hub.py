@@ -1,0 +1,73 @@
+"""Hugging Face Hub access that fails in seconds, not after a minute of retries.
+
+Without network, `from_pretrained("distilgpt2")` retries for ~50 s before it gives up. We check
+reachability once, with a short timeout, and raise an error that says how to work offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import socket
+from urllib.parse import urlparse
+
+OFFLINE_HINT = (
+    "To work offline: run the offline recipe (python scripts/train.py --config recipe/configs/smoke.yaml), "
+    "or download the files on a machine with access (hf download {name} --local-dir models/{short}), "
+    "copy that folder here and pass its path instead of the name."
+)
+
+
+class HubUnavailableError(OSError):
+    """The Hub is needed for a name that is neither a local path nor in the local cache."""
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
+
+
+def hub_offline_mode() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE")
+    return constants.HF_HUB_OFFLINE if flag is None else flag.upper() in {"1", "ON", "YES", "TRUE"}
+
+
+@functools.lru_cache(maxsize=8)
+def _endpoint_reachable(endpoint: str, timeout: float) -> bool:
+    parsed = urlparse(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hub endpoint (HF_ENDPOINT) accepts a TCP connection within `timeout` seconds."""
+    return not hub_offline_mode() and _endpoint_reachable(hub_endpoint(), timeout)
+
+
+def require_hub(name: str, what: str) -> None:
+    """Raise HubUnavailableError, with the way to work offline, when the Hub cannot be reached."""
+    if hub_reachable():
+        return
+    reason = "HF_HUB_OFFLINE is set" if hub_offline_mode() else f"{hub_endpoint()} is not reachable from here"
+    short = name.rstrip("/").split("/")[-1]
+    raise HubUnavailableError(
+        f"cannot download the {what} {name!r}: it is not a local path, not in the local Hugging Face cache, "
+        f"and {reason}. " + OFFLINE_HINT.format(name=name, short=short)
+    )
+
+
+def is_hub_id(name: str) -> bool:
+    """A name like `distilgpt2` or `org/model` that is not an existing local path."""
+    return (
+        not os.path.exists(name)
+        and re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name) is not None
+        and not name.endswith((".json", ".jsonl", ".yaml", ".yml"))
+    )

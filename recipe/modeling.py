@@ -1,0 +1,180 @@
+"""Tokenizer, model and LoRA adapters: loading from the Hub or a local directory, offline assets."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, LoraArguments, ModelArguments
+from .hub import is_hub_id, require_hub
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_MODEL_DIR = Path(__file__).parent / "assets" / "tiny-gpt2"
+EOS_TOKEN = "<|endoftext|>"
+
+
+def resolve_pretrained(name_or_path: str, what: str, revision: str = "main") -> tuple[str, bool]:
+    """Return (name or path, local_files_only) for from_pretrained, failing fast when it cannot work.
+
+    A Hub id that is already in the local cache loads from it without touching the network.
+    """
+    if os.path.isdir(name_or_path):
+        return name_or_path, True
+    if not is_hub_id(name_or_path):
+        raise ConfigError(
+            f"{what} {name_or_path!r} is neither a local directory nor a Hub id; check the path "
+            "(model_name_or_path / tokenizer_name_or_path)"
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name_or_path, "config.json", revision=revision)
+    if isinstance(cached, str):
+        from .hub import hub_reachable
+
+        return name_or_path, not hub_reachable()
+    require_hub(name_or_path, what)
+    return name_or_path, False
+
+
+def get_tokenizer(model_args: ModelArguments):
+    """Load the tokenizer; give it a pad token (its EOS) when it has none.
+
+    Padding is masked out of the loss by the attention mask, never by token id, so a pad token
+    equal to EOS does not take the real EOS out of the loss.
+    """
+    from transformers import AutoTokenizer
+
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    source, local_only = resolve_pretrained(name, "tokenizer", model_args.model_revision)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source,
+        revision=model_args.model_revision,
+        local_files_only=local_only,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"tokenizer {name!r} has no EOS token; the recipe needs one to end dialogues")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def get_model(model_args: ModelArguments, tokenizer):
+    """Load (or, with random_init, build from its config) the causal LM, matched to the tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source, local_only = resolve_pretrained(model_args.model_name_or_path, "model", model_args.model_revision)
+    common = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
+    if model_args.attn_implementation:
+        common["attn_implementation"] = model_args.attn_implementation
+    if model_args.random_init:
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only, **common)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=_DTYPES[model_args.dtype] if model_args.dtype != "auto" else None,
+            **{k: v for k, v in common.items() if k == "attn_implementation"},
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, local_files_only=local_only, dtype=_DTYPES[model_args.dtype], **common
+        )
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        logger.warning("tokenizer has %d tokens, model %d embeddings: resizing", len(tokenizer),
+                       model.get_input_embeddings().weight.shape[0])
+        model.resize_token_embeddings(len(tokenizer))
+    align_generation_config(model, tokenizer)
+    return model
+
+
+def align_generation_config(model, tokenizer) -> None:
+    """EOS and pad in the model and generation configs, so that generation stops at the end of a dialogue."""
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.eos_token_id = tokenizer.eos_token_id
+        generation.pad_token_id = tokenizer.pad_token_id
+
+
+def apply_lora(model, lora_args: LoraArguments):
+    """Wrap the model with LoRA adapters through PEFT; base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    targets = lora_args.lora_target_modules
+    target_modules = "all-linear" if targets == ["all-linear"] else list(targets)
+    if target_modules != "all-linear":
+        names = {name.split(".")[-1] for name, _ in model.named_modules()}
+        missing = [t for t in target_modules if t not in names]
+        if missing:
+            layers = sorted(n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
+            kinds = sorted({n.split(".")[-1] for n in layers})
+            raise ConfigError(
+                f"lora_target_modules {missing} are not modules of {type(model).__name__}; "
+                f"its linear layers are named {kinds} (or use all-linear)"
+            )
+    # GPT-2 stores its projections as Conv1D (weights transposed); PEFT must know.
+    fan_in_fan_out = any(isinstance(m, Conv1D) for m in model.modules())
+    config = LoraConfig(
+        r=lora_args.lora_r,
+        lora_alpha=lora_args.lora_alpha,
+        lora_dropout=lora_args.lora_dropout,
+        target_modules=target_modules,
+        fan_in_fan_out=fan_in_fan_out,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def build_offline_model_dir(output_dir: str | os.PathLike, texts: list[str], vocab_size: int = 2048) -> Path:
+    """Write a config-only GPT-2 model directory with a byte-level BPE tokenizer trained on `texts`.
+
+    This is what `recipe/assets/tiny-gpt2` holds (built from data/sample_dialogues.json by
+    scripts/build_offline_model.py): no weights, so `random_init: true` builds the model; no download.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2Config, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN, model_max_length=512
+    )
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=512,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(output_dir)
+    config.save_pretrained(output_dir)
+    return output_dir
