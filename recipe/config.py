@@ -238,7 +238,7 @@ class DialogueTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     logging_first_step: bool = field(default=True, metadata={"help": "Log the loss of the very first step too."})
     # Counts real (non-padding) tokens, which makes tokens/s and the end summary honest.
-    include_num_input_tokens_seen: str | bool = field(
+    include_num_input_tokens_seen: str = field(
         default="non_padding", metadata={"help": "Count input tokens seen: no, all or non_padding."}
     )
     bf16: bool | None = field(
@@ -348,6 +348,7 @@ class RecipeParser(HfArgumentParser):
     """HfArgumentParser that reads `--config recipe.yaml` first and lets CLI flags override it."""
 
     def __init__(self, dataclass_types, default_config: str | os.PathLike | None = None, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --lr must not silently mean --lr_scheduler_type
         super().__init__(dataclass_types, **kwargs)
         self.default_config = default_config
         self.add_argument(
@@ -369,12 +370,22 @@ class RecipeParser(HfArgumentParser):
             for key, value in load_recipe_yaml(config_path).items():
                 if key not in own_keys or key in yaml_ignored_keys:
                     continue  # a valid option of another script (e.g. training options seen by prepare_data)
-                if value is None or value == []:
-                    self.set_defaults(**{key: value})
+                if value is None or value == [] or isinstance(value, dict):
+                    self.set_defaults(**{key: value})  # argparse cannot spell these as flags
                 else:
                     yaml_argv += _yaml_value_to_argv(key, value)
         # argparse keeps the last occurrence of a flag, so CLI flags placed after the YAML ones win.
-        outputs = self.parse_args_into_dataclasses(args=yaml_argv + args, look_for_args_file=False)
+        *outputs, remaining = self.parse_args_into_dataclasses(
+            args=yaml_argv + args, look_for_args_file=False, return_remaining_strings=True
+        )
+        if remaining:
+            flags = [a for a in remaining if a.startswith("-")] or remaining
+            valid = [f"--{key}" for key in own_keys]
+            errors = []
+            for flag in flags:
+                close = difflib.get_close_matches(flag.split("=")[0], valid, n=1)
+                errors.append(f"unknown option {flag}" + (f"; did you mean {close[0]}?" if close else ""))
+            _raise_all(errors + ["see --help for every option"])
         outputs = [o for o in outputs if dataclasses.is_dataclass(o)]  # drop the namespace holding --config
         return (*outputs, str(config_path) if config_path else None)
 
@@ -394,6 +405,8 @@ def _pop_config_flag(args: list[str]) -> str | None:
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):

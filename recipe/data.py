@@ -593,14 +593,17 @@ def encode_dialogue(dialogue: Dialogue, tokenizer, args: DataArguments) -> Encod
     offsets = list(encoding["offset_mapping"])
     n_turns = len(dialogue.speakers)
     turns, is_label = [], []
-    for token_special, (start, _) in zip(special, offsets):
+    for token_special, (start, end) in zip(special, offsets):
         if token_special and not templated:
             turns.append(-1)
             is_label.append(False)
             continue
-        turn = max(0, bisect.bisect_right(rendered.label_starts, start) - 1)
+        # A token belongs where its last character is: byte-level BPE glues a word to the space before
+        # it, so " Hi" in "Bob: Hi" starts inside the label but is the first word of the turn.
+        last = max(start, end - 1)
+        turn = max(0, bisect.bisect_right(rendered.label_starts, last) - 1)
         turns.append(turn)
-        is_label.append(start < rendered.content_starts[turn])
+        is_label.append(last < rendered.content_starts[turn])
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DialogueDataError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; set eos_token on it")

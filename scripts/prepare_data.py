@@ -10,6 +10,7 @@ EOS written out) and DIR/data_report.json, and prints a summary. Training runs t
 
 from dataclasses import dataclass, field
 
+from recipe.cli import setup_logging, user_errors
 from recipe.config import DEFAULT_RECIPE, DataArguments, ModelArguments, RecipeParser
 from recipe.data import build_datasets, format_report, write_prepared_data
 from recipe.modeling import get_tokenizer
@@ -29,7 +30,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, prepare_args: Pre
 
 
 if __name__ == "__main__":
-    parser = RecipeParser((ModelArguments, DataArguments, PrepareArguments), default_config=DEFAULT_RECIPE)
-    # A recipe's output_dir is where training writes; here --output_dir must be given on the command line.
-    *configs, _ = parser.parse_args_and_config(yaml_ignored_keys=("output_dir",))
-    main(*configs)
+    setup_logging()
+    with user_errors():
+        parser = RecipeParser((ModelArguments, DataArguments, PrepareArguments), default_config=DEFAULT_RECIPE)
+        # A recipe's output_dir is where training writes; here --output_dir must be given on the command line.
+        *configs, _ = parser.parse_args_and_config(yaml_ignored_keys=("output_dir",))
+        main(*configs)

@@ -1,0 +1,27 @@
+"""What the scripts share: user errors printed as one clear message instead of a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+from .config import ConfigError
+from .data import DialogueDataError
+from .hub import HubUnavailableError
+
+USER_ERRORS = (ConfigError, DialogueDataError, HubUnavailableError)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Exit with status 2 and the message alone when the input, not the code, is wrong."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=level)

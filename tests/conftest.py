@@ -1,0 +1,56 @@
+"""Shared fixtures: the offline tokenizer and tiny models; nothing here touches the network."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).parent / "assets"
+OFFLINE_MODEL = REPO / "recipe" / "assets" / "tiny-gpt2"
+SAMPLE_DATA = REPO / "data" / "sample_dialogues.json"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from recipe.config import ModelArguments
+    from recipe.modeling import get_tokenizer
+
+    return get_tokenizer(ModelArguments(model_name_or_path=str(OFFLINE_MODEL)))
+
+
+@pytest.fixture
+def data_args(tmp_path):
+    """DataArguments factory whose tokenization cache lives in this test's tmp dir."""
+    from recipe.config import DataArguments
+
+    def make(**overrides):
+        overrides.setdefault("dataset_cache_dir", str(tmp_path / "cache"))
+        return DataArguments(**overrides)
+
+    return make
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    """A random 2-layer GPT-2 in eval mode (no dropout), built from the offline config."""
+    import torch
+    from recipe.config import ModelArguments
+    from recipe.modeling import get_model
+
+    torch.manual_seed(0)
+    model = get_model(ModelArguments(model_name_or_path=str(OFFLINE_MODEL), random_init=True), tokenizer)
+    return model.eval()
+
+
+def write(path: Path, content: str | bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return str(path)

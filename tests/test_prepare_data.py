@@ -1,0 +1,53 @@
+"""scripts/prepare_data.py end to end, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, write
+
+
+def run_script(*args, cwd=REPO):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_data_writes_splits_and_report(tmp_path):
+    out = tmp_path / "prepared"
+    result = run_script(
+        "scripts/prepare_data.py", "--config", "recipe/configs/smoke.yaml", "--output_dir", str(out),
+        "--dataset_cache_dir", str(tmp_path / "cache"),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "data_report.json").read_text())
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert report["dialogues_read"] == 898 and report["skipped"]["count"] == 0
+    assert report["train"]["dialogues"] + report["validation"]["dialogues"] == 898
+    assert len(train) == report["train"]["examples"] and len(validation) == report["validation"]["examples"]
+    assert train[0]["text"].startswith("Alex: ") and "\nBob: " in train[0]["text"]
+    assert sum(row["text"].endswith("<|endoftext|>") for row in train) == report["train"]["dialogues"]
+    assert "898 read, 0 skipped, 718 train / 180 validation" in result.stdout
+
+
+def test_prepare_data_reports_bad_input_and_skips_on_request(tmp_path):
+    data = write(tmp_path / "d.jsonl", '{"Alex": "hi", "Bob": "yo"}\n{"Alex": 5}\n' + '{"A": "x", "B": "y"}\n' * 4)
+    common = ["scripts/prepare_data.py", "--data_path", data, "--model_name_or_path", "recipe/assets/tiny-gpt2",
+              "--output_dir", str(tmp_path / "p"), "--dataset_cache_dir", str(tmp_path / "cache")]
+    failed = run_script(*common)
+    assert failed.returncode != 0
+    assert "d.jsonl line 2: turn 1 (Alex) has a value that is a number" in failed.stderr
+    skipped = run_script(*common, "--on_bad_dialogue", "skip")
+    assert skipped.returncode == 0, skipped.stderr
+    report = json.loads((tmp_path / "p" / "data_report.json").read_text())
+    assert report["skipped"] == {"count": 1, "first": [{"where": f"{data} line 2", "reason": "turn 1 (Alex) has a value that is a number; it must be a string"}]}
+
+
+def test_prepare_data_without_hub_fails_fast_with_the_offline_way(tmp_path):
+    import time
+
+    start = time.monotonic()
+    result = run_script("scripts/prepare_data.py", "--output_dir", str(tmp_path / "p"))
+    assert result.returncode != 0
+    assert time.monotonic() - start < 30
+    assert "cannot download the tokenizer 'distilgpt2'" in result.stderr
+    assert "recipe/configs/smoke.yaml" in result.stderr
