@@ -229,7 +229,10 @@ class DialogueTrainingArguments(TrainingArguments):
     load_best_model_at_end: bool = field(
         default=True, metadata={"help": "Reload the checkpoint with the lowest eval loss when training ends."}
     )
-    metric_for_best_model: str | None = field(default="eval_loss", metadata={"help": "Metric that picks the best."})
+    # Exact per-token eval loss (see evaluation.py); the Trainer's eval_loss is a mean of batch means.
+    metric_for_best_model: str | None = field(
+        default="eval_token_loss", metadata={"help": "Metric that picks the best checkpoint."}
+    )
     # Plain AdamW rather than the fused default: identical maths, runs on every device and torch build.
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (HF name)."})
     # A short warmup (5% of steps) keeps the first updates of a pre-trained model gentle.
@@ -237,15 +240,11 @@ class DialogueTrainingArguments(TrainingArguments):
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     logging_first_step: bool = field(default=True, metadata={"help": "Log the loss of the very first step too."})
-    # Counts real (non-padding) tokens, which makes tokens/s and the end summary honest.
-    include_num_input_tokens_seen: str = field(
-        default="non_padding", metadata={"help": "Count input tokens seen: no, all or non_padding."}
-    )
     bf16: bool | None = field(
         default=None,
         metadata={
             "help": "bf16 mixed precision. Unset: on where the device has fast bf16 (a CUDA GPU with bf16, "
-            "or a CPU with AMX / AVX-512 BF16), off elsewhere."
+            "or a CPU with AMX / AVX-512 BF16); a GPU without bf16 gets fp16 instead; off elsewhere."
         },
     )
     overwrite_output_dir: bool = field(
@@ -260,21 +259,31 @@ class DialogueTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if not self.use_cpu and not _accelerator_available():
+            # Without use_cpu, a CPU-only machine neither starts gloo data parallelism under torchrun /
+            # accelerate launch (each process trains alone) nor accepts bf16.
+            self.use_cpu = True
         if self.bf16 is None:
             self.bf16 = _default_bf16(self.use_cpu, self.fp16)
-            if self.bf16 and not _cuda_available():
-                self.use_cpu = True  # TrainingArguments only allows bf16 on a CPU with use_cpu=True
-        if self.bf16 and not self.use_cpu and not _cuda_available():
-            self.use_cpu = True
+            if not self.bf16 and not self.fp16 and not self.use_cpu and _cuda_without_bf16():
+                self.fp16 = True  # older GPUs (V100, T4): fp16 mixed precision with loss scaling
         super().__post_init__()
         if self.early_stopping_patience is not None and self.eval_strategy == "no":
             raise ConfigError("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
 
 
-def _cuda_available() -> bool:
+def _accelerator_available() -> bool:
     import torch
 
-    return torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+
+
+def _cuda_without_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
 
 
 def _default_bf16(use_cpu: bool, fp16: bool) -> bool:
@@ -391,17 +400,19 @@ class RecipeParser(HfArgumentParser):
 
 
 def _pop_config_flag(args: list[str]) -> str | None:
-    for i, arg in enumerate(args):
-        if arg == "--config":
+    """Remove every --config flag from args and return the last one's path (the last flag wins)."""
+    path, i = None, 0
+    while i < len(args):
+        if args[i] == "--config":
             if i + 1 >= len(args):
                 raise ConfigError("--config needs a path, e.g. --config recipe/configs/smoke.yaml")
             path = args[i + 1]
             del args[i : i + 2]
-            return path
-        if arg.startswith("--config="):
-            del args[i]
-            return arg.split("=", 1)[1]
-    return None
+        elif args[i].startswith("--config="):
+            path = args.pop(i).split("=", 1)[1]
+        else:
+            i += 1
+    return path
 
 
 def _plain(value: Any) -> Any:

@@ -169,6 +169,11 @@ def build_offline_model_dir(output_dir: str | os.PathLike, texts: list[str], voc
         n_embd=64,
         n_layer=2,
         n_head=4,
+        # No dropout: a random smoke model has nothing to regularise, and runs compare exactly.
+        attn_pdrop=0.0,
+        embd_pdrop=0.0,
+        resid_pdrop=0.0,
+        summary_first_dropout=0.0,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.eos_token_id,

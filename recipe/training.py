@@ -1,0 +1,450 @@
+"""Trainer setup and the training run: output directory rules, resume, summaries and run records.
+
+`run_training` is what `scripts/train.py` calls. It never assumes one process: data is prepared on
+the main process first, and every file, summary and log line is written once, by the main process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
+
+from .config import (
+    ConfigError,
+    DataArguments,
+    DialogueTrainingArguments,
+    LoraArguments,
+    ModelArguments,
+    resolved_config,
+    save_resolved_config,
+)
+from .data import PreparedData, build_datasets, format_report, get_data_collator
+from .evaluation import compute_perplexity_metrics, preprocess_logits_for_perplexity
+from .files import atomic_write_json
+from .modeling import align_generation_config, apply_lora, count_parameters, get_model, get_tokenizer
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.yaml"
+FINISHED_MARKER = "train_results.json"  # written last: its presence means the run finished
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+
+
+class OutputDirError(ConfigError):
+    """output_dir holds something this run must not silently overwrite."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Output directory: fresh start, resume, or refuse
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """A checkpoint is complete once the Trainer wrote trainer_state.json, which it writes after the
+    weights, optimizer, scheduler and RNG states; a run killed mid-save leaves none or a torn one."""
+    state = path / "trainer_state.json"
+    if not state.is_file() or not any((path / name).is_file() for name in WEIGHT_FILES):
+        return False
+    try:
+        return "global_step" in json.loads(state.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """checkpoint-N folders, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def set_aside_incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Rename half-written checkpoints to incomplete-checkpoint-N, so neither we nor the Trainer
+    resume from (or rotate around) them; they stay on disk for inspection."""
+    moved = []
+    for path in list_checkpoints(output_dir):
+        if not checkpoint_is_complete(path):
+            target = path.with_name(f"incomplete-{path.name}")
+            if target.exists():
+                shutil.rmtree(target)
+            path.rename(target)
+            moved.append(target)
+    return moved
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    complete = [p for p in list_checkpoints(output_dir) if checkpoint_is_complete(p)]
+    return complete[-1] if complete else None
+
+
+def prepare_output_dir(args: DialogueTrainingArguments, is_main_process: bool) -> Path | None:
+    """Decide how this run uses output_dir and return the checkpoint to resume from (or None).
+
+    - empty or missing: start fresh;
+    - a run of this recipe with checkpoints: resume from the last complete one;
+    - a finished run: refuse unless --overwrite_output_dir (then it is deleted);
+    - anything not written by this recipe: refuse, whatever the flags.
+    """
+    output_dir = Path(args.output_dir)
+    if args.resume_from_checkpoint:
+        checkpoint = Path(args.resume_from_checkpoint)
+        if not checkpoint_is_complete(checkpoint):
+            raise OutputDirError(
+                f"resume_from_checkpoint {checkpoint} is not a complete checkpoint (no trainer_state.json or weights)"
+            )
+        return checkpoint
+    entries = [p for p in output_dir.iterdir() if not p.name.startswith(".")] if output_dir.is_dir() else []
+    if not entries:
+        return None
+    if not (output_dir / RUN_CONFIG).is_file():
+        raise OutputDirError(
+            f"output_dir {output_dir} is not empty and was not written by this recipe (no {RUN_CONFIG}); "
+            "choose another --output_dir"
+        )
+    finished = (output_dir / FINISHED_MARKER).is_file()
+    if args.overwrite_output_dir:
+        if is_main_process:
+            logger.warning("overwrite_output_dir: deleting the previous run in %s", output_dir)
+            shutil.rmtree(output_dir)
+        return None
+    if finished:
+        raise OutputDirError(
+            f"output_dir {output_dir} holds a finished run ({FINISHED_MARKER}); pass --overwrite_output_dir true "
+            "to replace it, or choose another --output_dir"
+        )
+    if is_main_process:
+        for path in set_aside_incomplete_checkpoints(output_dir):
+            logger.warning("%s was half-written (the run was interrupted while saving): set aside as %s",
+                           path.name.removeprefix("incomplete-"), path)
+    return last_complete_checkpoint(output_dir)
+
+
+def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    keys = sorted(set(previous) | set(current))
+    return [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in keys if previous.get(k) != current.get(k)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer
+
+
+class DialogueTrainer(Trainer):
+    """The HF Trainer, plus a count of the real (non-padding) tokens it trained on.
+
+    The collator sends `num_real_tokens` with each batch; it is taken out before the model sees
+    the batch. (The Trainer's own non-padding count treats every pad-id token as padding, but for
+    GPT-2 the pad id is EOS, so it would miss one real token per dialogue.)
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.real_tokens_trained = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        real_tokens = inputs.pop("num_real_tokens", None)
+        if real_tokens is not None and model.training:
+            self.real_tokens_trained += int(real_tokens)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs.pop("num_real_tokens", None)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    def total_real_tokens_trained(self) -> int:
+        """Summed over processes (call on every process)."""
+        count = torch.tensor(self.real_tokens_trained, device=self.args.device, dtype=torch.long)
+        return int(self.accelerator.reduce(count, reduction="sum").item())
+
+
+class CountingCollator:
+    """Wraps the data collator to report the number of real tokens in each batch."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        batch["num_real_tokens"] = torch.tensor(sum(len(f["input_ids"]) for f in features))
+        return batch
+
+
+def build_trainer(
+    model, tokenizer, prepared: PreparedData, data_args: DataArguments, training_args: DialogueTrainingArguments
+) -> DialogueTrainer:
+    callbacks: list[TrainerCallback] = []
+    if training_args.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
+        )
+    return DialogueTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=prepared.train_dataset,
+        eval_dataset=prepared.validation_dataset,
+        data_collator=CountingCollator(get_data_collator(data_args, tokenizer)),
+        processing_class=tokenizer,
+        compute_metrics=compute_perplexity_metrics,
+        preprocess_logits_for_metrics=preprocess_logits_for_perplexity,
+        callbacks=callbacks,
+    )
+
+
+def without_evaluation(training_args: DialogueTrainingArguments) -> DialogueTrainingArguments:
+    """Training arguments for a run with no validation data (validation_split_ratio 0)."""
+    if training_args.early_stopping_patience is not None:
+        raise ConfigError("early_stopping_patience needs validation data; set validation_split_ratio above 0")
+    return dataclasses.replace(training_args, eval_strategy="no", load_best_model_at_end=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+
+
+def file_sha256(path: str | None) -> str | None:
+    if not path or not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> dict[str, Any] | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def device_description(training_args: DialogueTrainingArguments) -> dict[str, Any]:
+    device = {"type": training_args.device.type, "world_size": training_args.world_size}
+    if training_args.device.type == "cuda":
+        device["name"] = torch.cuda.get_device_name(training_args.device)
+        device["count"] = torch.cuda.device_count()
+    else:
+        device["name"] = platform.processor() or platform.machine()
+        device["cpu_count"] = os.cpu_count()
+        device["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    device["bf16"] = bool(training_args.bf16)
+    device["fp16"] = bool(training_args.fp16)
+    return device
+
+
+def environment_record(data_args: DataArguments, training_args: DialogueTrainingArguments) -> dict[str, Any]:
+    """What a reader needs to reproduce the numbers: versions, device, code and data identity."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in ("torch", "transformers", "datasets", "accelerate", "peft", "evaluate", "wandb", "tokenizers"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": packages,
+        "device": device_description(training_args),
+        "git": git_commit(),
+        "data": {
+            "data_path": data_args.data_path,
+            "data_sha256": file_sha256(data_args.data_path),
+            "validation_path": data_args.validation_path,
+            "validation_sha256": file_sha256(data_args.validation_path),
+        },
+        "command": " ".join(sys.argv),
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class TrainingResult:
+    output_dir: Path
+    train_metrics: dict[str, Any]
+    eval_metrics: dict[str, Any]
+
+
+def steps_per_epoch(num_rows: int, training_args: DialogueTrainingArguments) -> int:
+    batches = math.ceil(num_rows / (training_args.per_device_train_batch_size * training_args.world_size))
+    return max(1, math.ceil(batches / training_args.gradient_accumulation_steps))
+
+
+def start_summary(model_args, lora_args, training_args, prepared, trainable, total, resume) -> str:
+    train = prepared.report["train"]
+    effective_batch = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    )
+    per_epoch = steps_per_epoch(len(prepared.train_dataset), training_args)
+    total_steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
+        per_epoch * training_args.num_train_epochs
+    )
+    precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+    lines = [
+        f"model: {model_args.model_name_or_path}{' (random init)' if model_args.random_init else ''}, "
+        f"{'LoRA r=%d' % lora_args.lora_r if lora_args.use_lora else 'full fine-tuning'}",
+        f"parameters: {total:,} total, {trainable:,} trainable ({trainable / total:.2%})",
+        format_report(prepared.report),
+        f"tokens per epoch: {train['tokens']:,} ({train['loss_tokens']:,} in the loss), "
+        f"in {len(prepared.train_dataset):,} rows",
+        f"batch: {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
+        f"accumulation x {training_args.world_size} processes = {effective_batch} rows per step",
+        f"steps: {per_epoch} per epoch, {total_steps} in all; device {training_args.device}, {precision}",
+        f"output: {training_args.output_dir}" + (f" (resuming from {resume})" if resume else ""),
+    ]
+    return "\n".join(lines)
+
+
+def end_summary(output_dir, train_metrics, eval_metrics) -> str:
+    lines = [
+        f"time: {train_metrics['train_runtime']:.1f} s, {train_metrics['train_real_tokens_per_second']:,.0f} tokens/s "
+        f"(real tokens, padding excluded), peak memory {train_metrics['peak_memory_mb']:,.0f} MB",
+        f"final train loss: {train_metrics.get('final_train_loss', float('nan')):.4f}",
+    ]
+    if eval_metrics:
+        lines.append(
+            f"eval: loss {eval_metrics['eval_token_loss']:.4f} nats/token over {eval_metrics['eval_num_tokens']:,} "
+            f"tokens, perplexity {eval_metrics['eval_perplexity']:.2f}"
+        )
+    lines.append(f"model: {output_dir}")
+    return "\n".join(lines)
+
+
+def run_training(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    lora_args: LoraArguments,
+    training_args: DialogueTrainingArguments,
+) -> TrainingResult:
+    """Fine-tune, evaluate and save; see the README for everything written to output_dir."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    is_main = state.is_main_process
+    recipe_level = logging.INFO if is_main else logging.WARNING
+    if training_args.log_level != "passive":
+        recipe_level = training_args.get_process_log_level()
+    logging.getLogger("recipe").setLevel(recipe_level)
+    output_dir = Path(training_args.output_dir)
+
+    resume = prepare_output_dir(training_args, is_main)
+    state.wait_for_everyone()
+    configs = (model_args, data_args, lora_args, training_args)
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        previous = output_dir / RUN_CONFIG
+        if resume and previous.is_file():
+            changed = config_differences(yaml.safe_load(previous.read_text()) or {}, resolved_config(*configs))
+            if changed:
+                logger.warning("resuming with options that differ from the interrupted run: %s", "; ".join(changed))
+        save_resolved_config(
+            output_dir / RUN_CONFIG, *configs,
+            header="# Every resolved option of this run; reproduce it with: python scripts/train.py --config "
+            f"{output_dir / RUN_CONFIG}\n",
+        )
+        atomic_write_json(output_dir / "environment.json", environment_record(data_args, training_args))
+
+    set_seed(training_args.seed)
+    tokenizer = get_tokenizer(model_args)
+    prepared = build_datasets(
+        data_args, tokenizer, main_process_first=lambda: training_args.main_process_first(desc="data preparation")
+    )
+    if prepared.validation_dataset is None:
+        training_args = without_evaluation(training_args)
+
+    set_seed(training_args.seed)  # same initial weights whatever the data step consumed
+    model = get_model(model_args, tokenizer)
+    if lora_args.use_lora:
+        if training_args.gradient_checkpointing:
+            model.enable_input_require_grads()  # checkpointed blocks need inputs that carry gradients
+        model = apply_lora(model, lora_args)
+    trainable, total = count_parameters(model)
+    if is_main:
+        atomic_write_json(output_dir / "data_report.json", prepared.report)
+        logger.info("run summary\n%s", start_summary(model_args, lora_args, training_args, prepared, trainable, total, resume))
+
+    trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
+    start = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    runtime = time.perf_counter() - start
+    real_tokens = trainer.total_real_tokens_trained()
+
+    eval_metrics = trainer.evaluate() if prepared.validation_dataset is not None else {}
+    train_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    train_metrics = dict(train_output.metrics)
+    train_metrics.update(
+        train_runtime=round(runtime, 2),
+        train_real_tokens=real_tokens,
+        train_real_tokens_per_second=round(real_tokens / runtime, 1) if runtime > 0 else None,
+        final_train_loss=train_losses[-1] if train_losses else None,
+        peak_memory_mb=peak_memory_mb(training_args.device),
+        trainable_parameters=trainable,
+        total_parameters=total,
+        global_step=trainer.state.global_step,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        resumed_from=str(resume) if resume else None,
+        mode="lora" if lora_args.use_lora else "full",
+    )
+
+    save_final_model(trainer, tokenizer, lora_args, output_dir)
+    if trainer.is_world_process_zero():
+        if eval_metrics:
+            atomic_write_json(output_dir / "eval_results.json", eval_metrics)
+        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
+        atomic_write_json(output_dir / FINISHED_MARKER, train_metrics)  # last: marks the run finished
+        logger.info("done\n%s", end_summary(output_dir, train_metrics, eval_metrics))
+    state.wait_for_everyone()
+    return TrainingResult(output_dir, train_metrics, eval_metrics)
+
+
+def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArguments, output_dir: Path) -> None:
+    """The final (best, when load_best_model_at_end) model or adapter, its tokenizer and a generation
+    config whose EOS stops generation; with merge_lora, also base+adapter merged into merged/."""
+    model = trainer.model
+    base = model.get_base_model() if lora_args.use_lora else model
+    base.config.use_cache = True  # the Trainer turned the KV cache off for training; generation wants it
+    align_generation_config(base, tokenizer)
+    trainer.save_model(str(output_dir))  # the adapter alone for LoRA; main process only
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir)
+        base.generation_config.save_pretrained(output_dir)
+    if lora_args.use_lora and lora_args.merge_lora and trainer.is_world_process_zero():
+        merged_dir = output_dir / "merged"
+        merged = trainer.accelerator.unwrap_model(model).merge_and_unload()
+        merged.save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+        logger.info("merged LoRA model written to %s", merged_dir)

@@ -1,0 +1,33 @@
+"""Fine-tune a causal LM on dialogues: full fine-tuning or LoRA, one process or many.
+
+    python scripts/train.py --config recipe/configs/smoke.yaml            # offline, under a minute on CPU
+    accelerate launch scripts/train.py --config recipe/configs/distilgpt2-lora.yaml
+    python scripts/train.py --config recipe/configs/smoke.yaml --num_train_epochs 1 --output_dir outputs/try
+
+Without --config, runs recipe/configs/distilgpt2-full.yaml. Every option is listed by --help.
+"""
+
+from recipe.cli import setup_logging, user_errors
+from recipe.config import (
+    DEFAULT_RECIPE,
+    DataArguments,
+    DialogueTrainingArguments,
+    LoraArguments,
+    ModelArguments,
+    RecipeParser,
+)
+from recipe.training import run_training
+
+
+def main(model_args, data_args, lora_args, training_args):
+    return run_training(model_args, data_args, lora_args, training_args)
+
+
+if __name__ == "__main__":
+    setup_logging()
+    with user_errors():
+        parser = RecipeParser(
+            (ModelArguments, DataArguments, LoraArguments, DialogueTrainingArguments), default_config=DEFAULT_RECIPE
+        )
+        *configs, _ = parser.parse_args_and_config()
+        main(*configs)
