@@ -1,0 +1,31 @@
+"""The README stays true: every option it names exists, and CI runs its test command."""
+
+import re
+
+from conftest import REPO
+from recipe.config import RECIPE_DATACLASSES, RecipeParser
+
+# Flags of other tools (pip, accelerate, torchrun, hf) and of the scripts' own parsers.
+OTHER_FLAGS = {
+    "index-url", "local-dir", "config_file", "num_processes", "num_machines", "machine_rank", "main_process_ip",
+    "main_process_port", "multi_gpu", "cpu", "nproc_per_node", "output_dir", "any_option",
+}
+
+
+def script_options():
+    parser = RecipeParser(RECIPE_DATACLASSES)
+    return {flag.lstrip("-") for flag in parser._option_string_actions}
+
+
+def test_every_option_in_the_readme_exists():
+    readme = (REPO / "README.md").read_text()
+    named = set(re.findall(r"(?<![\w-])--([a-z][a-z0-9_-]*)", readme))
+    unknown = sorted(named - script_options() - OTHER_FLAGS)
+    assert not unknown, f"README names options that do not exist: {unknown}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"## Tests\n\n```bash\n(.+?)\n```", readme).group(1)
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert command in ci_lines
