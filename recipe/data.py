@@ -932,11 +932,17 @@ def _training_form(examples, args: DataArguments, split_name: str, main_process_
     return examples.select_columns(["input_ids", "labels"])
 
 
-def build_datasets(
-    args: DataArguments, tokenizer, main_process_first=contextlib.nullcontext
-) -> PreparedData:
-    """The whole data path used by training and by scripts/prepare_data.py: read, split, tokenize, pack."""
-    require_fast_tokenizer(tokenizer)
+@dataclass
+class DialogueSplits:
+    source: DialogueFile
+    skipped: list[tuple[str, str]]
+    train: list[Dialogue]
+    validation: list[Dialogue]
+
+
+def load_dialogue_splits(args: DataArguments) -> DialogueSplits:
+    """Read the data and split it as training does: a validation file, a dataset's validation split,
+    or a deterministic share of the dialogues. The evaluation script calls this to get the same split."""
     source = read_dialogues(args.data_path, args)
     dialogues = source.dialogues[: args.max_dialogues] if args.max_dialogues else source.dialogues
     skipped = list(source.skipped)
@@ -948,6 +954,16 @@ def build_datasets(
         train, validation = dialogues, source.validation_dialogues
     else:
         train, validation = split_dialogues(dialogues, args.validation_split_ratio, args.split_seed, args.data_path)
+    return DialogueSplits(source, skipped, train, validation)
+
+
+def build_datasets(
+    args: DataArguments, tokenizer, main_process_first=contextlib.nullcontext
+) -> PreparedData:
+    """The whole data path used by training and by scripts/prepare_data.py: read, split, tokenize, pack."""
+    require_fast_tokenizer(tokenizer)
+    splits = load_dialogue_splits(args)
+    source, skipped, train, validation = splits.source, splits.skipped, splits.train, splits.validation
 
     train_examples = tokenize_dialogues(train, tokenizer, args, "train", main_process_first=main_process_first)
     validation_examples = (

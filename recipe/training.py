@@ -7,7 +7,6 @@ the main process first, and every file, summary and log line is written once, by
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -37,12 +36,13 @@ from .config import (
 )
 from .data import PreparedData, build_datasets, format_report, get_data_collator
 from .evaluation import compute_perplexity_metrics, preprocess_logits_for_perplexity
-from .files import atomic_write_json
+from .files import atomic_write_json, file_sha256
 from .modeling import align_generation_config, apply_lora, count_parameters, get_model, get_tokenizer
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.yaml"
+BASE_MODEL_DIR = "base_model"  # the random base of a LoRA run on a random_init model
 FINISHED_MARKER = "train_results.json"  # written last: its presence means the run finished
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
@@ -218,16 +218,6 @@ def without_evaluation(training_args: DialogueTrainingArguments) -> DialogueTrai
 # Records
 
 
-def file_sha256(path: str | None) -> str | None:
-    if not path or not os.path.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def git_commit() -> dict[str, Any] | None:
     root = Path(__file__).resolve().parents[1]
     try:
@@ -389,6 +379,10 @@ def run_training(
     set_seed(training_args.seed)  # same initial weights whatever the data step consumed
     model = get_model(model_args, tokenizer)
     if lora_args.use_lora:
+        if model_args.random_init and is_main:
+            # An adapter works only on its exact base, and a random base exists nowhere else: keep it.
+            model.save_pretrained(output_dir / BASE_MODEL_DIR)
+            tokenizer.save_pretrained(output_dir / BASE_MODEL_DIR)
         if training_args.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need inputs that carry gradients
         model = apply_lora(model, lora_args)

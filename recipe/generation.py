@@ -1,0 +1,185 @@
+"""Replies in the training format: prompts that end with the next speaker's cue, sampling that stops
+where the turn ends, and the terminal chat session."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, DataArguments, GenerationArguments
+from .data import render_dialogue
+
+
+@dataclass
+class Prompt:
+    prompt: str
+    reference: str | None = None
+    speaker: str | None = None
+
+
+def prompts_from_dialogues(dialogues, data_args: DataArguments, tokenizer, num_samples: int,
+                           context_turns: int) -> list[Prompt]:
+    """The first k turns as context, then the next speaker's label as the cue (`...\\nBob:`);
+    that speaker's real turn is the reference."""
+    eligible = [d for d in dialogues if len(d.speakers) >= 2]
+    if len(eligible) > num_samples:  # spread the prompts over the whole split, deterministically
+        eligible = [eligible[round(i * (len(eligible) - 1) / max(1, num_samples - 1))] for i in range(num_samples)]
+    prompts = []
+    for d in eligible:
+        k = min(context_turns, len(d.speakers) - 1)
+        text = build_prompt(d.speakers[:k], d.texts[:k], d.speakers[k], data_args, tokenizer, d.roles[:k])
+        prompts.append(Prompt(text, d.texts[k], d.speakers[k]))
+    return prompts
+
+
+def build_prompt(speakers: list[str], texts: list[str], next_speaker: str, data_args: DataArguments, tokenizer,
+                 roles: list[str | None] | None = None) -> str:
+    """Context turns written exactly as in training, then the cue for the next speaker."""
+    roles = roles or [None] * len(speakers)
+    if data_args.use_chat_template:
+        from .data import _chat_messages
+
+        messages = _chat_messages(speakers, texts, roles, data_args)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not speakers:
+        return turn_cue(next_speaker, data_args)
+    context = render_dialogue(speakers, texts, roles, data_args).text
+    return context + data_args.turn_separator + turn_cue(next_speaker, data_args)
+
+
+def turn_cue(speaker: str, data_args: DataArguments) -> str:
+    """The start of a turn up to its text, without trailing space (BPE glues the space to the next word)."""
+    return data_args.turn_template.split("{text}")[0].format(speaker=speaker).rstrip()
+
+
+def read_prompts_file(path: str) -> list[Prompt]:
+    """Prompts from .txt (one per line, `\\n` for a line break) or .json/.jsonl (strings or objects)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".json", ".jsonl")):
+        try:
+            values = json.loads(text) if path.endswith(".json") else [json.loads(l) for l in text.splitlines() if l.strip()]
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} line {error.lineno} column {error.colno}: invalid JSON ({error.msg})") from None
+        if isinstance(values, (str, dict)):
+            values = [values]
+        prompts = []
+        for index, value in enumerate(values):
+            if isinstance(value, str):
+                prompts.append(Prompt(value))
+            elif isinstance(value, dict) and isinstance(value.get("prompt"), str):
+                prompts.append(Prompt(value["prompt"], value.get("reference"), value.get("speaker")))
+            else:
+                raise ConfigError(f'{path} entry [{index}]: expected a string or {{"prompt": ..., "reference": ...}}')
+    else:
+        prompts = [Prompt(line.replace("\\n", "\n")) for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"{path} holds no prompts")
+    return prompts
+
+
+@dataclass
+class Reply:
+    text: str
+    ended_by: str  # "eos", "turn_end" or "max_new_tokens"
+    new_tokens: int
+
+
+def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationArguments, turn_separator: str,
+                     batch_size: int = 8, add_special_tokens: bool = True, reseed: bool = True) -> list[list[Reply]]:
+    """Sample replies (num_return_sequences per prompt), each cut where its turn or the dialogue ends.
+
+    With `reseed`, sampling starts from generation_seed, so the same prompts give the same replies.
+    """
+    from transformers import set_seed
+
+    device = next(model.parameters()).device
+    if reseed:
+        set_seed(gen_args.generation_seed)
+    options: dict[str, Any] = {
+        "max_new_tokens": gen_args.max_new_tokens,
+        "do_sample": gen_args.do_sample,
+        "num_return_sequences": gen_args.num_return_sequences,
+        "repetition_penalty": gen_args.repetition_penalty,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    if gen_args.do_sample:
+        options.update(temperature=gen_args.temperature, top_k=gen_args.top_k, top_p=gen_args.top_p)
+    if gen_args.stop_at_turn_end and turn_separator:
+        options.update(stop_strings=[turn_separator], tokenizer=tokenizer)
+    replies: list[list[Reply]] = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [
+            tokenizer(p, add_special_tokens=add_special_tokens, split_special_tokens=add_special_tokens)["input_ids"]
+            for p in prompts[start : start + batch_size]
+        ]
+        width = max(len(ids) for ids in encoded)
+        # Left padding: every prompt ends at the same position, where generation starts.
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in encoded], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
+        new = output[:, width:].tolist()
+        for i in range(len(encoded)):
+            group = new[i * gen_args.num_return_sequences : (i + 1) * gen_args.num_return_sequences]
+            replies.append([_cut_reply(tokens, tokenizer, turn_separator, gen_args) for tokens in group])
+    return replies
+
+
+def _cut_reply(tokens: list[int], tokenizer, turn_separator: str, gen_args: GenerationArguments) -> Reply:
+    eos = tokenizer.eos_token_id
+    until_eos = tokens[: tokens.index(eos)] if eos in tokens else tokens
+    text = tokenizer.decode(until_eos, skip_special_tokens=True)
+    if gen_args.stop_at_turn_end and turn_separator and turn_separator in text:
+        return Reply(text.split(turn_separator, 1)[0].strip(), "turn_end", len(until_eos))
+    if eos in tokens:
+        return Reply(text.strip(), "eos", len(until_eos) + 1)
+    return Reply(text.strip(), "max_new_tokens", len(tokens))
+
+
+@dataclass
+class ChatSession:
+    """A conversation with the model as one speaker; the history is trimmed, oldest turns first, to fit."""
+
+    model: Any
+    tokenizer: Any
+    data_args: DataArguments
+    gen_args: GenerationArguments
+    speaker: str
+    user: str
+    max_context_tokens: int
+    speakers: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from transformers import set_seed
+
+        set_seed(self.gen_args.generation_seed)  # once: a conversation is reproducible, turns still differ
+
+    def reset(self) -> None:
+        self.speakers.clear()
+        self.texts.clear()
+
+    def prompt(self) -> str:
+        """The history written as in training, then the model's cue; drops the oldest turns that do not fit."""
+        while True:
+            text = build_prompt(self.speakers, self.texts, self.speaker, self.data_args, self.tokenizer)
+            if len(self.tokenizer(text)["input_ids"]) <= self.max_context_tokens or len(self.speakers) <= 1:
+                return text
+            del self.speakers[0], self.texts[0]
+
+    def reply(self, message: str) -> Reply:
+        self.speakers.append(self.user)
+        self.texts.append(message)
+        (reply,) = generate_replies(
+            self.model, self.tokenizer, [self.prompt()], self.gen_args, self.data_args.turn_separator,
+            add_special_tokens=not self.data_args.use_chat_template, reseed=False,
+        )[0][:1]
+        if reply.text:
+            self.speakers.append(self.speaker)
+            self.texts.append(reply.text)
+        return reply

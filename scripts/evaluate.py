@@ -1,0 +1,48 @@
+"""Evaluate a fine-tuned (or base) model: exact perplexity, per-speaker perplexity, sampled replies
+and their quality. By default on the validation split of the run that produced the model.
+
+    python scripts/evaluate.py --model_path outputs/smoke-full
+    python scripts/evaluate.py --model_path outputs/smoke-lora                      # adapter on its base
+    python scripts/evaluate.py --model_path outputs/smoke-full/checkpoint-29 --do_sample false
+    python scripts/evaluate.py --model_path distilgpt2 --data_config outputs/distilgpt2-full/run_config.yaml
+
+Writes MODEL_DIR/evaluation.json (or --output_file) and prints a table; logs to W&B when the
+training run did (see --wandb).
+"""
+
+import logging
+
+from recipe.cli import setup_logging, user_errors
+from recipe.config import EvaluationArguments, GenerationArguments, RecipeParser
+from recipe.evaluation import default_output_file, evaluate_model, format_results, wandb_metrics
+from recipe.files import atomic_write_json
+
+logger = logging.getLogger("recipe.evaluate")
+
+
+def main(eval_args: EvaluationArguments, gen_args: GenerationArguments) -> dict:
+    results = evaluate_model(eval_args, gen_args)
+    output_file = eval_args.output_file or default_output_file(eval_args.model_path)
+    atomic_write_json(output_file, results)
+    print(format_results(results))
+    print(f"results: {output_file}")
+    if eval_args.wandb != "off":
+        log_to_wandb(eval_args, results)
+    return results
+
+
+def log_to_wandb(eval_args: EvaluationArguments, results: dict) -> None:
+    try:
+        from recipe.tracking import log_evaluation_to_wandb
+    except ImportError:
+        logger.warning("W&B logging is not available in this installation; results are in the JSON file")
+        return
+    run_dir = results["model"]["run_dir"] or eval_args.model_path
+    log_evaluation_to_wandb(run_dir, wandb_metrics(results), results["samples"], new_run=eval_args.wandb == "new")
+
+
+if __name__ == "__main__":
+    setup_logging()
+    with user_errors():
+        *configs, _ = RecipeParser((EvaluationArguments, GenerationArguments)).parse_args_and_config()
+        main(*configs)
