@@ -3,7 +3,9 @@
 import re
 
 from conftest import REPO
-from recipe.config import RECIPE_DATACLASSES, RecipeParser
+import dataclasses
+
+from recipe.config import RECIPE_DATACLASSES
 
 # Flags of other tools (pip, accelerate, torchrun, hf) and of the scripts' own parsers.
 OTHER_FLAGS = {
@@ -13,8 +15,8 @@ OTHER_FLAGS = {
 
 
 def script_options():
-    parser = RecipeParser(RECIPE_DATACLASSES)
-    return {flag.lstrip("-") for flag in parser._option_string_actions}
+    """Every flag of the scripts: the fields of the option dataclasses, and --config / --help."""
+    return {f.name for dc in RECIPE_DATACLASSES for f in dataclasses.fields(dc)} | {"config", "help"}
 
 
 def test_every_option_in_the_readme_exists():
