@@ -93,6 +93,17 @@ def get_model(model_args: ModelArguments, tokenizer):
     return model
 
 
+def check_max_length(model, max_length: int) -> None:
+    """A row longer than the model's position table fails deep inside the forward pass; say it up front."""
+    config = model.config
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise ConfigError(
+            f"max_length {max_length} is longer than {config.model_type}'s {limit} positions; "
+            f"set --max_length {limit} or less"
+        )
+
+
 def align_generation_config(model, tokenizer) -> None:
     """EOS and pad in the model and generation configs, so that generation stops at the end of a dialogue."""
     model.config.pad_token_id = tokenizer.pad_token_id
