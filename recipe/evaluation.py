@@ -184,12 +184,12 @@ def load_model_for_evaluation(model_path: str, base_model: str | None = None, dt
         from peft import PeftModel
 
         base = _lora_base(path, base_model, run_dir)
-        source, local_only = resolve_pretrained(base, "base model")
+        source, local_only = resolve_pretrained(base, "base model", option="--base_model")
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, dtype=torch_dtype)
         model = PeftModel.from_pretrained(model, str(path))
         kind, tokenizer_source = ("checkpoint-lora" if checkpoint else "lora"), str(path)
     else:
-        source, local_only = resolve_pretrained(model_path, "model")
+        source, local_only = resolve_pretrained(model_path, "model", option="--model_path")
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, dtype=torch_dtype)
         base = None
         kind = "checkpoint-full" if checkpoint else "base" if (run_dir is None or path.name == "base_model") else "full"

@@ -111,8 +111,11 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
         options.update(temperature=gen_args.temperature, top_k=gen_args.top_k, top_p=gen_args.top_p)
     if gen_args.stop_at_turn_end and turn_separator:
         options.update(stop_strings=[turn_separator], tokenizer=tokenizer)
+    from tqdm.auto import tqdm
+
     replies: list[list[Reply]] = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="Generating", unit="batch", disable=len(starts) < 2):
         encoded = [
             tokenizer(p, add_special_tokens=add_special_tokens, split_special_tokens=add_special_tokens)["input_ids"]
             for p in prompts[start : start + batch_size]

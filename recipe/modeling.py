@@ -17,7 +17,9 @@ OFFLINE_MODEL_DIR = Path(__file__).parent / "assets" / "tiny-gpt2"
 EOS_TOKEN = "<|endoftext|>"
 
 
-def resolve_pretrained(name_or_path: str, what: str, revision: str = "main") -> tuple[str, bool]:
+def resolve_pretrained(
+    name_or_path: str, what: str, revision: str = "main", option: str = "--model_name_or_path"
+) -> tuple[str, bool]:
     """Return (name or path, local_files_only) for from_pretrained, failing fast when it cannot work.
 
     A Hub id that is already in the local cache loads from it without touching the network.
@@ -25,10 +27,7 @@ def resolve_pretrained(name_or_path: str, what: str, revision: str = "main") -> 
     if os.path.isdir(name_or_path):
         return name_or_path, True
     if not is_hub_id(name_or_path):
-        raise ConfigError(
-            f"{what} {name_or_path!r} is neither a local directory nor a Hub id; check the path "
-            "(model_name_or_path / tokenizer_name_or_path)"
-        )
+        raise ConfigError(f"{what} {name_or_path!r} is neither a local directory nor a Hub id; check {option}")
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(name_or_path, "config.json", revision=revision)
@@ -49,7 +48,8 @@ def get_tokenizer(model_args: ModelArguments):
     from transformers import AutoTokenizer
 
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
-    source, local_only = resolve_pretrained(name, "tokenizer", model_args.model_revision)
+    option = "--tokenizer_name_or_path" if model_args.tokenizer_name_or_path else "--model_name_or_path"
+    source, local_only = resolve_pretrained(name, "tokenizer", model_args.model_revision, option)
     tokenizer = AutoTokenizer.from_pretrained(
         source,
         revision=model_args.model_revision,
