@@ -382,6 +382,18 @@ class DialogueTrainingArguments(TrainingArguments):
     early_stopping_threshold: float = field(
         default=0.0, metadata={"help": "Smallest eval-loss improvement that counts for early stopping."}
     )
+    # --- Hub pushes (see recipe/tracking.py) ---
+    # Trainer pushes on each save: "every_save" uploads only the model files, "checkpoint" one last-checkpoint/
+    # folder that each save overwrites, "end" nothing until the end. "all_checkpoints" uploads every epoch's
+    # checkpoint-N/ folder (weights, optimizer, scheduler: resumable) besides the model files: what we want.
+    hub_strategy: str = field(
+        default="all_checkpoints",
+        metadata={"help": "With push_to_hub: end, every_save, checkpoint, or all_checkpoints (every checkpoint-N/)."},
+    )
+    # The Trainer skips a checkpoint push while the previous one is still uploading unless this is true.
+    hub_always_push: bool = field(
+        default=True, metadata={"help": "Push every checkpoint, even while the previous push is still uploading."}
+    )
 
     def __post_init__(self) -> None:
         if not self.use_cpu and not _accelerator_available():
@@ -437,6 +449,31 @@ def register_recipe_dataclass(dataclass_type: type) -> type:
     if dataclass_type not in RECIPE_DATACLASSES:
         RECIPE_DATACLASSES.append(dataclass_type)
     return dataclass_type
+
+
+@register_recipe_dataclass
+@dataclass
+class TrackingArguments:
+    """Weights & Biases and Hugging Face Hub options beyond TrainingArguments' own (report_to, run_name,
+    push_to_hub, hub_model_id, hub_private_repo, hub_strategy); used by recipe/tracking.py."""
+
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "W&B project (default: $WANDB_PROJECT, else dialogue-finetune)."}
+    )
+    wandb_entity: str | None = field(
+        default=None, metadata={"help": "W&B team or user (default: $WANDB_ENTITY, else your default entity)."}
+    )
+    wandb_group: str | None = field(
+        default=None,
+        metadata={"help": "W&B group (default: full or lora, by use_lora, so the two modes sit side by side)."},
+    )
+    wandb_tags: list[str] | None = field(
+        default=None, metadata={"help": "Extra W&B tags; the mode tag (full or lora) is always added."}
+    )
+    hub_merged_model_id: str | None = field(
+        default=None,
+        metadata={"help": "LoRA with merge_lora and push_to_hub: also push merged/ (base + adapter) to this repo."},
+    )
 
 
 # Fields of TrainingArguments that are set by launchers or are secrets: never read from or written to a recipe.

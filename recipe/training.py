@@ -31,13 +31,22 @@ from .config import (
     DialogueTrainingArguments,
     LoraArguments,
     ModelArguments,
+    TrackingArguments,
     resolved_config,
     save_resolved_config,
 )
 from .data import PreparedData, build_datasets, format_report, get_data_collator
 from .evaluation import compute_perplexity_metrics, preprocess_logits_for_perplexity
 from .files import atomic_write_json, file_sha256
-from .modeling import align_generation_config, apply_lora, count_parameters, get_model, get_tokenizer
+from .modeling import (
+    align_generation_config,
+    apply_lora,
+    check_max_length,
+    count_parameters,
+    get_model,
+    get_tokenizer,
+)
+from .tracking import RunTracker, redact_command
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +275,7 @@ def environment_record(data_args: DataArguments, training_args: DialogueTraining
             "validation_path": data_args.validation_path,
             "validation_sha256": file_sha256(data_args.validation_path),
         },
-        "command": " ".join(sys.argv),
+        "command": " ".join(redact_command(sys.argv)),  # no --hub_token: this file is pushed with the model
     }
 
 
@@ -339,6 +348,7 @@ def run_training(
     data_args: DataArguments,
     lora_args: LoraArguments,
     training_args: DialogueTrainingArguments,
+    tracking_args: TrackingArguments | None = None,
 ) -> TrainingResult:
     """Fine-tune, evaluate and save; see the README for everything written to output_dir."""
     from accelerate import PartialState
@@ -350,10 +360,12 @@ def run_training(
         recipe_level = training_args.get_process_log_level()
     logging.getLogger("recipe").setLevel(recipe_level)
     output_dir = Path(training_args.output_dir)
+    tracking_args = tracking_args or TrackingArguments()
+    tracker = RunTracker(tracking_args, lora_args, output_dir, is_main, training_args.push_to_hub)  # W&B, Hub
 
     resume = prepare_output_dir(training_args, is_main)
     state.wait_for_everyone()
-    configs = (model_args, data_args, lora_args, training_args)
+    configs = (model_args, data_args, lora_args, training_args, tracking_args)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         previous = output_dir / RUN_CONFIG
@@ -378,6 +390,7 @@ def run_training(
 
     set_seed(training_args.seed)  # same initial weights whatever the data step consumed
     model = get_model(model_args, tokenizer)
+    check_max_length(model, data_args.max_length)
     if lora_args.use_lora:
         if model_args.random_init and is_main:
             # An adapter works only on its exact base, and a random base exists nowhere else: keep it.
@@ -391,7 +404,9 @@ def run_training(
         atomic_write_json(output_dir / "data_report.json", prepared.report)
         logger.info("run summary\n%s", start_summary(model_args, lora_args, training_args, prepared, trainable, total, resume))
 
+    training_args = tracker.configure(training_args, resume)  # W&B run started; Hub pushes off if unreachable
     trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
+    tracker.attach(trainer)
     start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.perf_counter() - start
@@ -422,6 +437,7 @@ def run_training(
         atomic_write_json(output_dir / FINISHED_MARKER, train_metrics)  # last: marks the run finished
         logger.info("done\n%s", end_summary(output_dir, train_metrics, eval_metrics))
     state.wait_for_everyone()
+    tracker.finish(train_metrics, eval_metrics)  # model card, W&B summary, final Hub push (main process)
     return TrainingResult(output_dir, train_metrics, eval_metrics)
 
 

@@ -15,19 +15,21 @@ from recipe.config import (
     LoraArguments,
     ModelArguments,
     RecipeParser,
+    TrackingArguments,
 )
 from recipe.training import run_training
 
 
-def main(model_args, data_args, lora_args, training_args):
-    return run_training(model_args, data_args, lora_args, training_args)
+def main(model_args, data_args, lora_args, training_args, tracking_args=None):
+    return run_training(model_args, data_args, lora_args, training_args, tracking_args)
 
 
 if __name__ == "__main__":
     setup_logging()
     with user_errors():
         parser = RecipeParser(
-            (ModelArguments, DataArguments, LoraArguments, DialogueTrainingArguments), default_config=DEFAULT_RECIPE
+            (ModelArguments, DataArguments, LoraArguments, DialogueTrainingArguments, TrackingArguments),
+            default_config=DEFAULT_RECIPE,
         )
         *configs, _ = parser.parse_args_and_config()
         main(*configs)

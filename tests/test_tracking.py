@@ -1,0 +1,459 @@
+"""W&B (offline), the model card and Hub pushes: what gets logged, written and pushed, and that neither
+W&B nor the Hub failing ever stops training or loses a local file."""
+
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from recipe.config import (
+    ConfigError,
+    DataArguments,
+    DialogueTrainingArguments,
+    LoraArguments,
+    ModelArguments,
+    RecipeParser,
+    TrackingArguments,
+)
+from recipe.tracking import (
+    CARD_TAG,
+    HubPushError,
+    RunTracker,
+    build_model_card,
+    choose_wandb_mode,
+    init_wandb_run,
+    log_evaluation_to_wandb,
+    push_run_to_hub,
+    redact_command,
+)
+from recipe.training import environment_record, run_training
+from test_training import smoke_args
+
+SMOKE_LORA = REPO / "recipe" / "configs" / "smoke-lora.yaml"
+
+
+def train_tracked(tmp_path, *extra, output="run"):
+    parser = RecipeParser((ModelArguments, DataArguments, LoraArguments, DialogueTrainingArguments, TrackingArguments))
+    *configs, _ = parser.parse_args_and_config(smoke_args(tmp_path, *extra, output=output))
+    return run_training(*configs)
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading what an offline W&B run wrote: its .wandb file is a LevelDB-style log of protobuf records
+# (32 KiB blocks; each record: CRC32 (4 bytes), length (2), type (1: full, 2: first, 3: middle, 4: last)).
+
+
+def wandb_records(run_dir):
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = Path(run_dir).glob("*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    position, block, pending = 7, 32768, b""
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        chunk = data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind == 2:
+            pending = chunk
+            continue
+        if kind == 3:
+            pending += chunk
+            continue
+        if kind not in (1, 4):
+            continue
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(pending + chunk if kind == 4 else chunk)
+        pending = b""
+        yield record
+
+
+def _key(item):
+    return "/".join(item.nested_key) if item.nested_key else item.key
+
+
+def read_offline_run(run_dir):
+    """The run record, config, history rows and final summary of an offline run directory."""
+    run, config, history, summary = None, {}, [], {}
+    for record in wandb_records(run_dir):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            config.update({_key(i): json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            config.update({_key(i): json.loads(i.value_json) for i in record.config.update})
+        elif kind == "history":
+            history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
+    return run, config, history, summary
+
+
+def series(history, key):
+    return [row[key] for row in history if key in row]
+
+
+class LogLines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tmp_path_factory):
+    """One full smoke run logged to W&B offline, shared by the tests that read what it wrote."""
+    tmp_path = tmp_path_factory.mktemp("wandb-run")
+    log = LogLines()
+    logging.getLogger("recipe").addHandler(log)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "offline")
+        patch.setenv("WANDB_DIR", str(tmp_path))
+        try:
+            result = train_tracked(tmp_path, "--report_to", "wandb", "--logging_steps", "1")
+        finally:
+            logging.getLogger("recipe").removeHandler(log)
+    return result.output_dir, log.lines
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights & Biases
+
+
+def test_wandb_logs_curves_eval_metrics_config_and_environment_offline(wandb_run):
+    run_dir, log_lines = wandb_run
+    record = read_json(run_dir / "wandb_run.json")
+    assert record["mode"] == "offline" and record["project"] == "dialogue-finetune" and record["group"] == "full"
+    assert Path(record["run_dir"]).name.endswith(record["id"])
+    run, config, history, summary = read_offline_run(record["run_dir"])
+    assert run.run_id == record["id"] and run.run_group == "full" and list(run.tags) == ["full"]
+    assert run.display_name == "run" and run.job_type == "train"
+
+    # The resolved config (run_config.yaml) and the environment (environment.json) are the run's config.
+    assert config["mode"] == "full" and config["use_lora"] is False and config["max_dialogues"] == 80
+    assert config["environment"] == read_json(run_dir / "environment.json")
+    assert config["report_to"] == ["wandb"]
+
+    # Training curve and per-epoch evaluation, the same numbers the Trainer recorded.
+    state = read_json(run_dir / "trainer_state.json")["log_history"]
+    assert series(history, "train/loss") == [e["loss"] for e in state if "loss" in e]
+    assert len(series(history, "train/loss")) == 14
+    assert series(history, "eval/token_loss") == [e["eval_token_loss"] for e in state if "eval_token_loss" in e]
+    assert len(series(history, "eval/token_loss")) == 3  # epochs 1 and 2, then the final evaluation
+
+    train_results, eval_results = read_json(run_dir / "train_results.json"), read_json(run_dir / "eval_results.json")
+    assert summary["train/real_tokens_per_second"] == train_results["train_real_tokens_per_second"]
+    assert summary["train/peak_memory_mb"] == train_results["peak_memory_mb"]
+    assert summary["train/trainable_parameters"] == train_results["trainable_parameters"]
+    assert summary["eval/token_loss"] == pytest.approx(eval_results["eval_token_loss"])
+    assert summary["eval/perplexity"] == pytest.approx(eval_results["eval_perplexity"])
+
+    offline_lines = [line for line in log_lines if "W&B is offline" in line]
+    assert len(offline_lines) == 1 and f"wandb sync {record['run_dir']}" in offline_lines[0]
+
+
+def test_a_lora_run_sits_in_the_lora_group_under_the_same_metric_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    result = train_tracked(tmp_path, "--config", str(SMOKE_LORA), "--report_to", "wandb", "--num_train_epochs", "1",
+                           "--wandb_tags", "exp1", "--wandb_project", "dialogue-tests", "--run_name", "lora-1")
+    record = read_json(result.output_dir / "wandb_run.json")
+    assert record["group"] == "lora" and record["project"] == "dialogue-tests"
+    run, config, history, _ = read_offline_run(record["run_dir"])
+    assert run.run_group == "lora" and list(run.tags) == ["lora", "exp1"] and run.display_name == "lora-1"
+    assert config["mode"] == "lora" and config["use_lora"] is True
+    assert series(history, "train/loss") and series(history, "eval/token_loss")
+
+    # The model card is ours, not the draft PEFT writes next to the adapter.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(result.output_dir / "README.md")
+    assert card.data.library_name == "peft" and CARD_TAG in card.data.tags and "lora" in card.data.tags
+    assert "PeftModel.from_pretrained(base," in card.text
+    assert f'AutoModelForCausalLM.from_pretrained("{result.output_dir}/base_model")' in card.text
+
+
+def test_without_key_or_server_wandb_runs_offline(tmp_path, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    assert choose_wandb_mode() == ("offline", "no W&B API key (set WANDB_API_KEY or run `wandb login`)")
+    (tmp_path / "netrc").write_text("machine 127.0.0.1\n  login user\n  password " + "k" * 40 + "\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # `wandb login` stores the key here
+    assert choose_wandb_mode() == ("offline", "http://127.0.0.1:9 is not reachable")
+    assert choose_wandb_mode(preferred="offline")[0] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert choose_wandb_mode()[0] == "disabled"
+    assert init_wandb_run({"project": "p"}) is None  # disabled: no run, no error
+
+    monkeypatch.setenv("WANDB_MODE", "online")  # asked for online, but no key: init fails, offline takes over
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    run = init_wandb_run({"project": "p", "dir": str(tmp_path)})
+    assert run is not None and run.offline
+    run.finish()
+
+
+@pytest.mark.parametrize("failure", ["init", "log"])
+def test_wandb_failures_never_stop_training(tmp_path, monkeypatch, caplog, failure):
+    import wandb
+    from wandb.sdk.wandb_run import Run
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("W&B is down")
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setattr(wandb, "init", fail) if failure == "init" else monkeypatch.setattr(Run, "log", fail)
+    with caplog.at_level(logging.WARNING, logger="recipe"):
+        result = train_tracked(tmp_path, "--report_to", "wandb", "--num_train_epochs", "1")
+    out = result.output_dir
+    for name in ("train_results.json", "eval_results.json", "model.safetensors", "README.md", "checkpoint-7"):
+        assert (out / name).exists(), name
+    expected = "W&B could not start (W&B is down)" if failure == "init" else "W&B logging failed (W&B is down)"
+    assert sum(expected in message for message in caplog.messages) == 1
+    assert (out / "wandb_run.json").exists() == (failure == "log")
+
+
+def test_evaluation_is_logged_to_the_training_run(wandb_run, tmp_path):
+    from huggingface_hub import ModelCard  # noqa: F401 - imported here to keep the module import light
+
+    run_dir, _ = wandb_run
+    training = read_json(run_dir / "wandb_run.json")
+    metrics = {"eval/perplexity": 12.5, "eval/distinct_1": 0.4}
+    samples = [
+        {"prompt": "Alex: Hi\nBob:", "reply": "Hello there.", "reference": "Hi!", "speaker": "Bob"},
+        {"prompt": "Alex: Bye\nBob:", "reply": "", "reference": None},
+    ]
+    logged = log_evaluation_to_wandb(run_dir, metrics, samples)
+    assert logged is not None and logged != training["run_dir"] and logged.endswith(training["id"])
+    run, _, history, summary = read_offline_run(logged)
+    assert run.run_id == training["id"]  # resumed: `wandb sync` uploads both parts into one run
+    assert series(history, "eval/perplexity") == [12.5] and summary["eval/distinct_1"] == 0.4
+    (table_file,) = Path(logged, "files", "media", "table", "eval").glob("samples_*.table.json")
+    table = read_json(table_file)
+    assert table["columns"] == ["prompt", "reply", "reference"]
+    assert table["data"] == [["Alex: Hi\nBob:", "Hello there.", "Hi!"], ["Alex: Bye\nBob:", "", None]]
+
+    new = log_evaluation_to_wandb(run_dir, metrics, samples, new_run=True, project="dialogue-evals")
+    run, _, _, _ = read_offline_run(new)
+    assert run.run_id != training["id"] and run.project == "dialogue-evals" and run.job_type == "evaluation"
+    assert run.run_group == "full"  # from the run's run_config.yaml
+
+
+def test_evaluation_logging_never_raises(wandb_run, monkeypatch, caplog):
+    import wandb
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("no W&B today")
+
+    monkeypatch.setattr(wandb, "init", fail)
+    with caplog.at_level(logging.WARNING, logger="recipe"):
+        assert log_evaluation_to_wandb(wandb_run[0], {"eval/perplexity": 3.0}, []) is None
+    assert any("no W&B today" in message for message in caplog.messages)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model card
+
+
+def test_model_card_describes_the_run(wandb_run):
+    from huggingface_hub import ModelCard
+
+    run_dir, _ = wandb_run
+    card = ModelCard.load(run_dir / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert {CARD_TAG, "full", "dialogue"} <= set(card.data.tags)
+    assert card.data.base_model is None  # a random-init model has no Hub base to point at
+    train, evaluation = read_json(run_dir / "train_results.json"), read_json(run_dir / "eval_results.json")
+    report = read_json(run_dir / "data_report.json")
+    text = card.text
+    assert f"| eval token loss (nats/token, exact) | {evaluation['eval_token_loss']:.4f} |" in text
+    assert f"| eval perplexity | {evaluation['eval_perplexity']:.2f} |" in text
+    assert f"| final train loss | {train['final_train_loss']:.4f} |" in text
+    assert f"| train runtime (s) | {train['train_runtime']:.1f} |" in text
+    t = report["train"]
+    assert f"| train | {t['dialogues']} | {t['turns']} | {t['tokens']:,} | {t['loss_tokens']:,} |" in text
+    assert "Split by dialogue: 0.2 held out for validation (split_seed 42)" in text
+    assert "| mode | full fine-tuning |" in text and "| epochs | 2.0 |" in text
+    assert f'AutoModelForCausalLM.from_pretrained("{run_dir}")' in text
+    assert f"python scripts/chat.py --model_path {run_dir}" in text
+    assert f"python scripts/evaluate.py --model_path {run_dir}" in text
+
+
+def test_model_card_metadata_for_a_hub_base_model_and_dataset(wandb_run, tmp_path):
+    run_dir, _ = wandb_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("train_results.json", "eval_results.json", "data_report.json", "environment.json"):
+        shutil.copy(run_dir / name, copy)
+    config = yaml.safe_load((run_dir / "run_config.yaml").read_text())
+    config.update(model_name_or_path="distilgpt2", random_init=False, data_path="someone/dialogues",
+                  use_lora=True, lora_r=16, lora_alpha=32)
+    (copy / "run_config.yaml").write_text(yaml.safe_dump(config))
+    card = build_model_card(copy, hub_model_id="me/dialogue-distilgpt2")
+    assert card.data.base_model == "distilgpt2" and card.data.datasets == ["someone/dialogues"]
+    assert card.data.library_name == "peft" and card.data.model_name == "dialogue-distilgpt2"
+    assert 'base = AutoModelForCausalLM.from_pretrained("distilgpt2")' in card.text
+    assert 'PeftModel.from_pretrained(base, "me/dialogue-distilgpt2")' in card.text
+    assert "hf download me/dialogue-distilgpt2 --local-dir MODEL_DIR" in card.text
+    assert "A LoRA adapter (r=16, alpha=32" in card.text
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face Hub
+
+
+def test_hub_options_configure_the_trainer():
+    from transformers.trainer_utils import HubStrategy
+
+    parser = RecipeParser((ModelArguments, DataArguments, LoraArguments, DialogueTrainingArguments, TrackingArguments))
+    *_, training_args, tracking_args, _ = parser.parse_args_and_config(
+        ["--config", str(SMOKE_LORA), "--push_to_hub", "true", "--hub_model_id", "me/smoke", "--hub_private_repo",
+         "true", "--merge_lora", "true", "--hub_merged_model_id", "me/smoke-merged", "--bf16", "false"]
+    )
+    assert training_args.push_to_hub and training_args.hub_model_id == "me/smoke" and training_args.hub_private_repo
+    assert training_args.hub_strategy == HubStrategy.ALL_CHECKPOINTS  # every epoch's checkpoint-N/ is pushed
+    assert training_args.hub_always_push  # even while the previous push is still uploading
+    assert tracking_args.hub_merged_model_id == "me/smoke-merged"
+    with pytest.raises(ConfigError, match="hub_merged_model_id needs --use_lora true --merge_lora true"):
+        RunTracker(tracking_args, LoraArguments(use_lora=True), Path("out"), True, push_to_hub=True)
+
+
+class FakeHubApi:
+    """Stands in for HfApi (the Trainer's and ours): records what would be uploaded, or fails."""
+
+    def __init__(self, fail_uploads=False):
+        self.fail_uploads = fail_uploads
+        self.created, self.uploads = [], []
+
+    def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **kwargs):
+        from huggingface_hub import RepoUrl
+
+        self.created.append((repo_id, private))
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, path_in_repo=None, ignore_patterns=None, run_as_future=False,
+                      **kwargs):
+        from huggingface_hub.utils import filter_repo_objects
+
+        folder = Path(folder_path)
+        files = sorted(filter_repo_objects(
+            [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()],
+            ignore_patterns=ignore_patterns,
+        ))
+        readme = (folder / "README.md").read_text() if "README.md" in files else None
+        self.uploads.append({"repo": repo_id, "folder": folder, "path_in_repo": path_in_repo, "files": files,
+                             "readme": readme})
+        error = OSError("503 Service Unavailable") if self.fail_uploads else None
+        if run_as_future:
+            future = Future()
+            future.set_exception(error) if error else future.set_result("ok")
+            return future
+        if error:
+            raise error
+        return "ok"
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import transformers.trainer
+
+    import recipe.tracking
+
+    def install(**kwargs):
+        api = FakeHubApi(**kwargs)
+        monkeypatch.setattr(recipe.tracking, "_hub_api", lambda: api)
+        monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
+        monkeypatch.setattr(recipe.tracking, "hub_unreachable_reason", lambda: None)
+        return api
+
+    return install
+
+
+def test_every_epoch_checkpoint_and_then_the_model_with_our_card_are_pushed(tmp_path, fake_hub):
+    api = fake_hub()
+    result = train_tracked(tmp_path, "--push_to_hub", "true", "--hub_model_id", "me/smoke", "--hub_private_repo", "true")
+    out = result.output_dir
+    assert ("me/smoke", True) in api.created
+    checkpoint_pushes = [u["path_in_repo"] for u in api.uploads if u["path_in_repo"]]
+    assert checkpoint_pushes == ["checkpoint-7", "checkpoint-14"]  # each epoch, as its own folder
+    final = api.uploads[-1]
+    assert final["folder"] == out and final["path_in_repo"] is None
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "train_results.json",
+            "eval_results.json", "run_config.yaml", "data_report.json"} <= set(final["files"])
+    assert not [f for f in final["files"] if f.startswith("checkpoint-")]
+    assert CARD_TAG in final["readme"] and 'from_pretrained("me/smoke")' in final["readme"]  # ours, not the Trainer's
+    assert (out / "README.md").read_text() == final["readme"]
+
+
+def test_failed_pushes_warn_with_the_retry_command_and_lose_nothing(tmp_path, fake_hub, caplog):
+    fake_hub(fail_uploads=True)
+    with caplog.at_level(logging.WARNING, logger="recipe"):
+        result = train_tracked(tmp_path, "--push_to_hub", "true", "--hub_model_id", "me/smoke")
+    out = result.output_dir
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-14", "checkpoint-7"]
+    for name in ("model.safetensors", "train_results.json", "eval_results.json", "README.md"):
+        assert (out / name).is_file(), name
+    retry = f"python scripts/push.py {out} --hub_model_id me/smoke"
+    assert any("pushing checkpoint-7 to the Hub failed" in m and "503" in m for m in caplog.messages)
+    assert any("final push to the Hub failed" in m and retry in m for m in caplog.messages)
+
+
+def test_push_refuses_an_unfinished_run_and_an_unreachable_hub(tmp_path, wandb_run, monkeypatch):
+    (tmp_path / "half").mkdir()
+    with pytest.raises(HubPushError, match="has no train_results.json: it is not a finished training run"):
+        push_run_to_hub(tmp_path / "half", "me/x")
+    import recipe.tracking
+
+    monkeypatch.setattr(recipe.tracking, "hub_unreachable_reason", lambda: "http://127.0.0.1:9 is not reachable")
+    with pytest.raises(HubPushError, match=r"127.0.0.1:9 is not reachable\. Every local file is intact; retry"):
+        push_run_to_hub(wandb_run[0], "me/x")
+
+
+def test_an_unreachable_hub_does_not_stop_training(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_not_a_token"}
+    out = tmp_path / "run"
+    command = [sys.executable, "scripts/train.py", *smoke_args(tmp_path), "--push_to_hub", "true",
+               "--hub_model_id", "me/smoke"]
+    start = time.monotonic()
+    trained = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert time.monotonic() - start < 60  # no minute of Hub retries
+    assert "Hub pushes are off for this run: http://127.0.0.1:9 is not reachable" in trained.stderr
+    assert f"python scripts/push.py {out} --hub_model_id me/smoke" in trained.stderr
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-14", "checkpoint-7"]
+    for name in ("model.safetensors", "tokenizer.json", "train_results.json", "README.md"):
+        assert (out / name).is_file(), name
+
+    start = time.monotonic()
+    pushed = subprocess.run([sys.executable, "scripts/push.py", str(out)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert pushed.returncode == 2 and time.monotonic() - start < 30
+    assert f"error: cannot push {out} to the Hub: http://127.0.0.1:9 is not reachable" in pushed.stderr
+    assert "Traceback" not in pushed.stderr
+
+
+def test_the_hub_token_never_reaches_environment_json(monkeypatch):
+    assert redact_command(["train.py", "--hub_token", "hf_secret", "--hub_token=hf_other", "--x", "1"]) == [
+        "train.py", "--hub_token", "***", "--hub_token=***", "--x", "1"]
+    monkeypatch.setattr(sys, "argv", ["scripts/train.py", "--hub_token", "hf_secret"])
+    record = environment_record(DataArguments(), DialogueTrainingArguments(output_dir="o", bf16=False))
+    assert "hf_secret" not in json.dumps(record) and record["command"].endswith("--hub_token ***")
