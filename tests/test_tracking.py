@@ -89,10 +89,21 @@ def _key(item):
     return "/".join(item.nested_key) if item.nested_key else item.key
 
 
+def finished_records(run_dir, timeout=30.0):
+    """The run's records once its exit record is on disk: wandb's service process writes the log
+    asynchronously, so run.finish() can return before the file is complete."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(wandb_records(run_dir))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
 def read_offline_run(run_dir):
     """The run record, config, history rows and final summary of an offline run directory."""
     run, config, history, summary = None, {}, [], {}
-    for record in wandb_records(run_dir):
+    for record in finished_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = record.run
@@ -143,7 +154,7 @@ def test_wandb_logs_curves_eval_metrics_config_and_environment_offline(wandb_run
     run_dir, log_lines = wandb_run
     record = read_json(run_dir / "wandb_run.json")
     assert record["mode"] == "offline" and record["project"] == "dialogue-finetune" and record["group"] == "full"
-    assert Path(record["run_dir"]).name.endswith(record["id"])
+    assert Path(record["run_dir"]).name.startswith("offline-run-") and record["id"] in record["run_dir"]
     run, config, history, summary = read_offline_run(record["run_dir"])
     assert run.run_id == record["id"] and run.run_group == "full" and list(run.tags) == ["full"]
     assert run.display_name == "run" and run.job_type == "train"
@@ -243,7 +254,7 @@ def test_evaluation_is_logged_to_the_training_run(wandb_run, tmp_path):
         {"prompt": "Alex: Bye\nBob:", "reply": "", "reference": None},
     ]
     logged = log_evaluation_to_wandb(run_dir, metrics, samples)
-    assert logged is not None and logged != training["run_dir"] and logged.endswith(training["id"])
+    assert logged is not None and logged != training["run_dir"]
     run, _, history, summary = read_offline_run(logged)
     assert run.run_id == training["id"]  # resumed: `wandb sync` uploads both parts into one run
     assert series(history, "eval/perplexity") == [12.5] and summary["eval/distinct_1"] == 0.4

@@ -1,0 +1,208 @@
+"""Side-by-side comparison of finished runs (full fine-tuning against LoRA): a Markdown table and a loss plot.
+
+Reads only what each run wrote to its output directory (train_results.json, eval_results.json,
+trainer_state.json, run_config.yaml, environment.json, and evaluation.json once scripts/evaluate.py
+has run), so it works offline and without W&B.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError
+
+EVALUATE_HINT = "python scripts/evaluate.py --model_path {run_dir}"
+
+
+class ComparisonError(ConfigError):
+    """A run directory that cannot be compared; the message names it and says what to do."""
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    label: str
+    config: dict[str, Any]
+    train: dict[str, Any]
+    evaluation: dict[str, Any]
+    quality: dict[str, Any] | None
+    device: str | None
+    train_curve: list[tuple[float, float]] = field(default_factory=list)
+    eval_curve: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        mode = self.train.get("mode") or ("lora" if self.config.get("use_lora") else "full")
+        return "LoRA" if mode == "lora" else "full"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ComparisonError(f"{path} is not valid JSON ({error}); rerun the step that writes it") from error
+
+
+def _problem(run_dir: Path) -> str | None:
+    if not run_dir.is_dir():
+        return f"run directory {run_dir} does not exist; pass the output_dir of a training run (e.g. outputs/smoke-full)"
+    if not (run_dir / "train_results.json").is_file():
+        hint = (f"finish it (python scripts/train.py --config {run_dir / 'run_config.yaml'} resumes it) or leave it out"
+                if (run_dir / "run_config.yaml").is_file() else "it is not a training output directory")
+        return f"{run_dir} holds no finished run (no train_results.json): {hint}"
+    return None
+
+
+def read_run(run_dir: str | os.PathLike, label: str | None = None) -> RunSummary:
+    """Everything the comparison shows about one finished run."""
+    run_dir = Path(run_dir)
+    problem = _problem(run_dir)
+    if problem:
+        raise ComparisonError(problem)
+    config_path = run_dir / "run_config.yaml"
+    config = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}) if config_path.is_file() else {}
+    state = _read_json(run_dir / "trainer_state.json") or {}
+    train_curve, eval_curve, eval_epochs = [], [], set()
+    for entry in state.get("log_history", []):
+        if "loss" in entry and "epoch" in entry:
+            train_curve.append((float(entry["epoch"]), float(entry["loss"])))
+        # The evaluation after training (of the best checkpoint) repeats the last epoch: keep each epoch's own.
+        if "eval_token_loss" in entry and "epoch" in entry and entry["epoch"] not in eval_epochs:
+            eval_epochs.add(entry["epoch"])
+            eval_curve.append((float(entry["epoch"]), float(entry["eval_token_loss"])))
+    evaluation_file = _read_json(run_dir / "evaluation.json")
+    device = ((_read_json(run_dir / "environment.json") or {}).get("device")) or {}
+    return RunSummary(
+        run_dir=run_dir,
+        label=label or run_dir.name,
+        config=config,
+        train=_read_json(run_dir / "train_results.json") or {},
+        evaluation=_read_json(run_dir / "eval_results.json") or {},
+        quality=(evaluation_file or {}).get("quality"),
+        device=" ".join(str(v) for v in (device.get("type"), device.get("name")) if v) or None,
+        train_curve=train_curve,
+        eval_curve=eval_curve,
+    )
+
+
+def read_runs(run_dirs: list[str | os.PathLike]) -> list[RunSummary]:
+    """Every run, or one error listing every directory that is missing or unfinished."""
+    if not run_dirs:
+        raise ComparisonError("no run directories given; pass at least one, e.g. outputs/smoke-full outputs/smoke-lora")
+    problems = [p for p in (_problem(Path(d)) for d in run_dirs) if p]
+    if problems:
+        raise ComparisonError("cannot compare:\n  - " + "\n  - ".join(problems))
+    names = [Path(d).name for d in run_dirs]
+    labels = [Path(d).name if names.count(Path(d).name) == 1 else str(d) for d in run_dirs]
+    return [read_run(d, label) for d, label in zip(run_dirs, labels)]
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def comparison_rows(runs: list[RunSummary]) -> list[tuple[str, list[str]]]:
+    def per_run(fn) -> list[str]:
+        return [fn(run) for run in runs]
+
+    def parameters(run: RunSummary) -> str:
+        trainable, total = run.train.get("trainable_parameters"), run.train.get("total_parameters")
+        return f"{trainable:,} ({trainable / total:.2%})" if trainable and total else _fmt(trainable, ",")
+
+    def base(run: RunSummary) -> str:
+        name = f"`{run.config.get('model_name_or_path', 'n/a')}`"
+        return name + (" (random init)" if run.config.get("random_init") else "")
+
+    def quality(key: str):
+        return lambda run: _fmt((run.quality or {}).get(key), ".3f")
+
+    return [
+        ("mode", per_run(lambda r: r.mode)),
+        ("base model", per_run(base)),
+        ("trainable parameters", per_run(parameters)),
+        ("epochs / learning rate", per_run(lambda r: f"{r.config.get('num_train_epochs', 'n/a')} / "
+                                                      f"{r.config.get('learning_rate', 'n/a')}")),
+        ("wall time (s)", per_run(lambda r: _fmt(r.train.get("train_runtime"), ".1f"))),
+        ("tokens/s (real tokens)", per_run(lambda r: _fmt(r.train.get("train_real_tokens_per_second"), ",.0f"))),
+        ("peak memory (MB)", per_run(lambda r: _fmt(r.train.get("peak_memory_mb"), ",.0f"))),
+        ("final train loss", per_run(lambda r: _fmt(r.train.get("final_train_loss"), ".4f"))),
+        ("eval loss (nats/token, exact)", per_run(lambda r: _fmt(r.evaluation.get("eval_token_loss"), ".4f"))),
+        ("perplexity", per_run(lambda r: _fmt(r.evaluation.get("eval_perplexity"), ".2f"))),
+        ("distinct-1", per_run(quality("distinct_1"))),
+        ("distinct-2", per_run(quality("distinct_2"))),
+        ("device", per_run(lambda r: r.device or "n/a")),
+    ]
+
+
+def comparison_markdown(runs: list[RunSummary], plot_name: str | None) -> str:
+    header = "| | " + " | ".join(run.label for run in runs) + " |"
+    title = "# Run comparison: " + " vs ".join(run.label for run in runs)
+    lines = [title, "", header, "|---" * (len(runs) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in comparison_rows(runs)]
+    lines.append("")
+    if plot_name:
+        lines += [f"![Train and eval loss per epoch]({plot_name})", ""]
+    lines += [
+        "- Runs: " + ", ".join(f"{run.label} = `{run.run_dir}`" for run in runs) + ".",
+        "- Eval loss is `eval_token_loss`: the validation set's total negative log-likelihood over its predicted "
+        "tokens (nats per token, every token counted once); perplexity is its exponential. The train loss is the "
+        "Trainer's mean over its last logging window.",
+        "- Tokens/s counts real tokens (padding excluded). Peak memory is the process's peak resident memory on "
+        "CPU, and peak allocated GPU memory on CUDA: compare runs of one device only.",
+    ]
+    missing = [run for run in runs if run.quality is None]
+    if missing:
+        commands = "; ".join(f"`{EVALUATE_HINT.format(run_dir=run.run_dir)}`" for run in missing)
+        lines.append(f"- Distinct-1/2 (share of distinct words / word pairs in sampled replies) come from "
+                     f"evaluation.json, written by the evaluation script; n/a means it has not run: {commands}.")
+    else:
+        lines.append("- Distinct-1/2: share of distinct words / word pairs in the replies sampled by "
+                     "scripts/evaluate.py (evaluation.json).")
+    return "\n".join(lines) + "\n"
+
+
+def plot_loss_curves(runs: list[RunSummary], path: str | os.PathLike) -> Path:
+    """Train and eval loss of every run on shared axes (x: epoch); one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, run in enumerate(runs):
+        color = colors[index % len(colors)]
+        if run.train_curve:
+            axes.plot(*zip(*run.train_curve), color=color, linewidth=1.2, marker=".", label=f"{run.label} train")
+        if run.eval_curve:
+            axes.plot(*zip(*run.eval_curve), color=color, linestyle="--", marker="o", label=f"{run.label} eval")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("loss (nats per token)")
+    axes.set_title("Train and eval loss")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def compare_runs(run_dirs: list[str | os.PathLike], output: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the Markdown report to `output` and its plot next to it (same name, .png); return both paths."""
+    from .files import atomic_write_text
+
+    runs = read_runs(run_dirs)
+    output = Path(output)
+    plot = plot_loss_curves(runs, output.with_suffix(".png"))
+    atomic_write_text(output, comparison_markdown(runs, plot.name))
+    return output, plot

@@ -1,0 +1,61 @@
+"""Push a finished run to the Hugging Face Hub: model or LoRA adapter, tokenizer, model card, results.
+
+    python scripts/push.py outputs/smoke-full --hub_model_id you/dialogue-smoke
+    python scripts/push.py outputs/distilgpt2-lora                       # hub_model_id from run_config.yaml
+    python scripts/push.py outputs/distilgpt2-lora --hub_merged_model_id you/distilgpt2-dialogue-merged
+
+This is how a push that failed during training is retried. The token comes from HF_TOKEN or
+`hf auth login`. When the Hub cannot be reached it stops within seconds and says so (exit status 2).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from recipe.cli import setup_logging, user_errors
+from recipe.tracking import HubPushError, push_run_to_hub
+
+
+def main(run_dir: str, hub_model_id: str | None, hub_private_repo: bool | None, hub_merged_model_id: str | None,
+         include_checkpoints: bool, hub_revision: str | None) -> list[str]:
+    config_path = Path(run_dir) / "run_config.yaml"
+    config = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}) if config_path.is_file() else {}
+    repo_id = hub_model_id or config.get("hub_model_id")
+    if not repo_id:
+        raise HubPushError(f"no repo to push {run_dir} to: pass --hub_model_id you/name "
+                           f"({config_path} sets no hub_model_id)")
+    return push_run_to_hub(
+        run_dir, repo_id,
+        private=hub_private_repo if hub_private_repo is not None else config.get("hub_private_repo"),
+        revision=hub_revision or config.get("hub_revision"),
+        merged_repo_id=hub_merged_model_id or config.get("hub_merged_model_id"),
+        include_checkpoints=include_checkpoints,
+    )
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in {"true", "false"}:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
+if __name__ == "__main__":
+    setup_logging()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="output directory of a finished training run")
+    parser.add_argument("--hub_model_id", help="repo to push to (default: hub_model_id of the run's run_config.yaml)")
+    parser.add_argument("--hub_private_repo", type=_bool, default=None, help="create the repo private (true/false)")
+    parser.add_argument("--hub_merged_model_id", help="also push merged/ (a LoRA run with merge_lora) to this repo")
+    parser.add_argument("--include_checkpoints", type=_bool, default=False,
+                        help="also push every checkpoint-N/ folder, to checkpoint-N/ in the repo (true/false)")
+    parser.add_argument("--hub_revision", help="branch to push to (default: main)")
+    arguments = parser.parse_args()
+    with user_errors():
+        try:
+            urls = main(**vars(arguments))
+        except HubPushError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+    print("\n".join(urls))
