@@ -723,6 +723,9 @@ class RunTracker:
             return
         self._finish_wandb(train_metrics, eval_metrics)
         write_model_card(self.output_dir, hub_model_id=self.hub_repo_id)
+        if (self.output_dir / "merged").is_dir():
+            write_model_card(self.output_dir, merged=True,
+                             hub_model_id=self.args.hub_merged_model_id if self.hub_repo_id else None)
         if self.hub_repo_id:  # set only when push_to_hub is on and the Hub accepted the repo
             self._final_push()
 

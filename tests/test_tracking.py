@@ -185,7 +185,8 @@ def test_wandb_logs_curves_eval_metrics_config_and_environment_offline(wandb_run
 def test_a_lora_run_sits_in_the_lora_group_under_the_same_metric_names(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     result = train_tracked(tmp_path, "--config", str(SMOKE_LORA), "--report_to", "wandb", "--num_train_epochs", "1",
-                           "--wandb_tags", "exp1", "--wandb_project", "dialogue-tests", "--run_name", "lora-1")
+                           "--wandb_tags", "exp1", "--wandb_project", "dialogue-tests", "--run_name", "lora-1",
+                           "--merge_lora", "true")
     record = read_json(result.output_dir / "wandb_run.json")
     assert record["group"] == "lora" and record["project"] == "dialogue-tests"
     run, config, history, _ = read_offline_run(record["run_dir"])
@@ -200,6 +201,9 @@ def test_a_lora_run_sits_in_the_lora_group_under_the_same_metric_names(tmp_path,
     assert card.data.library_name == "peft" and CARD_TAG in card.data.tags and "lora" in card.data.tags
     assert "PeftModel.from_pretrained(base," in card.text
     assert f'AutoModelForCausalLM.from_pretrained("{result.output_dir}/base_model")' in card.text
+    merged = ModelCard.load(result.output_dir / "merged" / "README.md")  # merged/ gets a card of its own
+    assert merged.data.library_name == "transformers"
+    assert f'AutoModelForCausalLM.from_pretrained("{result.output_dir}/merged")' in merged.text
 
 
 def test_without_key_or_server_wandb_runs_offline(tmp_path, monkeypatch):
@@ -413,6 +417,27 @@ def test_every_epoch_checkpoint_and_then_the_model_with_our_card_are_pushed(tmp_
     assert not [f for f in final["files"] if f.startswith("checkpoint-")]
     assert CARD_TAG in final["readme"] and 'from_pretrained("me/smoke")' in final["readme"]  # ours, not the Trainer's
     assert (out / "README.md").read_text() == final["readme"]
+
+
+def test_a_lora_run_pushes_its_adapter_and_the_merged_model_to_a_second_repo(tmp_path, fake_hub):
+    from huggingface_hub import ModelCard
+
+    api = fake_hub()
+    result = train_tracked(tmp_path, "--config", str(SMOKE_LORA), "--num_train_epochs", "1", "--merge_lora", "true",
+                           "--push_to_hub", "true", "--hub_model_id", "me/smoke-lora",
+                           "--hub_merged_model_id", "me/smoke-merged")
+    adapter, merged = api.uploads[-2], api.uploads[-1]
+    assert adapter["repo"] == "me/smoke-lora" and merged["repo"] == "me/smoke-merged"
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= set(adapter["files"])
+    assert "model.safetensors" not in adapter["files"] and not [f for f in adapter["files"] if "merged" in f]
+    assert merged["folder"] == result.output_dir / "merged"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= set(merged["files"])
+    adapter_card = ModelCard.load(result.output_dir / "README.md")
+    merged_card = ModelCard.load(result.output_dir / "merged" / "README.md")
+    assert adapter_card.data.library_name == "peft" and merged_card.data.library_name == "transformers"
+    assert 'PeftModel.from_pretrained(base, "me/smoke-lora")' in adapter_card.text
+    assert 'AutoModelForCausalLM.from_pretrained("me/smoke-merged")' in merged_card.text
+    assert "with its LoRA adapter merged in" in merged_card.text
 
 
 def test_failed_pushes_warn_with_the_retry_command_and_lose_nothing(tmp_path, fake_hub, caplog):
