@@ -42,6 +42,7 @@ DEFAULT_WANDB_URL = "https://api.wandb.ai"
 # repo, and temporary or hidden files nowhere.
 PUSH_IGNORE_PATTERNS = ["checkpoint-*", "incomplete-checkpoint-*", "merged/*", "wandb/*", "runs/*", "_*", ".*", "*.tmp"]
 
+
 def run_mode(use_lora: bool) -> str:
     """The name both W&B (group, tag) and the reports use for a run's mode."""
     return "lora" if use_lora else "full"

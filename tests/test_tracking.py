@@ -220,11 +220,31 @@ def test_without_key_or_server_wandb_runs_offline(tmp_path, monkeypatch):
     assert choose_wandb_mode()[0] == "disabled"
     assert init_wandb_run({"project": "p"}) is None  # disabled: no run, no error
 
-    monkeypatch.setenv("WANDB_MODE", "online")  # asked for online, but no key: init fails, offline takes over
+    monkeypatch.setenv("WANDB_MODE", "online")  # asked for online, but without a key it cannot be
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    run = init_wandb_run({"project": "p", "dir": str(tmp_path)})
+    assert choose_wandb_mode()[0] == "offline"
+
+
+def test_when_wandb_fails_online_it_goes_offline(tmp_path, monkeypatch, caplog):
+    import wandb
+
+    import recipe.tracking
+
+    real_init = wandb.init
+
+    def init(*args, mode=None, **kwargs):
+        if mode == "online":
+            raise RuntimeError("401 invalid API key")
+        return real_init(*args, mode=mode, **kwargs)
+
+    monkeypatch.setattr(recipe.tracking, "choose_wandb_mode", lambda preferred=None: ("online", None))
+    monkeypatch.setattr(wandb, "init", init)
+    with caplog.at_level(logging.WARNING, logger="recipe"):
+        run = init_wandb_run({"project": "p", "dir": str(tmp_path)})
     assert run is not None and run.offline
     run.finish()
+    (line,) = [m for m in caplog.messages if "W&B is offline" in m]
+    assert "wandb.init online failed: 401 invalid API key" in line and "wandb sync" in line
 
 
 @pytest.mark.parametrize("failure", ["init", "log"])
