@@ -36,15 +36,22 @@ def hub_offline_mode() -> bool:
     return constants.HF_HUB_OFFLINE if flag is None else flag.upper() in {"1", "ON", "YES", "TRUE"}
 
 
-@functools.lru_cache(maxsize=8)
-def _endpoint_reachable(endpoint: str, timeout: float) -> bool:
-    parsed = urlparse(endpoint)
+def url_reachable(url: str, timeout: float = 3.0) -> bool:
+    """True when the server of `url` accepts a TCP connection within `timeout` seconds."""
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        return False
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         with socket.create_connection((parsed.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+@functools.lru_cache(maxsize=8)
+def _endpoint_reachable(endpoint: str, timeout: float) -> bool:
+    return url_reachable(endpoint, timeout)  # once per endpoint: model, tokenizer and data all ask
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -19,7 +19,6 @@ import logging
 import netrc
 import os
 import shlex
-import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -29,7 +28,7 @@ from transformers import TrainerCallback
 
 from .config import ConfigError, LoraArguments, TrackingArguments
 from .files import atomic_write_json, atomic_write_text
-from .hub import hub_endpoint, hub_offline_mode, hub_reachable, is_hub_id
+from .hub import hub_endpoint, hub_offline_mode, hub_reachable, is_hub_id, url_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +72,6 @@ def _wandb_base_url() -> str:
     return os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL).rstrip("/")
 
 
-def _tcp_reachable(url: str, timeout: float = 3.0) -> bool:
-    parsed = urlparse(url)
-    if not parsed.hostname:
-        return False
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _wandb_credentials_present(base_url: str) -> bool:
     """An API key in the environment or in ~/.netrc (where `wandb login` stores it) for the W&B host."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
@@ -114,7 +101,7 @@ def choose_wandb_mode(preferred: str | None = None) -> tuple[str, str | None]:
     base_url = _wandb_base_url()
     if not _wandb_credentials_present(base_url):
         return "offline", "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
-    if not _tcp_reachable(base_url):
+    if not url_reachable(base_url):
         return "offline", f"{base_url} is not reachable"
     return "online", None
 

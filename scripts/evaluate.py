@@ -32,12 +32,12 @@ def main(eval_args: EvaluationArguments, gen_args: GenerationArguments) -> dict:
 
 
 def log_to_wandb(eval_args: EvaluationArguments, results: dict) -> None:
-    try:
-        from recipe.tracking import log_evaluation_to_wandb
-    except ImportError:
-        logger.warning("W&B logging is not available in this installation; results are in the JSON file")
-        return
+    """auto: only into the training run's W&B run, when it had one; new: into a new W&B run."""
+    from recipe.tracking import log_evaluation_to_wandb, read_wandb_record
+
     run_dir = results["model"]["run_dir"] or eval_args.model_path
+    if eval_args.wandb == "auto" and read_wandb_record(run_dir) is None:
+        return
     log_evaluation_to_wandb(run_dir, wandb_metrics(results), results["samples"], new_run=eval_args.wandb == "new")
 
 

@@ -15,8 +15,12 @@ OTHER_FLAGS = {
 
 
 def script_options():
-    """Every flag of the scripts: the fields of the option dataclasses, and --config / --help."""
-    return {f.name for dc in RECIPE_DATACLASSES for f in dataclasses.fields(dc)} | {"config", "help"}
+    """Every flag of the scripts: the fields of the option dataclasses, --config / --help, and the flags
+    that scripts and benchmarks declare with argparse themselves."""
+    declared = set()
+    for script in [*(REPO / "scripts").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]:
+        declared |= set(re.findall(r"add_argument\(\s*(?:\"-\w\", )?\"--([a-z_]+)\"", script.read_text()))
+    return {f.name for dc in RECIPE_DATACLASSES for f in dataclasses.fields(dc)} | {"config", "help"} | declared
 
 
 def test_every_option_in_the_readme_exists():
