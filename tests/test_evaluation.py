@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from recipe.config import DataArguments, EvaluationArguments, GenerationArguments, ModelArguments
-from recipe.data import IGNORE_INDEX, Dialogue, encode_dialogue
+from recipe.config import DataArguments, EvaluationArguments, GenerationArguments
+from recipe.data import Dialogue, encode_dialogue
 from recipe.evaluation import (
     DialoguePerplexity,
     distinct_n,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import OFFLINE_MODEL, REPO, SAMPLE_DATA
+from conftest import OFFLINE_MODEL, REPO
 from recipe.config import (
     DataArguments,
     DialogueTrainingArguments,
