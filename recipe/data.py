@@ -974,8 +974,7 @@ def build_datasets(
     train_dataset = _training_form(train_examples, args, "train", main_process_first)
     validation_dataset = _training_form(validation_examples, args, "validation", main_process_first)
     report = data_report(
-        args, source, skipped, train, validation, train_examples, validation_examples, train_dataset,
-        validation_dataset, read_count=len(source.dialogues),
+        args, source, skipped, train, validation, train_examples, validation_examples, train_dataset, validation_dataset
     )
     return PreparedData(
         train_examples, validation_examples, train_dataset, validation_dataset, train, validation, report
@@ -1035,15 +1034,14 @@ def _split_report(dialogues: list[Dialogue], examples, batches, args: DataArgume
 
 
 def data_report(
-    args, source, skipped, train, validation, train_examples, validation_examples, train_dataset,
-    validation_dataset, read_count,
+    args, source, skipped, train, validation, train_examples, validation_examples, train_dataset, validation_dataset
 ) -> dict[str, Any]:
     """Counts a user can check against their file: what was read, skipped, split, windowed, packed."""
     return {
         "data_path": args.data_path,
         "validation_path": args.validation_path,
         "formats": source.format_counts,
-        "dialogues_read": read_count,
+        "dialogues_read": len(source.dialogues),
         "dialogues_used": len(train) + len(validation),
         "skipped": {
             "count": len(skipped),
