@@ -7,15 +7,13 @@ has run), so it works offline and without W&B.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .config import ConfigError
+from .run_dir import RunDir, read_json_file
 
 EVALUATE_HINT = "python scripts/evaluate.py --model_path {run_dir}"
 
@@ -42,34 +40,24 @@ class RunSummary:
         return "LoRA" if mode == "lora" else "full"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ComparisonError(f"{path} is not valid JSON ({error}); rerun the step that writes it") from error
-
-
 def _problem(run_dir: Path) -> str | None:
+    run = RunDir(run_dir)
     if not run_dir.is_dir():
         return f"run directory {run_dir} does not exist; pass the output_dir of a training run (e.g. outputs/smoke-full)"
-    if not (run_dir / "train_results.json").is_file():
-        hint = (f"finish it (python scripts/train.py --config {run_dir / 'run_config.yaml'} resumes it) or leave it out"
-                if (run_dir / "run_config.yaml").is_file() else "it is not a training output directory")
-        return f"{run_dir} holds no finished run (no train_results.json): {hint}"
+    if not run.is_finished():
+        hint = (f"finish it (python scripts/train.py --config {run.run_config} resumes it) or leave it out"
+                if run.is_recipe_run() else "it is not a training output directory")
+        return f"{run_dir} holds no finished run (no {run.train_results.name}): {hint}"
     return None
 
 
 def read_run(run_dir: str | os.PathLike, label: str | None = None) -> RunSummary:
     """Everything the comparison shows about one finished run."""
-    run_dir = Path(run_dir)
-    problem = _problem(run_dir)
+    run = RunDir(run_dir)
+    problem = _problem(run.path)
     if problem:
         raise ComparisonError(problem)
-    config_path = run_dir / "run_config.yaml"
-    config = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}) if config_path.is_file() else {}
-    state = _read_json(run_dir / "trainer_state.json") or {}
+    state = read_json_file(run.trainer_state) or {}
     train_curve, eval_curve, eval_epochs = [], [], set()
     for entry in state.get("log_history", []):
         if "loss" in entry and "epoch" in entry:
@@ -78,15 +66,14 @@ def read_run(run_dir: str | os.PathLike, label: str | None = None) -> RunSummary
         if "eval_token_loss" in entry and "epoch" in entry and entry["epoch"] not in eval_epochs:
             eval_epochs.add(entry["epoch"])
             eval_curve.append((float(entry["epoch"]), float(entry["eval_token_loss"])))
-    evaluation_file = _read_json(run_dir / "evaluation.json")
-    device = ((_read_json(run_dir / "environment.json") or {}).get("device")) or {}
+    device = ((read_json_file(run.environment) or {}).get("device")) or {}
     return RunSummary(
-        run_dir=run_dir,
-        label=label or run_dir.name,
-        config=config,
-        train=_read_json(run_dir / "train_results.json") or {},
-        evaluation=_read_json(run_dir / "eval_results.json") or {},
-        quality=(evaluation_file or {}).get("quality"),
+        run_dir=run.path,
+        label=label or run.path.name,
+        config=run.read_config(),
+        train=read_json_file(run.train_results) or {},
+        evaluation=read_json_file(run.eval_results) or {},
+        quality=(read_json_file(run.evaluation) or {}).get("quality"),
         device=" ".join(str(v) for v in (device.get("type"), device.get("name")) if v) or None,
         train_curve=train_curve,
         eval_curve=eval_curve,

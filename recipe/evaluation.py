@@ -1,123 +1,25 @@
-"""Evaluation: exact perplexity (overall and per speaker), sampled replies and their quality.
-
-Perplexity is the total negative log-likelihood over all predicted tokens divided by their number,
-not a mean of batch means: the Trainer's `eval_loss` averages per-batch mean losses weighted by
-sequences, which over-weights tokens in short batches. Every predicted token counts once: padding
-never, EOS always.
+"""Evaluation of a trained (or base) model: loading it the way it was trained, exact perplexity overall
+and per speaker, sampled replies and their quality; what scripts/evaluate.py writes and prints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import re
-from collections import Counter
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
-import evaluate
-import numpy as np
 import torch
 import yaml
 
 from .config import ConfigError, DataArguments, GenerationArguments, ModelArguments
-from .data import (
-    IGNORE_INDEX,
-    Dialogue,
-    DialogueCollator,
-    load_dialogue_splits,
-    read_dialogues,
-    tokenize_dialogues,
-)
+from .data import IGNORE_INDEX, Dialogue, DialogueCollator, load_dialogue_splits, read_dialogues, tokenize_dialogues
 from .files import file_sha256
 from .generation import generate_replies, prompts_from_dialogues, read_prompts_file
-
-_DESCRIPTION = """Perplexity from summed negative log-likelihoods and token counts.
-
-perplexity = exp(sum(nll_sum) / sum(num_tokens)), over any number of sequences or batches; also
-reports the loss in nats per token and in bits per token. Works offline (no script download)."""
-
-_INPUTS = """
-Args:
-    nll_sum: negative log-likelihood (natural log) summed over the predicted tokens of each sequence.
-    num_tokens: number of predicted tokens of each sequence.
-Returns:
-    perplexity, token_loss (nats per token), bits_per_token, num_tokens.
-Example:
-    >>> metric = DialoguePerplexity()
-    >>> metric.compute(nll_sum=[2.0, 4.0], num_tokens=[2, 4])["perplexity"]  # exp(6 / 6)
-    2.718281828459045
-"""
-
-
-class DialoguePerplexity(evaluate.Metric):
-    """Perplexity as an `evaluate` metric, shipped in the package (evaluate.load("perplexity") needs the Hub)."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("keep_in_memory", True)
-        super().__init__(**kwargs)
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features(
-                {"nll_sum": datasets.Value("float64"), "num_tokens": datasets.Value("int64")}
-            ),
-        )
-
-    def _compute(self, nll_sum, num_tokens):
-        return perplexity_from_sums(float(np.sum(nll_sum)), int(np.sum(num_tokens)))
-
-
-def perplexity_from_sums(total_nll: float, total_tokens: int) -> dict[str, float]:
-    if total_tokens <= 0:
-        raise ValueError("no predicted tokens: every label is -100, so perplexity is undefined")
-    token_loss = total_nll / total_tokens
-    return {
-        "perplexity": math.exp(token_loss),
-        "token_loss": token_loss,
-        "bits_per_token": token_loss / math.log(2),
-        "num_tokens": total_tokens,
-    }
-
-
-def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per sequence [nll_sum, num_tokens] (shape batch x 2) for causal-LM logits and labels.
-
-    Token t's logits predict label t+1, as in the models' own loss. Computed in float32 whatever
-    the logits' dtype, so bf16 evaluation does not blur the figure.
-    """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    mask = shift_labels != IGNORE_INDEX
-    token_nll = torch.nn.functional.cross_entropy(
-        shift_logits.transpose(1, 2), shift_labels.masked_fill(~mask, 0), reduction="none"
-    )
-    token_nll = token_nll.masked_fill(~mask, 0.0)
-    return torch.stack([token_nll.sum(dim=1), mask.sum(dim=1).to(token_nll.dtype)], dim=1)
-
-
-def preprocess_logits_for_perplexity(logits, labels):
-    """Trainer hook: shrink each eval batch's logits to per-sequence sums before they are gathered."""
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    return sequence_nll(logits, labels)
-
-
-def compute_perplexity_metrics(eval_prediction) -> dict[str, float]:
-    """Trainer `compute_metrics`: exact perplexity over the whole eval set (reported as eval_*)."""
-    sums = np.asarray(eval_prediction.predictions, dtype=np.float64).reshape(-1, 2)
-    return DialoguePerplexity().compute(nll_sum=sums[:, 0].tolist(), num_tokens=sums[:, 1].astype(np.int64).tolist())
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading what to evaluate
-
+from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures, sequence_nll
+from .run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, CHECKPOINT_PREFIX, EVALUATION, RunDir, weights_file
 
 @dataclass
 class LoadedModel:
@@ -128,43 +30,21 @@ class LoadedModel:
     kind: str  # "full", "lora", "checkpoint-full", "checkpoint-lora" or "base"
     path: str
     base_model: str | None
-    run_dir: Path | None
+    run_dir: RunDir | None  # the training run it came from, if any
     weights_sha256: str | None
 
 
-def find_run_dir(model_path: str) -> Path | None:
-    """The training output dir a model belongs to: itself, or the parent of checkpoint-N / base_model."""
-    path = Path(model_path)
-    for candidate in (path, path.parent):
-        if (candidate / "run_config.yaml").is_file():
-            return candidate
-    return None
-
-
-def read_run_config(run_dir: Path | None) -> dict[str, Any] | None:
-    if run_dir is None:
-        return None
-    return yaml.safe_load((run_dir / "run_config.yaml").read_text(encoding="utf-8")) or {}
-
-
-def _weights_file(path: Path) -> Path | None:
-    for name in ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
-        if (path / name).is_file():
-            return path / name
-    return None
-
-
-def _lora_base(adapter_dir: Path, base_model: str | None, run_dir: Path | None) -> str:
+def _lora_base(adapter_dir: Path, base_model: str | None, run: RunDir | None) -> str:
     """Where the base of an adapter is: --base_model, the run's saved random base, the run's
     model_name_or_path, or what the adapter config recorded."""
     if base_model:
         return base_model
-    if run_dir is not None and (run_dir / "base_model").is_dir():
-        return str(run_dir / "base_model")
-    run_config = read_run_config(run_dir) or {}
+    if run is not None and run.base_model.is_dir():
+        return str(run.base_model)
+    run_config = run.read_config() if run else {}
     if run_config.get("model_name_or_path") and not run_config.get("random_init"):
         return run_config["model_name_or_path"]
-    recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    recorded = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if recorded:
         return recorded
     raise ConfigError(f"cannot tell the base model of the adapter in {adapter_dir}; pass --base_model")
@@ -178,9 +58,9 @@ def load_model_for_evaluation(model_path: str, base_model: str | None = None, dt
 
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     path = Path(model_path)
-    run_dir = find_run_dir(model_path)
-    checkpoint = path.name.startswith("checkpoint-")
-    if path.is_dir() and (path / "adapter_config.json").is_file():
+    run_dir = RunDir.containing(model_path)
+    checkpoint = path.name.startswith(CHECKPOINT_PREFIX)
+    if path.is_dir() and (path / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
         base = _lora_base(path, base_model, run_dir)
@@ -192,13 +72,13 @@ def load_model_for_evaluation(model_path: str, base_model: str | None = None, dt
         source, local_only = resolve_pretrained(model_path, "model", option="--model_path")
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, dtype=torch_dtype)
         base = None
-        kind = "checkpoint-full" if checkpoint else "base" if (run_dir is None or path.name == "base_model") else "full"
+        kind = "checkpoint-full" if checkpoint else "base" if (run_dir is None or path.name == BASE_MODEL_DIR) else "full"
         tokenizer_source = model_path
     tokenizer = get_tokenizer(ModelArguments(model_name_or_path=tokenizer_source))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     align_generation_config(model.get_base_model() if base else model, tokenizer)
-    weights = _weights_file(path) if path.is_dir() else None
+    weights = weights_file(path) if path.is_dir() else None
     return LoadedModel(model, tokenizer, kind, model_path, base, run_dir, file_sha256(weights))
 
 
@@ -238,10 +118,6 @@ def evaluation_dialogues(eval_args, data_args: DataArguments) -> tuple[list[Dial
         dialogues = dialogues[: eval_args.max_eval_dialogues]
     described["num_dialogues"] = len(dialogues)
     return dialogues, described
-
-
-# ----------------------------------------------------------------------------------------------
-# Perplexity, overall and per speaker
 
 
 @dataclass
@@ -322,79 +198,19 @@ def perplexity_by_speaker(model, tokenizer, dialogues, data_args: DataArguments,
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# Quality measures
-
-
-_WORD = re.compile(r"\w+|[^\w\s]")
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Distinct n-grams over all n-grams of all texts (Li et al., 2016); 0 when there are none."""
-    grams = [tuple(w[i : i + n]) for w in map(words, texts) for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def repeat_share(texts: list[str]) -> float:
-    """Share of texts that repeat an earlier one exactly."""
-    seen, repeats = set(), 0
-    for text in texts:
-        repeats += text in seen
-        seen.add(text)
-    return repeats / len(texts) if texts else 0.0
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Bag-of-words F1 between a reply and its reference (SQuAD-style, lower-cased words)."""
-    predicted, expected = Counter(words(prediction)), Counter(words(reference))
-    overlap = sum((predicted & expected).values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / sum(predicted.values()), overlap / sum(expected.values())
-    return 2 * precision * recall / (precision + recall)
-
-
-def quality_measures(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    replies = [s["reply"] for s in samples]
-    ended = Counter(s["ended_by"] for s in samples)
-    with_reference = [s for s in samples if s.get("reference")]
-    return {
-        "num_replies": len(replies),
-        "distinct_1": distinct_n(replies, 1),
-        "distinct_2": distinct_n(replies, 2),
-        "repeat_share": repeat_share(replies),
-        "empty_share": sum(1 for r in replies if not r) / len(replies) if replies else 0.0,
-        "clean_end_share": (ended["eos"] + ended["turn_end"]) / len(samples) if samples else 0.0,
-        "ended_by": dict(ended),
-        "mean_reply_words": sum(len(words(r)) for r in replies) / len(replies) if replies else 0.0,
-        "token_f1": (sum(token_f1(s["reply"], s["reference"]) for s in with_reference) / len(with_reference)
-                     if with_reference else None),
-        "num_with_reference": len(with_reference),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# The whole evaluation
-
-
 def default_output_file(model_path: str) -> Path:
     path = Path(model_path)
     if path.is_dir():
-        return path / "evaluation.json"
+        return path / EVALUATION
     return Path(f"evaluation-{model_path.replace('/', '--')}.json")
 
 
 def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
     """Perplexity on the run's validation split (or a file), samples, quality measures: results.json's content."""
-    import time
 
     started = time.time()
     loaded = load_model_for_evaluation(eval_args.model_path, eval_args.base_model, eval_args.dtype)
-    run_config = read_run_config(loaded.run_dir) if not eval_args.data_config else None
+    run_config = loaded.run_dir.read_config() if loaded.run_dir and not eval_args.data_config else None
     data_args = evaluation_data_args(run_config, eval_args.data_config)
     dialogues, data_description = evaluation_dialogues(eval_args, data_args)
     data_description["windowing"] = (
@@ -486,17 +302,3 @@ def wandb_metrics(results: dict[str, Any]) -> dict[str, float]:
     if q["token_f1"] is not None:
         metrics["eval/token_f1"] = q["token_f1"]
     return metrics
-
-
-def chat_speakers(run_dir: Path | None, run_config: dict[str, Any] | None, user: str | None,
-                  speaker: str | None) -> tuple[str, str]:
-    """(user, speaker) for chat: given ones win; else the run's trained speaker and its most frequent
-    other speaker (from data_report.json); else User and Assistant."""
-    report_path = run_dir / "data_report.json" if run_dir else None
-    known: list[str] = []
-    if report_path and report_path.is_file():
-        known = list(json.loads(report_path.read_text())["train"].get("turns_per_speaker", {}))
-    trained = (run_config or {}).get("train_on_speakers") or []
-    speaker = speaker or (trained[0] if trained else known[1] if len(known) > 1 else "Assistant")
-    user = user or next((name for name in known if name != speaker), "User")
-    return user, speaker

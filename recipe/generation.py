@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from .config import ConfigError, DataArguments, GenerationArguments
-from .data import render_dialogue
+from .data import chat_messages, render_dialogue
+from .run_dir import RunDir, read_json_file
 
 
 @dataclass
@@ -41,9 +42,7 @@ def build_prompt(speakers: list[str], texts: list[str], next_speaker: str, data_
     """Context turns written exactly as in training, then the cue for the next speaker."""
     roles = roles or [None] * len(speakers)
     if data_args.use_chat_template:
-        from .data import _chat_messages
-
-        messages = _chat_messages(speakers, texts, roles, data_args)
+        messages = chat_messages(speakers, texts, roles, data_args)
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if not speakers:
         return turn_cue(next_speaker, data_args)
@@ -186,3 +185,14 @@ class ChatSession:
             self.speakers.append(self.speaker)
             self.texts.append(reply.text)
         return reply
+
+
+def chat_speakers(run: RunDir | None, user: str | None, speaker: str | None) -> tuple[str, str]:
+    """(user, speaker) for chat: given ones win; else the run's trained speaker and its most frequent
+    other speaker (from data_report.json); else User and Assistant."""
+    report = (read_json_file(run.data_report) if run else None) or {}
+    known = list((report.get("train") or {}).get("turns_per_speaker", {}))
+    trained = (run.read_config() if run else {}).get("train_on_speakers") or []
+    speaker = speaker or (trained[0] if trained else known[1] if len(known) > 1 else "Assistant")
+    user = user or next((name for name in known if name != speaker), "User")
+    return user, speaker

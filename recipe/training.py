@@ -7,12 +7,10 @@ the main process first, and every file, summary and log line is written once, by
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
 
 from .config import (
@@ -36,8 +33,8 @@ from .config import (
     save_resolved_config,
 )
 from .data import PreparedData, build_datasets, format_report, get_data_collator
-from .evaluation import compute_perplexity_metrics, preprocess_logits_for_perplexity
 from .files import atomic_write_json, file_sha256
+from .metrics import compute_perplexity_metrics, preprocess_logits_for_perplexity
 from .modeling import (
     align_generation_config,
     apply_lora,
@@ -46,15 +43,11 @@ from .modeling import (
     get_model,
     get_tokenizer,
 )
-from .tracking import RunTracker, redact_command
+from .redaction import redact_command
+from .run_dir import INCOMPLETE_PREFIX, RunDir, checkpoint_is_complete
+from .tracking import RunTracker, run_mode
 
 logger = logging.getLogger(__name__)
-
-RUN_CONFIG = "run_config.yaml"
-BASE_MODEL_DIR = "base_model"  # the random base of a LoRA run on a random_init model
-FINISHED_MARKER = "train_results.json"  # written last: its presence means the run finished
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
 
 
 class OutputDirError(ConfigError):
@@ -65,45 +58,6 @@ class OutputDirError(ConfigError):
 # Output directory: fresh start, resume, or refuse
 
 
-def checkpoint_is_complete(path: Path) -> bool:
-    """A checkpoint is complete once the Trainer wrote trainer_state.json, which it writes after the
-    weights, optimizer, scheduler and RNG states; a run killed mid-save leaves none or a torn one."""
-    state = path / "trainer_state.json"
-    if not state.is_file() or not any((path / name).is_file() for name in WEIGHT_FILES):
-        return False
-    try:
-        return "global_step" in json.loads(state.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """checkpoint-N folders, oldest first."""
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
-
-
-def set_aside_incomplete_checkpoints(output_dir: Path) -> list[Path]:
-    """Rename half-written checkpoints to incomplete-checkpoint-N, so neither we nor the Trainer
-    resume from (or rotate around) them; they stay on disk for inspection."""
-    moved = []
-    for path in list_checkpoints(output_dir):
-        if not checkpoint_is_complete(path):
-            target = path.with_name(f"incomplete-{path.name}")
-            if target.exists():
-                shutil.rmtree(target)
-            path.rename(target)
-            moved.append(target)
-    return moved
-
-
-def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    complete = [p for p in list_checkpoints(output_dir) if checkpoint_is_complete(p)]
-    return complete[-1] if complete else None
-
-
 def prepare_output_dir(args: DialogueTrainingArguments, is_main_process: bool) -> Path | None:
     """Decide how this run uses output_dir and return the checkpoint to resume from (or None).
 
@@ -112,7 +66,7 @@ def prepare_output_dir(args: DialogueTrainingArguments, is_main_process: bool) -
     - a finished run: refuse unless --overwrite_output_dir (then it is deleted);
     - anything not written by this recipe: refuse, whatever the flags.
     """
-    output_dir = Path(args.output_dir)
+    run = RunDir(args.output_dir)
     if args.resume_from_checkpoint:
         checkpoint = Path(args.resume_from_checkpoint)
         if not checkpoint_is_complete(checkpoint):
@@ -120,30 +74,29 @@ def prepare_output_dir(args: DialogueTrainingArguments, is_main_process: bool) -
                 f"resume_from_checkpoint {checkpoint} is not a complete checkpoint (no trainer_state.json or weights)"
             )
         return checkpoint
-    entries = [p for p in output_dir.iterdir() if not p.name.startswith(".")] if output_dir.is_dir() else []
+    entries = [p for p in run.path.iterdir() if not p.name.startswith(".")] if run.path.is_dir() else []
     if not entries:
         return None
-    if not (output_dir / RUN_CONFIG).is_file():
+    if not run.is_recipe_run():
         raise OutputDirError(
-            f"output_dir {output_dir} is not empty and was not written by this recipe (no {RUN_CONFIG}); "
+            f"output_dir {run} is not empty and was not written by this recipe (no {run.run_config.name}); "
             "choose another --output_dir"
         )
-    finished = (output_dir / FINISHED_MARKER).is_file()
     if args.overwrite_output_dir:
         if is_main_process:
-            logger.warning("overwrite_output_dir: deleting the previous run in %s", output_dir)
-            shutil.rmtree(output_dir)
+            logger.warning("overwrite_output_dir: deleting the previous run in %s", run)
+            shutil.rmtree(run.path)
         return None
-    if finished:
+    if run.is_finished():
         raise OutputDirError(
-            f"output_dir {output_dir} holds a finished run ({FINISHED_MARKER}); pass --overwrite_output_dir true "
+            f"output_dir {run} holds a finished run ({run.train_results.name}); pass --overwrite_output_dir true "
             "to replace it, or choose another --output_dir"
         )
     if is_main_process:
-        for path in set_aside_incomplete_checkpoints(output_dir):
+        for path in run.set_aside_incomplete_checkpoints():
             logger.warning("%s was half-written (the run was interrupted while saving): set aside as %s",
-                           path.name.removeprefix("incomplete-"), path)
-    return last_complete_checkpoint(output_dir)
+                           path.name.removeprefix(INCOMPLETE_PREFIX), path)
+    return run.last_complete_checkpoint()
 
 
 def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -350,36 +303,72 @@ def run_training(
     training_args: DialogueTrainingArguments,
     tracking_args: TrackingArguments | None = None,
 ) -> TrainingResult:
-    """Fine-tune, evaluate and save; see the README for everything written to output_dir."""
+    """Fine-tune, evaluate and save; see the README for everything written to output_dir.
+
+    Four steps: decide how the output directory is used and record the run; prepare the tokenizer,
+    data and model; train; write the final model, results and records.
+    """
     from accelerate import PartialState
 
     state = PartialState()
-    is_main = state.is_main_process
-    recipe_level = logging.INFO if is_main else logging.WARNING
-    if training_args.log_level != "passive":
-        recipe_level = training_args.get_process_log_level()
-    logging.getLogger("recipe").setLevel(recipe_level)
-    output_dir = Path(training_args.output_dir)
+    _set_recipe_log_level(training_args, state.is_main_process)
     tracking_args = tracking_args or TrackingArguments()
-    tracker = RunTracker(tracking_args, lora_args, output_dir, is_main, training_args.push_to_hub)  # W&B, Hub
+    run = RunDir(training_args.output_dir)
+    tracker = RunTracker(tracking_args, lora_args, run.path, state.is_main_process, training_args.push_to_hub)
 
-    resume = prepare_output_dir(training_args, is_main)
+    resume = prepare_output_dir(training_args, state.is_main_process)
     state.wait_for_everyone()
-    configs = (model_args, data_args, lora_args, training_args, tracking_args)
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        previous = output_dir / RUN_CONFIG
-        if resume and previous.is_file():
-            changed = config_differences(yaml.safe_load(previous.read_text()) or {}, resolved_config(*configs))
-            if changed:
-                logger.warning("resuming with options that differ from the interrupted run: %s", "; ".join(changed))
-        save_resolved_config(
-            output_dir / RUN_CONFIG, *configs,
-            header="# Every resolved option of this run; reproduce it with: python scripts/train.py --config "
-            f"{output_dir / RUN_CONFIG}\n",
-        )
-        atomic_write_json(output_dir / "environment.json", environment_record(data_args, training_args))
+    if state.is_main_process:
+        write_run_records(run, (model_args, data_args, lora_args, training_args, tracking_args), resume)
 
+    tokenizer, prepared, model, training_args = prepare_data_and_model(
+        model_args, data_args, lora_args, training_args, run, state.is_main_process
+    )
+    parameters = count_parameters(model)
+    if state.is_main_process:
+        logger.info("run summary\n%s", start_summary(model_args, lora_args, training_args, prepared, *parameters, resume))
+
+    training_args = tracker.configure(training_args, resume)  # W&B run started; Hub pushes off if unreachable
+    trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
+    tracker.attach(trainer)
+    train_metrics, eval_metrics = train_and_evaluate(trainer, prepared, lora_args, parameters, resume)
+
+    save_final_model(trainer, tokenizer, lora_args, run.path)
+    if trainer.is_world_process_zero():
+        write_results(run, trainer, train_metrics, eval_metrics)
+    state.wait_for_everyone()
+    tracker.finish(train_metrics, eval_metrics)  # model card, W&B summary, final Hub push (main process)
+    return TrainingResult(run.path, train_metrics, eval_metrics)
+
+
+def _set_recipe_log_level(training_args: DialogueTrainingArguments, is_main: bool) -> None:
+    """The recipe's own log lines: info on the main process, warnings only on the others."""
+    level = logging.INFO if is_main else logging.WARNING
+    if training_args.log_level != "passive":
+        level = training_args.get_process_log_level()
+    logging.getLogger("recipe").setLevel(level)
+
+
+def write_run_records(run: RunDir, configs: tuple, resume: Path | None) -> None:
+    """run_config.yaml (every resolved option; warns when a resumed run changed some) and environment.json."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    if resume and run.is_recipe_run():
+        changed = config_differences(run.read_config(), resolved_config(*configs))
+        if changed:
+            logger.warning("resuming with options that differ from the interrupted run: %s", "; ".join(changed))
+    save_resolved_config(
+        run.run_config, *configs,
+        header=f"# Every resolved option of this run; reproduce it with: python scripts/train.py --config {run.run_config}\n",
+    )
+    _, data_args, _, training_args, _ = configs
+    atomic_write_json(run.environment, environment_record(data_args, training_args))
+
+
+def prepare_data_and_model(model_args, data_args, lora_args, training_args, run: RunDir, is_main: bool):
+    """Tokenizer, data (prepared once, by the main process first) and model (with LoRA adapters when asked).
+
+    Returns the training arguments too: without validation data, evaluation is turned off.
+    """
     set_seed(training_args.seed)
     tokenizer = get_tokenizer(model_args)
     prepared = build_datasets(
@@ -387,6 +376,8 @@ def run_training(
     )
     if prepared.validation_dataset is None:
         training_args = without_evaluation(training_args)
+    if is_main:
+        atomic_write_json(run.data_report, prepared.report)
 
     set_seed(training_args.seed)  # same initial weights whatever the data step consumed
     model = get_model(model_args, tokenizer)
@@ -394,51 +385,49 @@ def run_training(
     if lora_args.use_lora:
         if model_args.random_init and is_main:
             # An adapter works only on its exact base, and a random base exists nowhere else: keep it.
-            model.save_pretrained(output_dir / BASE_MODEL_DIR)
-            tokenizer.save_pretrained(output_dir / BASE_MODEL_DIR)
+            model.save_pretrained(run.base_model)
+            tokenizer.save_pretrained(run.base_model)
         if training_args.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need inputs that carry gradients
         model = apply_lora(model, lora_args)
-    trainable, total = count_parameters(model)
-    if is_main:
-        atomic_write_json(output_dir / "data_report.json", prepared.report)
-        logger.info("run summary\n%s", start_summary(model_args, lora_args, training_args, prepared, trainable, total, resume))
+    return tokenizer, prepared, model, training_args
 
-    training_args = tracker.configure(training_args, resume)  # W&B run started; Hub pushes off if unreachable
-    trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
-    tracker.attach(trainer)
+
+def train_and_evaluate(trainer: DialogueTrainer, prepared: PreparedData, lora_args: LoraArguments,
+                       parameters: tuple[int, int], resume: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train (resuming when asked), evaluate the final model, and return (train metrics, eval metrics)."""
     start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.perf_counter() - start
     real_tokens = trainer.total_real_tokens_trained()
-
     eval_metrics = trainer.evaluate() if prepared.validation_dataset is not None else {}
     train_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    trainable, total = parameters
     train_metrics = dict(train_output.metrics)
     train_metrics.update(
         train_runtime=round(runtime, 2),
         train_real_tokens=real_tokens,
         train_real_tokens_per_second=round(real_tokens / runtime, 1) if runtime > 0 else None,
         final_train_loss=train_losses[-1] if train_losses else None,
-        peak_memory_mb=peak_memory_mb(training_args.device),
+        peak_memory_mb=peak_memory_mb(trainer.args.device),
         trainable_parameters=trainable,
         total_parameters=total,
         global_step=trainer.state.global_step,
         best_checkpoint=trainer.state.best_model_checkpoint,
         resumed_from=str(resume) if resume else None,
-        mode="lora" if lora_args.use_lora else "full",
+        mode=run_mode(lora_args.use_lora),
     )
+    return train_metrics, eval_metrics
 
-    save_final_model(trainer, tokenizer, lora_args, output_dir)
-    if trainer.is_world_process_zero():
-        if eval_metrics:
-            atomic_write_json(output_dir / "eval_results.json", eval_metrics)
-        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
-        atomic_write_json(output_dir / FINISHED_MARKER, train_metrics)  # last: marks the run finished
-        logger.info("done\n%s", end_summary(output_dir, train_metrics, eval_metrics))
-    state.wait_for_everyone()
-    tracker.finish(train_metrics, eval_metrics)  # model card, W&B summary, final Hub push (main process)
-    return TrainingResult(output_dir, train_metrics, eval_metrics)
+
+def write_results(run: RunDir, trainer: DialogueTrainer, train_metrics: dict[str, Any],
+                  eval_metrics: dict[str, Any]) -> None:
+    """eval_results.json, trainer_state.json, then train_results.json, which marks the run finished."""
+    if eval_metrics:
+        atomic_write_json(run.eval_results, eval_metrics)
+    trainer.state.save_to_json(str(run.trainer_state))
+    atomic_write_json(run.train_results, train_metrics)  # last: marks the run finished
+    logger.info("done\n%s", end_summary(run.path, train_metrics, eval_metrics))
 
 
 def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArguments, output_dir: Path) -> None:
@@ -453,7 +442,7 @@ def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArgumen
         tokenizer.save_pretrained(output_dir)
         base.generation_config.save_pretrained(output_dir)
     if lora_args.use_lora and lora_args.merge_lora and trainer.is_world_process_zero():
-        merged_dir = output_dir / "merged"
+        merged_dir = RunDir(output_dir).merged
         merged = trainer.accelerator.unwrap_model(model).merge_and_unload()
         merged.save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)

@@ -11,15 +11,14 @@ import sys
 
 from recipe.cli import setup_logging, user_errors
 from recipe.config import ChatArguments, GenerationArguments, RecipeParser
-from recipe.evaluation import chat_speakers, evaluation_data_args, load_model_for_evaluation, read_run_config
-from recipe.generation import ChatSession
+from recipe.evaluation import evaluation_data_args, load_model_for_evaluation
+from recipe.generation import ChatSession, chat_speakers
 
 
 def main(chat_args: ChatArguments, gen_args: GenerationArguments) -> None:
     loaded = load_model_for_evaluation(chat_args.model_path, chat_args.base_model)
-    run_config = read_run_config(loaded.run_dir)
-    data_args = evaluation_data_args(run_config, None)
-    user, speaker = chat_speakers(loaded.run_dir, run_config, chat_args.user, chat_args.speaker)
+    data_args = evaluation_data_args(loaded.run_dir.read_config() if loaded.run_dir else None, None)
+    user, speaker = chat_speakers(loaded.run_dir, chat_args.user, chat_args.speaker)
     context = chat_args.max_context_tokens or max(16, data_args.max_length - gen_args.max_new_tokens)
     session = ChatSession(loaded.model, loaded.tokenizer, data_args, gen_args, speaker, user, context)
     print(f"Chatting with {chat_args.model_path} as {speaker}; you are {user}. /reset clears the history, /quit leaves.")

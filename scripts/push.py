@@ -10,22 +10,20 @@ This is how a push that failed during training is retried. The token comes from 
 
 import argparse
 import sys
-from pathlib import Path
-
-import yaml
 
 from recipe.cli import setup_logging, user_errors
+from recipe.run_dir import RunDir
 from recipe.tracking import HubPushError, push_run_to_hub
 
 
 def main(run_dir: str, hub_model_id: str | None, hub_private_repo: bool | None, hub_merged_model_id: str | None,
          include_checkpoints: bool, hub_revision: str | None) -> list[str]:
-    config_path = Path(run_dir) / "run_config.yaml"
-    config = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}) if config_path.is_file() else {}
+    run = RunDir(run_dir)
+    config = run.read_config()
     repo_id = hub_model_id or config.get("hub_model_id")
     if not repo_id:
         raise HubPushError(f"no repo to push {run_dir} to: pass --hub_model_id you/name "
-                           f"({config_path} sets no hub_model_id)")
+                           f"({run.run_config} sets no hub_model_id)")
     return push_run_to_hub(
         run_dir, repo_id,
         private=hub_private_repo if hub_private_repo is not None else config.get("hub_private_repo"),

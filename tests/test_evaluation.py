@@ -12,15 +12,8 @@ import torch
 from conftest import REPO
 from recipe.config import DataArguments, EvaluationArguments, GenerationArguments
 from recipe.data import Dialogue, encode_dialogue
-from recipe.evaluation import (
-    DialoguePerplexity,
-    distinct_n,
-    evaluate_model,
-    load_model_for_evaluation,
-    perplexity_by_speaker,
-    repeat_share,
-    token_f1,
-)
+from recipe.evaluation import evaluate_model, load_model_for_evaluation, perplexity_by_speaker
+from recipe.metrics import DialoguePerplexity, distinct_n, repeat_share, token_f1
 from recipe.files import file_sha256
 from recipe.generation import Reply, _cut_reply, generate_replies, read_prompts_file
 from test_training import parse, smoke_args

@@ -34,8 +34,8 @@ from recipe.tracking import (
     init_wandb_run,
     log_evaluation_to_wandb,
     push_run_to_hub,
-    redact_command,
 )
+from recipe.redaction import redact_command
 from recipe.training import environment_record, run_training
 from test_training import smoke_args
 
@@ -237,7 +237,7 @@ def test_when_wandb_fails_online_it_goes_offline(tmp_path, monkeypatch, caplog):
             raise RuntimeError("401 invalid API key")
         return real_init(*args, mode=mode, **kwargs)
 
-    monkeypatch.setattr(recipe.tracking, "choose_wandb_mode", lambda preferred=None: ("online", None))
+    monkeypatch.setattr(recipe.tracking.wandb_run, "choose_wandb_mode", lambda preferred=None: ("online", None))
     monkeypatch.setattr(wandb, "init", init)
     with caplog.at_level(logging.WARNING, logger="recipe"):
         run = init_wandb_run({"project": "p", "dir": str(tmp_path)})
@@ -415,9 +415,9 @@ def fake_hub(monkeypatch):
 
     def install(**kwargs):
         api = FakeHubApi(**kwargs)
-        monkeypatch.setattr(recipe.tracking, "_hub_api", lambda: api)
+        monkeypatch.setattr(recipe.tracking.hub_push, "hub_api", lambda: api)
         monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
-        monkeypatch.setattr(recipe.tracking, "hub_unreachable_reason", lambda: None)
+        monkeypatch.setattr(recipe.tracking.hub_push, "hub_unreachable_reason", lambda: None)
         return api
 
     return install
@@ -479,7 +479,7 @@ def test_push_refuses_an_unfinished_run_and_an_unreachable_hub(tmp_path, wandb_r
         push_run_to_hub(tmp_path / "half", "me/x")
     import recipe.tracking
 
-    monkeypatch.setattr(recipe.tracking, "hub_unreachable_reason", lambda: "http://127.0.0.1:9 is not reachable")
+    monkeypatch.setattr(recipe.tracking.hub_push, "hub_unreachable_reason", lambda: "http://127.0.0.1:9 is not reachable")
     with pytest.raises(HubPushError, match=r"127.0.0.1:9 is not reachable\. Every local file is intact; retry"):
         push_run_to_hub(wandb_run[0], "me/x")
 

@@ -1,0 +1,66 @@
+"""Dialogue files -> validated dialogues -> train/validation split -> tokenized (and packed) datasets.
+
+One module per step, each usable on its own:
+
+- `formats`: `read_dialogues` parses a file (or a saved/Hub dataset) into dialogues of (speaker, text)
+  turns, keeping every turn in file order, and names the file, entry and fix of every bad one.
+- `encoding`: `encode_dialogue` renders `Speaker: text` lines + EOS, tokenizes, builds the labels and
+  splits long dialogues into windows at turn boundaries.
+- `packing`: best-fit-decreasing packing into rows of `max_length` (positions restart per dialogue)
+  and `DialogueCollator`, which pads and never puts padding in the loss.
+- `pipeline`: `split_dialogues`, `tokenize_dialogues` (through `datasets.map`, cached by fingerprint)
+  and `build_datasets`, the whole path training and evaluation use.
+- `report`: `data_report` and its printed summary.
+"""
+
+from .encoding import (
+    IGNORE_INDEX,
+    EncodedDialogue,
+    RenderedDialogue,
+    chat_messages,
+    encode_dialogue,
+    render_dialogue,
+    require_fast_tokenizer,
+)
+from .formats import Dialogue, DialogueDataError, DialogueFile, parse_dialogue, read_dialogues
+from .packing import DialogueCollator, best_fit_decreasing, get_data_collator, pack_batch
+from .pipeline import (
+    DialogueSplits,
+    PreparedData,
+    build_datasets,
+    load_dialogue_splits,
+    pack_examples,
+    split_dialogues,
+    tokenize_dialogues,
+    write_prepared_data,
+)
+from .report import data_report, format_report
+
+__all__ = [
+    "IGNORE_INDEX",
+    "Dialogue",
+    "DialogueCollator",
+    "DialogueDataError",
+    "DialogueFile",
+    "DialogueSplits",
+    "EncodedDialogue",
+    "PreparedData",
+    "RenderedDialogue",
+    "best_fit_decreasing",
+    "build_datasets",
+    "chat_messages",
+    "data_report",
+    "encode_dialogue",
+    "format_report",
+    "get_data_collator",
+    "load_dialogue_splits",
+    "pack_batch",
+    "pack_examples",
+    "parse_dialogue",
+    "read_dialogues",
+    "render_dialogue",
+    "require_fast_tokenizer",
+    "split_dialogues",
+    "tokenize_dialogues",
+    "write_prepared_data",
+]

@@ -1,0 +1,427 @@
+"""Reading dialogue files: every supported shape parsed into (speaker, text) turns, every problem named.
+
+Every turn is kept in file order: the seed format repeats speaker keys inside one object, which
+`json.load` would silently collapse, so objects are parsed as lists of (key, value) pairs. A bad
+dialogue is reported with its file, entry (index and line) and the fix; with `on_bad_dialogue skip`
+it is left out and counted, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..config import DataArguments
+from ..hub import is_hub_id, require_hub
+
+logger = logging.getLogger(__name__)
+
+SHOWN_PROBLEMS = 5
+
+
+class DialogueDataError(ValueError):
+    """Input data that cannot be used; the message names the file, the entry and the fix."""
+
+
+class _BadDialogue(Exception):
+    """One invalid dialogue; collected, then raised together or skipped with a count."""
+
+
+class _Object(list):
+    """A JSON object as its (key, value) pairs in file order; repeated keys are kept."""
+
+    def keys(self) -> list[str]:
+        return [key for key, _ in self]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for k, value in self:
+            if k == key:
+                return value
+        return default
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_Object)
+
+
+def _as_object(value: Any) -> Any:
+    """Rows of a `datasets` table arrive as dicts; give them the same shape as parsed JSON."""
+    if isinstance(value, dict):
+        return _Object((k, _as_object(v)) for k, v in value.items())
+    if isinstance(value, list) and not isinstance(value, _Object):
+        return [_as_object(v) for v in value]
+    return value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, _Object):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+@dataclass
+class Dialogue:
+    """One dialogue: who said what, in order. `source` says where it came from, for messages."""
+
+    source: str
+    speakers: list[str]
+    texts: list[str]
+    roles: list[str | None]
+    format: str
+
+
+@dataclass
+class DialogueFile:
+    """The valid dialogues of one input, and what was skipped (never dropped silently)."""
+
+    path: str
+    dialogues: list[Dialogue]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    validation_dialogues: list[Dialogue] | None = None  # from a saved/Hub dataset's validation split
+
+    @property
+    def format_counts(self) -> dict[str, int]:
+        return dict(Counter(d.format for d in self.dialogues))
+
+
+def read_dialogues(path: str, args: DataArguments, split: str | None = None) -> DialogueFile:
+    """Read every dialogue of a .json/.jsonl file, a `save_to_disk` directory or a Hub dataset.
+
+    Raises:
+        DialogueDataError: unreadable file, malformed JSON (with line and column), or invalid
+            dialogues when `on_bad_dialogue` is "error" (all of them counted, the first few shown).
+    """
+    validation_rows = None
+    if os.path.isdir(path):
+        rows, validation_rows = _read_saved_dataset(path, args, split)
+        records = ((f"{path} row {i}", _as_object(row)) for i, row in enumerate(rows))
+    elif os.path.isfile(path):
+        text = _read_text(path)
+        if path.endswith(".jsonl"):
+            records = _jsonl_records(path, text)
+        else:
+            records = _json_records(path, text, args)
+    elif is_hub_id(path):
+        rows, validation_rows = _read_hub_dataset(path, args, split)
+        records = ((f"{path} row {i}", _as_object(row)) for i, row in enumerate(rows))
+    else:
+        raise DialogueDataError(f"{path}: no such file or directory (data_path / validation_path)")
+
+    dialogues, skipped = _parse_records(path, records, args)
+    result = DialogueFile(path=path, dialogues=dialogues, skipped=skipped)
+    if validation_rows is not None:
+        val_records = ((f"{path} validation row {i}", _as_object(row)) for i, row in enumerate(validation_rows))
+        result.validation_dialogues, val_skipped = _parse_records(path, val_records, args)
+        result.skipped += val_skipped
+    return result
+
+
+def _read_text(path: str) -> str:
+    raw = Path(path).read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DialogueDataError(f"{path} is UTF-16 encoded; re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DialogueDataError(
+            f"{path} is not valid UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start} (line {line}). "
+            "Re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in.json > out.json"
+        ) from None
+    if not text.strip():
+        raise DialogueDataError(
+            f"{path} is empty; expected a JSON array of dialogues (.json) or one dialogue per line (.jsonl)"
+        )
+    return text
+
+
+def _json_error(path: str, error: json.JSONDecodeError, jsonl_line: int | None = None) -> DialogueDataError:
+    if jsonl_line is not None:
+        where = f"{path} line {jsonl_line} column {error.colno}"
+        hint = "each line of a .jsonl file must be one complete JSON value"
+    else:
+        where = f"{path} line {error.lineno} column {error.colno}"
+        hint = "fix the JSON there"
+        if error.msg == "Extra data":
+            hint = "the file holds more than one JSON value; if it has one dialogue per line, name it .jsonl"
+    return DialogueDataError(f"{where}: invalid JSON ({error.msg}); {hint}")
+
+
+def _json_records(path: str, text: str, args: DataArguments) -> Iterator[tuple[str, Any]]:
+    """Yield (where, value) for each dialogue of a .json file.
+
+    A top-level array is walked element by element so that each dialogue's line is known.
+    """
+    start = len(text) - len(text.lstrip())
+    if text[start] != "[":
+        try:
+            value, end = _DECODER.raw_decode(text, start)
+            if text[end:].strip():
+                raise json.JSONDecodeError("Extra data", text, end + len(text[end:]) - len(text[end:].lstrip()))
+        except json.JSONDecodeError as error:
+            raise _json_error(path, error) from None
+        yield f"{path}", value  # one dialogue: {"turns": [...]}, {"messages": [...]} or a speaker map
+        return
+    elements = list(_iter_json_array(path, text, start))
+    if not elements:
+        raise DialogueDataError(f"{path} holds an empty array; add dialogues to it")
+    if _is_turn_list([value for _, value in elements], args):
+        yield f"{path}", [value for _, value in elements]  # a bare list of turns is one dialogue
+        return
+    for index, (line, value) in enumerate(elements):
+        yield f"{path} entry [{index}] (line {line})", value
+
+
+def _iter_json_array(path: str, text: str, start: int) -> Iterator[tuple[int, Any]]:
+    position, whitespace = start + 1, " \t\r\n"
+    try:
+        while True:
+            while position < len(text) and text[position] in whitespace:
+                position += 1
+            if position < len(text) and text[position] == "]":
+                position += 1
+                break
+            line = text.count("\n", 0, position) + 1
+            value, position = _DECODER.raw_decode(text, position)
+            yield line, value
+            while position < len(text) and text[position] in whitespace:
+                position += 1
+            if position < len(text) and text[position] == ",":
+                position += 1
+            elif position < len(text) and text[position] == "]":
+                position += 1
+                break
+            else:
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
+        if text[position:].strip():
+            raise json.JSONDecodeError("Extra data", text, position + len(text[position:]) - len(text[position:].lstrip()))
+    except json.JSONDecodeError as error:
+        raise _json_error(path, error) from None
+
+
+def _jsonl_records(path: str, text: str) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = _DECODER.decode(line)
+        except json.JSONDecodeError as error:
+            raise _json_error(path, error, jsonl_line=number) from None
+        yield f"{path} line {number}", value
+
+
+def _is_turn_list(values: list[Any], args: DataArguments) -> bool:
+    """A list whose items are all turns/messages (not dialogues) is a single dialogue."""
+    turn_keys = ({args.speaker_field, args.text_field}, {args.role_field, args.content_field})
+    return bool(values) and all(
+        isinstance(v, _Object) and any(keys <= set(v.keys()) for keys in turn_keys) for v in values
+    )
+
+
+def _read_saved_dataset(path: str, args: DataArguments, split: str | None):
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(path)
+    except FileNotFoundError as error:
+        raise DialogueDataError(
+            f"{path} is a directory but not one written by datasets' save_to_disk ({error}); "
+            "pass a .json/.jsonl file or a saved dataset directory"
+        ) from None
+    return _pick_splits(path, loaded, args, split)
+
+
+def _read_hub_dataset(path: str, args: DataArguments, split: str | None):
+    import datasets
+
+    require_hub(path, "dataset")
+    loaded = datasets.load_dataset(path, args.dataset_config_name)
+    return _pick_splits(path, loaded, args, split)
+
+
+def _pick_splits(path: str, loaded, args: DataArguments, split: str | None):
+    """Train rows (and validation rows, when the dataset has that split) of a Dataset/DatasetDict."""
+    import datasets
+
+    if isinstance(loaded, datasets.Dataset):
+        return loaded, None
+    wanted = split or args.dataset_train_split
+    if wanted not in loaded:
+        raise DialogueDataError(
+            f"{path} has splits {list(loaded)}, not {wanted!r}; set --dataset_train_split to one of them"
+        )
+    validation_split = args.dataset_validation_split
+    if validation_split is None and split is None and "validation" in loaded:
+        validation_split = "validation"
+    if validation_split is not None and validation_split not in loaded:
+        raise DialogueDataError(
+            f"{path} has splits {list(loaded)}, not {validation_split!r}; fix --dataset_validation_split"
+        )
+    return loaded[wanted], (loaded[validation_split] if validation_split and split is None else None)
+
+
+def _parse_records(
+    path: str, records: Iterable[tuple[str, Any]], args: DataArguments
+) -> tuple[list[Dialogue], list[tuple[str, str]]]:
+    dialogues, bad = [], []
+    for where, value in records:
+        try:
+            dialogues.append(parse_dialogue(value, where, args))
+        except _BadDialogue as problem:
+            bad.append((where, str(problem)))
+    if bad and args.on_bad_dialogue == "error":
+        listed = "\n".join(f"  - {where}: {reason}" for where, reason in bad[:SHOWN_PROBLEMS])
+        more = f"\n  ... and {len(bad) - SHOWN_PROBLEMS} more" if len(bad) > SHOWN_PROBLEMS else ""
+        total = len(bad) + len(dialogues)
+        raise DialogueDataError(
+            f"{path}: {len(bad)} of {total} dialogues are invalid:\n{listed}{more}\n"
+            "Fix them, or pass --on_bad_dialogue skip to leave them out (they are counted in data_report.json)."
+        )
+    if bad:
+        shown = ", ".join(where for where, _ in bad[:SHOWN_PROBLEMS])
+        logger.warning("%s: skipped %d invalid dialogues (first: %s); see data_report.json", path, len(bad), shown)
+    if not dialogues:
+        raise DialogueDataError(f"{path}: no valid dialogue left to train on")
+    return dialogues, bad
+
+
+def parse_dialogue(value: Any, where: str, args: DataArguments) -> Dialogue:
+    """Validate one dialogue in any supported shape and return its turns."""
+    value = _as_object(value)
+    fmt = args.data_format if args.data_format != "auto" else _detect_format(value, args)
+    if fmt == "speaker_map":
+        dialogue = _parse_speaker_map(value, args)
+    elif fmt == "turns":
+        dialogue = _parse_turns(_field_list(value, args.turns_field, "turns_field"), args)
+    else:
+        dialogue = _parse_messages(_field_list(value, args.messages_field, "messages_field"), args)
+    speakers, texts, roles = dialogue
+    if not speakers:
+        raise _BadDialogue("empty dialogue (no turns); remove it or add its turns")
+    return Dialogue(source=where, speakers=speakers, texts=texts, roles=roles, format=fmt)
+
+
+def _detect_format(value: Any, args: DataArguments) -> str:
+    if isinstance(value, _Object):
+        keys = value.keys()
+        if args.turns_field in keys:
+            return "turns"
+        if args.messages_field in keys:
+            return "messages"
+        nested = [k for k, v in value if isinstance(v, (list, _Object))]
+        if nested:
+            raise _BadDialogue(
+                f"cannot tell its format: key {nested[0]!r} holds {_kind(value.get(nested[0]))}. Expected "
+                f"{{speaker: text, ...}}, {{{args.turns_field!r}: [...]}} or {{{args.messages_field!r}: [...]}}; "
+                f"if {nested[0]!r} holds the turns, pass --turns_field {nested[0]} (or --messages_field)"
+            )
+        return "speaker_map"
+    if isinstance(value, list):
+        first = value[0] if value else None
+        if isinstance(first, _Object) and args.role_field in first.keys() and args.speaker_field not in first.keys():
+            return "messages"
+        return "turns"
+    raise _BadDialogue(
+        f"cannot tell its format: it is {_kind(value)}. Expected an object of speaker: text pairs, "
+        f"{{{args.turns_field!r}: [...]}} or {{{args.messages_field!r}: [...]}}"
+    )
+
+
+def _field_list(value: Any, key: str, option: str) -> list:
+    if isinstance(value, list) and not isinstance(value, _Object):
+        return value  # a bare list of turns/messages
+    if not isinstance(value, _Object):
+        raise _BadDialogue(f"expected an object with {key!r}, found {_kind(value)}")
+    if key not in value.keys():
+        raise _BadDialogue(f"has no {key!r} key (keys: {value.keys()}); set --{option} or --data_format")
+    items = value.get(key)
+    if not isinstance(items, list) or isinstance(items, _Object):
+        raise _BadDialogue(f"{key!r} holds {_kind(items)}; expected a list")
+    return items
+
+
+def _check_text(text: Any, turn: int, speaker: str, field_name: str) -> str:
+    if not isinstance(text, str):
+        raise _BadDialogue(f"turn {turn} ({speaker}) has {field_name} that is {_kind(text)}; it must be a string")
+    if not text.strip():
+        raise _BadDialogue(f"turn {turn} ({speaker}) is empty; remove the turn or give it text")
+    return text.strip()
+
+
+def _parse_speaker_map(value: Any, args: DataArguments):
+    if not isinstance(value, _Object):
+        raise _BadDialogue(f"expected an object of speaker: text pairs, found {_kind(value)}")
+    speakers, texts = [], []
+    for number, (speaker, text) in enumerate(value, start=1):
+        if not speaker.strip():
+            raise _BadDialogue(f"turn {number} has an empty speaker name; name the speaker")
+        texts.append(_check_text(text, number, speaker, "a value"))
+        speakers.append(speaker.strip())
+    return speakers, texts, [None] * len(speakers)
+
+
+def _turn_object(turn: Any, number: int) -> _Object:
+    if not isinstance(turn, _Object):
+        raise _BadDialogue(f"turn {number} is {_kind(turn)}; expected an object")
+    repeated = [k for k, n in Counter(turn.keys()).items() if n > 1]
+    if repeated:
+        raise _BadDialogue(f"turn {number} has the key {repeated[0]!r} twice; keep one")
+    return turn
+
+
+def _parse_turns(turns: list, args: DataArguments):
+    speakers, texts = [], []
+    for number, turn in enumerate(turns, start=1):
+        turn = _turn_object(turn, number)
+        speaker = turn.get(args.speaker_field)
+        if not isinstance(speaker, str) or not speaker.strip():
+            problem = "has no" if speaker is None else "has an empty or non-string"
+            raise _BadDialogue(
+                f'turn {number} {problem} "{args.speaker_field}" (keys: {turn.keys()}); '
+                f"add it, or set --speaker_field to the key your file uses"
+            )
+        if args.text_field not in turn.keys():
+            raise _BadDialogue(
+                f'turn {number} ({speaker}) has no "{args.text_field}" (keys: {turn.keys()}); '
+                "add it, or set --text_field to the key your file uses"
+            )
+        texts.append(_check_text(turn.get(args.text_field), number, speaker, f'"{args.text_field}"'))
+        speakers.append(speaker.strip())
+    return speakers, texts, [None] * len(speakers)
+
+
+def _parse_messages(messages: list, args: DataArguments):
+    role_map = args.role_speaker_map
+    speakers, texts, roles = [], [], []
+    for number, message in enumerate(messages, start=1):
+        message = _turn_object(message, number)
+        role = message.get(args.role_field)
+        if not isinstance(role, str) or not role.strip():
+            raise _BadDialogue(
+                f'message {number} has no "{args.role_field}" (keys: {message.keys()}); '
+                "add it, or set --role_field to the key your file uses"
+            )
+        name = message.get("name")
+        speaker = name.strip() if isinstance(name, str) and name.strip() else role_map.get(role, role.capitalize())
+        if args.content_field not in message.keys():
+            raise _BadDialogue(
+                f'message {number} ({role}) has no "{args.content_field}"; add it or set --content_field'
+            )
+        texts.append(_check_text(message.get(args.content_field), number, speaker, f'"{args.content_field}"'))
+        speakers.append(speaker)
+        roles.append(role)
+    return speakers, texts, roles
+
+

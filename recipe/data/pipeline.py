@@ -1,0 +1,236 @@
+"""The whole data path used by training, evaluation and scripts/prepare_data.py: read, split,
+tokenize (through `datasets.map`, cached by fingerprint), pack, and report."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..config import DataArguments
+from ..files import atomic_write_json, atomic_write_jsonl
+from .encoding import ENCODING_VERSION, IGNORE_INDEX, encode_batch, require_fast_tokenizer
+from .formats import Dialogue, DialogueDataError, DialogueFile, read_dialogues
+from .packing import pack_batch
+from .report import data_report, encoding_options
+
+logger = logging.getLogger(__name__)
+
+def split_dialogues(
+    dialogues: list[Dialogue], validation_split_ratio: float, seed: int, path: str = "the data"
+) -> tuple[list[Dialogue], list[Dialogue]]:
+    """Hold out a share of whole dialogues, chosen by `seed`; each side keeps file order.
+
+    Raises:
+        DialogueDataError: when a side would be empty.
+    """
+    count = len(dialogues)
+    if validation_split_ratio == 0:
+        logger.warning("validation_split_ratio is 0: training on all %d dialogues, with no evaluation", count)
+        return list(dialogues), []
+    n_validation = max(1, round(count * validation_split_ratio))
+    if count - n_validation < 1:
+        raise DialogueDataError(
+            f"{path} has {count} valid dialogue{'s' if count != 1 else ''}: too few for a "
+            f"{validation_split_ratio:.0%} validation split (each side needs at least one). Add dialogues, "
+            "pass --validation_path with separate validation data, or set --validation_split_ratio 0 "
+            "to train on all of them without evaluation."
+        )
+    order = np.random.default_rng(seed).permutation(count)
+    held_out = set(order[:n_validation].tolist())
+    train = [d for i, d in enumerate(dialogues) if i not in held_out]
+    validation = [d for i, d in enumerate(dialogues) if i in held_out]
+    return train, validation
+
+
+
+
+@dataclass
+class PreparedData:
+    """Tokenized splits (windows), their training form (packed or not), and the data report."""
+
+    train_examples: Any  # datasets.Dataset, one row per window, with bookkeeping columns
+    validation_examples: Any | None
+    train_dataset: Any  # what the Trainer gets: packed rows or examples, model inputs only
+    validation_dataset: Any | None
+    train_dialogues: list[Dialogue]
+    validation_dialogues: list[Dialogue]
+    report: dict[str, Any]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of everything about a tokenizer that changes its output."""
+    require_fast_tokenizer(tokenizer)
+    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+    extra = [tokenizer.eos_token_id, tokenizer.bos_token_id, getattr(tokenizer, "chat_template", None)]
+    digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _dialogues_fingerprint(dialogues: list[Dialogue]) -> str:
+    digest = hashlib.sha256()
+    for d in dialogues:
+        digest.update(json.dumps([d.speakers, d.texts, d.roles], ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "dialogue_finetune"
+
+
+def tokenize_dialogues(
+    dialogues: list[Dialogue],
+    tokenizer,
+    args: DataArguments,
+    split_name: str,
+    with_token_turns: bool = False,
+    main_process_first=contextlib.nullcontext,
+):
+    """Tokenize dialogues with `datasets.map`, cached on disk under a fingerprint of the dialogues,
+    the tokenizer and every option that changes the result: a second run with the same inputs
+    loads the cached table instead of tokenizing again."""
+    import datasets
+
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [ENCODING_VERSION, _dialogues_fingerprint(dialogues), tokenizer_fingerprint(tokenizer),
+             encoding_options(args), with_token_turns],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:24]
+    cache_dir = Path(args.dataset_cache_dir) if args.dataset_cache_dir else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    table = datasets.Dataset.from_dict(
+        {
+            "dialogue_index": list(range(len(dialogues))),
+            "source": [d.source for d in dialogues],
+            "speakers": [d.speakers for d in dialogues],
+            "texts": [d.texts for d in dialogues],
+            "roles": [[r or "" for r in d.roles] for d in dialogues],
+        }
+    )
+    num_proc = args.preprocessing_num_workers if args.preprocessing_num_workers and len(dialogues) > 1 else None
+    with main_process_first():
+        return table.map(
+            encode_batch,
+            batched=True,
+            num_proc=num_proc,
+            remove_columns=table.column_names,
+            fn_kwargs={"tokenizer": tokenizer, "args": args, "with_token_turns": with_token_turns},
+            cache_file_name=str(cache_dir / f"{split_name}-tokenized-{fingerprint}.arrow"),
+            new_fingerprint=fingerprint,
+            desc=f"Tokenizing {split_name} dialogues",
+        )
+
+
+def pack_examples(examples, args: DataArguments, split_name: str, main_process_first=contextlib.nullcontext):
+    """Pack tokenized examples into rows of max_length tokens (cached like tokenization)."""
+    fingerprint = hashlib.sha256(
+        f"{examples._fingerprint}-{args.max_length}-{args.packing_batch_size}-{ENCODING_VERSION}".encode()
+    ).hexdigest()[:24]
+    cache_dir = Path(args.dataset_cache_dir) if args.dataset_cache_dir else default_cache_dir()
+    with main_process_first():
+        return examples.select_columns(["input_ids", "labels"]).map(
+            pack_batch,
+            batched=True,
+            batch_size=args.packing_batch_size,
+            remove_columns=["input_ids", "labels"],
+            fn_kwargs={"max_length": args.max_length},
+            cache_file_name=str(cache_dir / f"{split_name}-packed-{fingerprint}.arrow"),
+            new_fingerprint=fingerprint,
+            desc=f"Packing {split_name} examples",
+        )
+
+
+def _training_form(examples, args: DataArguments, split_name: str, main_process_first):
+    if examples is None:
+        return None
+    if args.padding == "packing":
+        return pack_examples(examples, args, split_name, main_process_first)
+    return examples.select_columns(["input_ids", "labels"])
+
+
+@dataclass
+class DialogueSplits:
+    source: DialogueFile
+    skipped: list[tuple[str, str]]
+    train: list[Dialogue]
+    validation: list[Dialogue]
+
+
+def load_dialogue_splits(args: DataArguments) -> DialogueSplits:
+    """Read the data and split it as training does: a validation file, a dataset's validation split,
+    or a deterministic share of the dialogues. The evaluation script calls this to get the same split."""
+    source = read_dialogues(args.data_path, args)
+    dialogues = source.dialogues[: args.max_dialogues] if args.max_dialogues else source.dialogues
+    skipped = list(source.skipped)
+    if args.validation_path:
+        validation_file = read_dialogues(args.validation_path, args, split=args.dataset_validation_split)
+        train, validation = dialogues, validation_file.dialogues
+        skipped += validation_file.skipped
+    elif source.validation_dialogues is not None:
+        train, validation = dialogues, source.validation_dialogues
+    else:
+        train, validation = split_dialogues(dialogues, args.validation_split_ratio, args.split_seed, args.data_path)
+    return DialogueSplits(source, skipped, train, validation)
+
+
+def build_datasets(
+    args: DataArguments, tokenizer, main_process_first=contextlib.nullcontext
+) -> PreparedData:
+    """The whole data path used by training and by scripts/prepare_data.py: read, split, tokenize, pack."""
+    require_fast_tokenizer(tokenizer)
+    splits = load_dialogue_splits(args)
+    source, skipped, train, validation = splits.source, splits.skipped, splits.train, splits.validation
+
+    train_examples = tokenize_dialogues(train, tokenizer, args, "train", main_process_first=main_process_first)
+    validation_examples = (
+        tokenize_dialogues(validation, tokenizer, args, "validation", main_process_first=main_process_first)
+        if validation
+        else None
+    )
+    train_dataset = _training_form(train_examples, args, "train", main_process_first)
+    validation_dataset = _training_form(validation_examples, args, "validation", main_process_first)
+    report = data_report(
+        args, source, skipped, train, validation, train_examples, validation_examples, train_dataset, validation_dataset
+    )
+    return PreparedData(
+        train_examples, validation_examples, train_dataset, validation_dataset, train, validation, report
+    )
+
+
+
+
+def example_texts(examples, tokenizer) -> Iterator[dict[str, Any]]:
+    """Rows for the inspection files: the decoded text exactly as the model reads it."""
+    for ids, labels, source, window in zip(
+        examples["input_ids"], examples["labels"], examples["source"], examples["window_index"]
+    ):
+        yield {
+            "text": tokenizer.decode(ids),
+            "source": source,
+            "window_index": window,
+            "num_tokens": len(ids),
+            "num_loss_tokens": sum(1 for t in labels if t != IGNORE_INDEX),
+        }
+
+
+def write_prepared_data(prepared: PreparedData, tokenizer, output_dir: str | os.PathLike) -> list[Path]:
+    """Write train.jsonl, validation.jsonl and data_report.json for inspection."""
+    output_dir = Path(output_dir)
+    paths = [atomic_write_jsonl(output_dir / "train.jsonl", example_texts(prepared.train_examples, tokenizer))]
+    if prepared.validation_examples is not None:
+        paths.append(
+            atomic_write_jsonl(output_dir / "validation.jsonl", example_texts(prepared.validation_examples, tokenizer))
+        )
+    paths.append(atomic_write_json(output_dir / "data_report.json", prepared.report))
+    return paths

@@ -1,0 +1,224 @@
+"""The model card (README.md of a run directory and of its merged/ model), built from the run's own files:
+metadata the Hub reads (base_model, library_name, tags, datasets), data summary, recipe, results,
+and how to load, chat with and evaluate the model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from ..files import atomic_write_text
+from ..hub import is_hub_id
+from ..run_dir import BASE_MODEL_DIR, MERGED_DIR, MODEL_CARD, RUN_CONFIG, RunDir, read_json_file
+from .wandb_run import read_wandb_record, run_mode
+
+CARD_TAG = "dialogue-finetune"  # marks a model card as ours (push.py regenerates ours, never a hand-written one)
+
+
+def _number(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None, merged: bool = False):
+    """A huggingface_hub ModelCard for a finished run, from its own files: metadata (base_model,
+    library_name, tags, datasets), data summary, recipe, metrics, and how to load and evaluate it.
+
+    `merged` describes run_dir/merged (a LoRA run's base + adapter as one full model).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    run = RunDir(run_dir)
+    run_dir = run.path
+    if not run.is_recipe_run() or not run.is_finished():
+        raise ConfigError(f"{run_dir} is not a finished training run (no {run.run_config.name} or "
+                          f"{run.train_results.name})")
+    config = run.read_config()
+    train = read_json_file(run.train_results) or {}
+    evaluation = read_json_file(run.eval_results) or {}
+    report = read_json_file(run.data_report) or {}
+    quality = ((read_json_file(run.evaluation) or {}).get("quality")) or {}
+    environment = read_json_file(run.environment) or {}
+    wandb_record = read_wandb_record(run_dir) or {}
+
+    lora = bool(config.get("use_lora")) and not merged
+    base = config.get("model_name_or_path", "unknown")
+    base_on_hub = is_hub_id(base) and not config.get("random_init")
+    data_path = config.get("data_path", "")
+    dataset_on_hub = is_hub_id(data_path)
+    mode = "LoRA" if config.get("use_lora") else "full fine-tuning"
+    name = (hub_model_id or run_dir.name).split("/")[-1] + ("-merged" if merged and not hub_model_id else "")
+    tags = [CARD_TAG, "dialogue", "text-generation", run_mode(bool(config.get("use_lora")))]
+    if lora:
+        tags.append("peft")
+    card_data = ModelCardData(
+        base_model=base if base_on_hub else None,
+        library_name="peft" if lora else "transformers",
+        pipeline_tag="text-generation",
+        tags=tags,
+        datasets=[data_path] if dataset_on_hub else None,
+        model_name=name,
+    )
+
+    if lora:
+        what = (f"A LoRA adapter (r={config.get('lora_r')}, alpha={config.get('lora_alpha')}, on "
+                f"{', '.join(config.get('lora_target_modules') or [])}) for `{base}`")
+    elif merged:
+        what = f"`{base}` with its LoRA adapter merged in (a full model)"
+    else:
+        what = f"`{base}`, fully fine-tuned"
+    if config.get("random_init"):
+        what += " (a randomly initialised model built from that config: a smoke-test model, not a useful one)"
+
+    lines = [f"# {name}", "", f"{what}, trained on multi-speaker dialogues with the dialogue-finetune recipe "
+             f"({mode}).", ""]
+    lines += _data_section(report, data_path, dataset_on_hub)
+    lines += _recipe_section(config, environment)
+    lines += _results_section(train, evaluation, quality, run_dir)
+    lines += _usage_section(run_dir, hub_model_id, base, config, report, lora, merged)
+    if wandb_record.get("url"):
+        lines += [f"Training curves: [Weights & Biases run]({wandb_record['url']}).", ""]
+    content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
+    return ModelCard(content)
+
+
+def _data_section(report: dict, data_path: str, dataset_on_hub: bool) -> list[str]:
+    lines = ["## Data", ""]
+    if not report:
+        return lines + [f"`{data_path}` (no data_report.json in the run directory).", ""]
+    train, validation = report.get("train") or {}, report.get("validation") or {}
+    source = f"[{data_path}](https://huggingface.co/datasets/{data_path})" if dataset_on_hub else f"`{data_path}`"
+    split = report.get("split") or {}
+    speakers = ", ".join(sorted(train.get("turns_per_speaker") or {})) or "n/a"
+    lines += [
+        f"{source}: {report.get('dialogues_used', 'n/a')} dialogues used of {report.get('dialogues_read', 'n/a')} "
+        f"read ({(report.get('skipped') or {}).get('count', 0)} skipped); speakers: {speakers}.",
+        "",
+        "| split | dialogues | turns | tokens | tokens in the loss |",
+        "|---|---|---|---|---|",
+    ]
+    for label, part in (("train", train), ("validation", validation)):
+        if part:
+            lines.append(f"| {label} | {part.get('dialogues', 'n/a')} | {part.get('turns', 'n/a')} | "
+                         f"{_number(part.get('tokens'), ',')} | {_number(part.get('loss_tokens'), ',')} |")
+    if report.get("validation_path"):
+        lines += ["", f"Validation file: `{report['validation_path']}`."]
+    elif split:
+        lines += ["", f"Split by dialogue: {split.get('validation_split_ratio')} held out for validation "
+                  f"(split_seed {split.get('split_seed')})."]
+    return lines + [""]
+
+
+def _recipe_section(config: dict, environment: dict) -> list[str]:
+    world_size = ((environment.get("device") or {}).get("world_size")) or 1
+    batch = (config.get("per_device_train_batch_size") or 0) * (config.get("gradient_accumulation_steps") or 1)
+    precision = "bf16" if config.get("bf16") else "fp16" if config.get("fp16") else "fp32"
+    rows = [
+        ("mode", "LoRA" if config.get("use_lora") else "full fine-tuning"),
+        ("epochs", config.get("num_train_epochs")),
+        ("learning rate", f"{config.get('learning_rate')} ({config.get('lr_scheduler_type')}, warmup "
+                          f"{config.get('warmup_steps')})"),
+        ("batch", f"{batch * world_size} rows per step ({config.get('per_device_train_batch_size')} per device x "
+                  f"{config.get('gradient_accumulation_steps')} accumulation x {world_size} processes)"),
+        ("max_length / padding", f"{config.get('max_length')} tokens / {config.get('padding')}"),
+        ("optimizer", f"{config.get('optim')}, weight decay {config.get('weight_decay')}"),
+        ("precision", precision),
+        ("turn format", f"`{config.get('turn_template')!r}`, EOS after each dialogue"),
+        ("loss on", ", ".join(config.get("train_on_speakers") or []) or "every speaker"),
+        ("seed", config.get("seed")),
+    ]
+    if config.get("use_lora"):
+        rows.insert(1, ("LoRA", f"r {config.get('lora_r')}, alpha {config.get('lora_alpha')}, dropout "
+                                f"{config.get('lora_dropout')}, modules {config.get('lora_target_modules')}"))
+    packages = environment.get("packages") or {}
+    device = environment.get("device") or {}
+    lines = ["## Training recipe", "", "| option | value |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    lines += [
+        "",
+        f"Trained with transformers {packages.get('transformers', '?')}, torch {packages.get('torch', '?')}"
+        + (f", peft {packages.get('peft')}" if config.get("use_lora") and packages.get("peft") else "")
+        + f" on {device.get('type', '?')} ({device.get('name', '?')})."
+        + f" Every option is in `{RUN_CONFIG}`: `python scripts/train.py --config {RUN_CONFIG}` reproduces "
+        "the run.",
+        "",
+    ]
+    return lines
+
+
+def _results_section(train: dict, evaluation: dict, quality: dict, run_dir: Path) -> list[str]:
+    trainable, total = train.get("trainable_parameters"), train.get("total_parameters")
+    share = f" ({trainable / total:.2%} of {total:,})" if trainable and total else ""
+    rows = [
+        ("eval token loss (nats/token, exact)", _number(evaluation.get("eval_token_loss"), ".4f")),
+        ("eval perplexity", _number(evaluation.get("eval_perplexity"), ".2f")),
+        ("eval tokens", _number(evaluation.get("eval_num_tokens"), ",")),
+        ("final train loss", _number(train.get("final_train_loss"), ".4f")),
+        ("train runtime (s)", _number(train.get("train_runtime"), ".1f")),
+        ("train tokens/s (real tokens)", _number(train.get("train_real_tokens_per_second"), ",.0f")),
+        ("peak memory (MB)", _number(train.get("peak_memory_mb"), ",.0f")),
+        ("trainable parameters", f"{_number(trainable, ',')}{share}"),
+    ]
+    if quality:
+        rows += [("distinct-1 / distinct-2 of sampled replies",
+                  f"{_number(quality.get('distinct_1'), '.3f')} / {_number(quality.get('distinct_2'), '.3f')}")]
+    lines = ["## Results", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    lines += ["", "Eval figures are on the validation split, every predicted token counted once (EOS included, "
+              "padding never)."]
+    if not quality:
+        lines += [f"Sample quality (distinct-n, repeats): `python scripts/evaluate.py --model_path {run_dir}`."]
+    return lines + [""]
+
+
+def _usage_section(run_dir, hub_model_id, base, config, report, lora, merged) -> list[str]:
+    where = hub_model_id or str(run_dir) + (f"/{MERGED_DIR}" if merged else "")
+    speakers = list(((report.get("train") or {}).get("turns_per_speaker") or {}))[:2] or ["User", "Assistant"]
+    if len(speakers) < 2:
+        speakers.append("Assistant")
+    prompt = f"{speakers[0]}: Hello, how are you?\\n{speakers[1]}:"
+    if lora:
+        if config.get("random_init"):
+            base_load = (f'AutoModelForCausalLM.from_pretrained("{hub_model_id}", subfolder="{BASE_MODEL_DIR}")'
+                         if hub_model_id else f'AutoModelForCausalLM.from_pretrained("{run_dir}/{BASE_MODEL_DIR}")')
+        else:
+            base_load = f'AutoModelForCausalLM.from_pretrained("{base}")'
+        load = [
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f"base = {base_load}",
+            f'model = PeftModel.from_pretrained(base, "{where}")  # .merge_and_unload() for a plain model',
+        ]
+    else:
+        load = [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'model = AutoModelForCausalLM.from_pretrained("{where}")',
+        ]
+    load += [
+        f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
+        f'inputs = tokenizer("{prompt}", return_tensors="pt")',
+        "reply = model.generate(**inputs, max_new_tokens=40, do_sample=True, top_p=0.95)",
+        "print(tokenizer.decode(reply[0][inputs.input_ids.shape[1]:], skip_special_tokens=True))",
+    ]
+    local = "MODEL_DIR" if hub_model_id else where
+    lines = ["## How to use", "", "```python", *load, "```", "",
+             "Each dialogue is written one turn per line, `Speaker: text`, and ends with EOS; generation stops "
+             "at EOS (the generation config says so).", "",
+             "With the recipe's scripts" + (f" (after `hf download {hub_model_id} --local-dir MODEL_DIR`)"
+                                            if hub_model_id else "") + ":", "",
+             "```bash", f"python scripts/chat.py --model_path {local}",
+             f"python scripts/evaluate.py --model_path {local}", "```", ""]
+    return lines
+
+
+def write_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None, merged: bool = False) -> Path:
+    """Write README.md (the model card) into the run directory, or into run_dir/merged with `merged`."""
+    card = build_model_card(run_dir, hub_model_id=hub_model_id, merged=merged)
+    run = RunDir(run_dir)
+    target = (run.merged if merged else run.path) / MODEL_CARD
+    return atomic_write_text(target, str(card))
+
+
