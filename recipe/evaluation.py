@@ -206,8 +206,7 @@ def default_output_file(model_path: str) -> Path:
 
 
 def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
-    """Perplexity on the run's validation split (or a file), samples, quality measures: results.json's content."""
-
+    """Perplexity on the run's validation split (or a file), samples, quality measures: the content of evaluation.json."""
     started = time.time()
     loaded = load_model_for_evaluation(eval_args.model_path, eval_args.base_model, eval_args.dtype)
     run_config = loaded.run_dir.read_config() if loaded.run_dir and not eval_args.data_config else None

@@ -150,6 +150,11 @@ def encode_dialogue(dialogue: Dialogue, tokenizer, args: DataArguments) -> Encod
         for turn, label in zip(turns, is_label)
     ]
     labels = [token if keep else IGNORE_INDEX for token, keep in zip(ids, carries_loss)]
+    return _fit_to_max_length(ids, labels, turns, is_label, n_turns, args)
+
+
+def _fit_to_max_length(ids, labels, turns, is_label, n_turns, args: DataArguments) -> EncodedDialogue:
+    """One window when the dialogue fits; else windows split at turn boundaries, or a truncated one."""
     leading = 0
     while leading < len(turns) and turns[leading] == -1:
         leading += 1

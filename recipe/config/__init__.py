@@ -1,0 +1,41 @@
+"""Every option of the recipe, defined once as a dataclass field, loaded from a YAML recipe and the CLI.
+
+- `arguments`: model, data and LoRA options.
+- `training_arguments`: `DialogueTrainingArguments` (HF `TrainingArguments` with the recipe's defaults)
+  and the W&B / Hub tracking options.
+- `script_arguments`: generation, evaluation and chat options.
+- `parser`: `RecipeParser` (YAML recipe, then CLI flags) and the resolved config a run stores.
+"""
+
+from .arguments import DataArguments, LoraArguments, ModelArguments
+from .errors import ConfigError
+from .parser import (
+    DEFAULT_RECIPE,
+    RECIPE_DATACLASSES,
+    RecipeParser,
+    load_recipe_yaml,
+    recipe_keys,
+    resolved_config,
+    save_resolved_config,
+)
+from .script_arguments import ChatArguments, EvaluationArguments, GenerationArguments
+from .training_arguments import DialogueTrainingArguments, TrackingArguments
+
+__all__ = [
+    "DEFAULT_RECIPE",
+    "RECIPE_DATACLASSES",
+    "ChatArguments",
+    "ConfigError",
+    "DataArguments",
+    "DialogueTrainingArguments",
+    "EvaluationArguments",
+    "GenerationArguments",
+    "LoraArguments",
+    "ModelArguments",
+    "RecipeParser",
+    "TrackingArguments",
+    "load_recipe_yaml",
+    "recipe_keys",
+    "resolved_config",
+    "save_resolved_config",
+]

@@ -1,0 +1,186 @@
+"""Options of the model, the data and LoRA: each defined once, as a dataclass field with its help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import raise_all
+
+
+@dataclass
+class ModelArguments:
+    """Which model and tokenizer to start from."""
+
+    model_name_or_path: str = field(
+        default="distilgpt2",
+        metadata={"help": "Hub model id or local directory (config, weights, tokenizer)."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use, when it differs from model_name_or_path."}
+    )
+    random_init: bool = field(
+        default=False,
+        metadata={
+            "help": "Build the model from its config with random weights instead of loading weights. "
+            "Used by the offline smoke recipes, whose model directory holds only a config and a tokenizer."
+        },
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the loaded weights. float32 keeps full-precision master weights; bf16 mixed "
+            "precision is set by --bf16, not here."
+        },
+    )
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repository."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel: sdpa, eager or flash_attention_2 (default: the model's)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the dialogues come from, how they become text, and how that text is batched."""
+
+    data_path: str = field(
+        default="data/sample_dialogues.json",
+        metadata={
+            "help": "Dialogue file (.json or .jsonl), a directory written by datasets' save_to_disk, "
+            "or a Hub dataset name."
+        },
+    )
+    data_format: Literal["auto", "speaker_map", "turns", "messages"] = field(
+        default="auto",
+        metadata={
+            "help": "Shape of each dialogue: speaker_map ({'Alex': ..., 'Bob': ..., 'Alex': ...}), "
+            "turns ({'turns': [{'speaker', 'text'}]}), messages ({'messages': [{'role', 'content'}]}); "
+            "auto detects it per dialogue."
+        },
+    )
+    validation_path: str | None = field(
+        default=None, metadata={"help": "Separate validation file; when set, validation_split_ratio is ignored."}
+    )
+    validation_split_ratio: float = field(
+        default=0.2,
+        metadata={"help": "Share of dialogues held out for validation; 0 trains on all of them (no evaluation)."},
+    )
+    split_seed: int = field(
+        default=42, metadata={"help": "Seed of the train/validation split, kept apart from the training seed."}
+    )
+    max_dialogues: int | None = field(
+        default=None, metadata={"help": "Use only the first N valid dialogues of the file (quick experiments)."}
+    )
+    on_bad_dialogue: Literal["error", "skip"] = field(
+        default="error",
+        metadata={"help": "error: stop at invalid dialogues; skip: leave them out, counted in data_report.json."},
+    )
+    max_length: int = field(
+        default=256, metadata={"help": "Longest training example in tokens; also the row length when packing."}
+    )
+    overflow_strategy: Literal["split", "truncate"] = field(
+        default="split",
+        metadata={
+            "help": "A dialogue longer than max_length: split it at turn boundaries into windows that fit, "
+            "or truncate it (the dropped token count is reported)."
+        },
+    )
+    padding: Literal["packing", "longest", "max_length"] = field(
+        default="packing",
+        metadata={
+            "help": "packing: best-fit dialogues into rows of max_length, each attending only to itself; "
+            "longest: pad each batch to its longest example; max_length: pad every example to max_length."
+        },
+    )
+    pad_to_multiple_of: int | None = field(
+        default=None, metadata={"help": "Round padded lengths up to a multiple of this (8 suits tensor cores)."}
+    )
+    turn_template: str = field(
+        default="{speaker}: {text}", metadata={"help": "How one turn is written; must contain {speaker} and {text}."}
+    )
+    turn_separator: str = field(default="\n", metadata={"help": "Text between two turns."})
+    train_on_speakers: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Only these speakers' turns (text, turn end and EOS) carry loss; the other turns still "
+            "condition the model. Default: every token of the dialogue carries loss."
+        },
+    )
+    use_chat_template: bool = field(
+        default=False,
+        metadata={"help": "Render dialogues with the tokenizer's chat template instead of turn_template."},
+    )
+    role_to_speaker: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "For messages data: role=Speaker pairs, e.g. user=Alex assistant=Bob. Unmapped roles are "
+            "capitalised (user -> User); a message's 'name' field wins over both."
+        },
+    )
+    speaker_field: str = field(default="speaker", metadata={"help": "Key of the speaker inside a turn."})
+    text_field: str = field(default="text", metadata={"help": "Key of the text inside a turn."})
+    turns_field: str = field(default="turns", metadata={"help": "Key of the turn list inside a dialogue."})
+    messages_field: str = field(default="messages", metadata={"help": "Key of the message list inside a dialogue."})
+    role_field: str = field(default="role", metadata={"help": "Key of the role inside a message."})
+    content_field: str = field(default="content", metadata={"help": "Key of the content inside a message."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of a Hub dataset."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of a Hub/saved dataset to train on."})
+    dataset_validation_split: str | None = field(
+        default=None, metadata={"help": "Split of a Hub/saved dataset to validate on (default: split the train one)."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+    )
+    packing_batch_size: int = field(
+        default=1000, metadata={"help": "Examples considered together by the best-fit packer."}
+    )
+    dataset_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where tokenized splits are cached (default: the datasets cache, dialogue_finetune/)."},
+    )
+
+    def __post_init__(self) -> None:
+        errors = []
+        for placeholder in ("{speaker}", "{text}"):
+            if self.turn_template.count(placeholder) != 1:
+                errors.append(f"turn_template {self.turn_template!r} must contain {placeholder} exactly once")
+        if not 0 <= self.validation_split_ratio < 1:
+            errors.append(f"validation_split_ratio is {self.validation_split_ratio}; use a value in [0, 1)")
+        if self.max_length < 8:
+            errors.append(f"max_length is {self.max_length}; use at least 8 tokens")
+        if self.max_dialogues is not None and self.max_dialogues < 1:
+            errors.append(f"max_dialogues is {self.max_dialogues}; use a positive number or leave it unset")
+        for pair in self.role_to_speaker or []:
+            if pair.count("=") != 1 or not all(part.strip() for part in pair.split("=")):
+                errors.append(f"role_to_speaker entry {pair!r} must look like role=Speaker, e.g. user=Alex")
+        raise_all(errors)
+
+    @property
+    def role_speaker_map(self) -> dict[str, str]:
+        return dict(pair.split("=", 1) for pair in self.role_to_speaker or [])
+
+
+@dataclass
+class LoraArguments:
+    """Low-rank adaptation through PEFT: train small adapters, leave the base weights untouched."""
+
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of every weight."})
+    lora_r: int = field(default=16, metadata={"help": "Rank of the adapter matrices."})
+    lora_alpha: int = field(default=32, metadata={"help": "Adapter scaling; usually 2 x lora_r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["c_attn", "c_proj", "c_fc"],
+        metadata={"help": "Modules that get adapters; the default fits GPT-2; 'all-linear' picks every linear layer."},
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "At the end, also write base+adapter merged into a full model (merged/)."}
+    )
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.lora_r < 1:
+            errors.append(f"lora_r is {self.lora_r}; use a positive rank such as 8 or 16")
+        if not 0 <= self.lora_dropout < 1:
+            errors.append(f"lora_dropout is {self.lora_dropout}; use a value in [0, 1)")
+        raise_all(errors)

@@ -1,0 +1,137 @@
+"""HF `TrainingArguments` with the recipe's defaults (automatic precision, per-epoch evaluation and
+checkpoints, Hub pushes of every checkpoint), and the W&B / Hub tracking options beside them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .errors import ConfigError
+
+
+def _cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512 BF16 make bf16 matmuls several times faster than fp32 on a CPU."""
+    import torch
+
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+@dataclass
+class DialogueTrainingArguments(TrainingArguments):
+    """HF TrainingArguments with defaults for dialogue fine-tuning; each changed default says why."""
+
+    output_dir: str | None = field(
+        default="outputs/run", metadata={"help": "Where checkpoints, the final model and reports go."}
+    )
+    # Evaluate and checkpoint once per epoch, as the recipe promises, and keep the best model.
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch or best."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Checkpoints kept on disk (the best one is always kept)."}
+    )
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Reload the checkpoint with the lowest eval loss when training ends."}
+    )
+    # Exact per-token eval loss (see evaluation.py); the Trainer's eval_loss is a mean of batch means.
+    metric_for_best_model: str | None = field(
+        default="eval_token_loss", metadata={"help": "Metric that picks the best checkpoint."}
+    )
+    # Plain AdamW rather than the fused default: identical maths, runs on every device and torch build.
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (HF name)."})
+    # A short warmup (5% of steps) keeps the first updates of a pre-trained model gentle.
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warmup steps, or a ratio of all steps if < 1."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    logging_first_step: bool = field(default=True, metadata={"help": "Log the loss of the very first step too."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision. Unset: on where the device has fast bf16 (a CUDA GPU with bf16, "
+            "or a CPU with AMX / AVX-512 BF16); a GPU without bf16 gets fp16 instead; off elsewhere."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds checkpoints or a finished run (they are deleted)."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement (default: never)."}
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Smallest eval-loss improvement that counts for early stopping."}
+    )
+    # --- Hub pushes (see recipe/tracking/hub_push.py) ---
+    # Trainer pushes on each save: "every_save" uploads only the model files, "checkpoint" one last-checkpoint/
+    # folder that each save overwrites, "end" nothing until the end. "all_checkpoints" uploads every epoch's
+    # checkpoint-N/ folder (weights, optimizer, scheduler: resumable) besides the model files: what we want.
+    hub_strategy: str = field(
+        default="all_checkpoints",
+        metadata={"help": "With push_to_hub: end, every_save, checkpoint, or all_checkpoints (every checkpoint-N/)."},
+    )
+    # The Trainer skips a checkpoint push while the previous one is still uploading unless this is true.
+    hub_always_push: bool = field(
+        default=True, metadata={"help": "Push every checkpoint, even while the previous push is still uploading."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.use_cpu and not _accelerator_available():
+            # Without use_cpu, a CPU-only machine neither starts gloo data parallelism under torchrun /
+            # accelerate launch (each process trains alone) nor accepts bf16.
+            self.use_cpu = True
+        if self.bf16 is None:
+            self.bf16 = _default_bf16(self.use_cpu, self.fp16)
+            if not self.bf16 and not self.fp16 and not self.use_cpu and _cuda_without_bf16():
+                self.fp16 = True  # older GPUs (V100, T4): fp16 mixed precision with loss scaling
+        super().__post_init__()
+        if self.early_stopping_patience is not None and self.eval_strategy == "no":
+            raise ConfigError("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
+
+
+def _accelerator_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+
+
+def _cuda_without_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
+
+
+def _default_bf16(use_cpu: bool, fp16: bool) -> bool:
+    import torch
+
+    if fp16:
+        return False
+    if torch.cuda.is_available() and not use_cpu:
+        return torch.cuda.is_bf16_supported()
+    return _cpu_has_fast_bf16()
+
+
+@dataclass
+class TrackingArguments:
+    """Weights & Biases and Hugging Face Hub options beyond TrainingArguments' own (report_to, run_name,
+    push_to_hub, hub_model_id, hub_private_repo, hub_strategy); used by recipe/tracking/."""
+
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "W&B project (default: $WANDB_PROJECT, else dialogue-finetune)."}
+    )
+    wandb_entity: str | None = field(
+        default=None, metadata={"help": "W&B team or user (default: $WANDB_ENTITY, else your default entity)."}
+    )
+    wandb_group: str | None = field(
+        default=None,
+        metadata={"help": "W&B group (default: full or lora, by use_lora, so the two modes sit side by side)."},
+    )
+    wandb_tags: list[str] | None = field(
+        default=None, metadata={"help": "Extra W&B tags; the mode tag (full or lora) is always added."}
+    )
+    hub_merged_model_id: str | None = field(
+        default=None,
+        metadata={"help": "LoRA with merge_lora and push_to_hub: also push merged/ (base + adapter) to this repo."},
+    )
