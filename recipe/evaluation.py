@@ -20,6 +20,7 @@ from .files import file_sha256
 from .generation import generate_replies, prompts_from_dialogues, read_prompts_file
 from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures, sequence_nll
 from .run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, CHECKPOINT_PREFIX, EVALUATION, RunDir, weights_file
+from .tracking import log_evaluation_to_wandb, read_wandb_record
 
 @dataclass
 class LoadedModel:
@@ -301,3 +302,11 @@ def wandb_metrics(results: dict[str, Any]) -> dict[str, float]:
     if q["token_f1"] is not None:
         metrics["eval/token_f1"] = q["token_f1"]
     return metrics
+
+
+def log_results_to_wandb(eval_args, results: dict[str, Any]) -> None:
+    """--wandb auto: only into the training run's W&B run, when it had one; new: into a new W&B run."""
+    run_dir = results["model"]["run_dir"] or eval_args.model_path
+    if eval_args.wandb == "auto" and read_wandb_record(run_dir) is None:
+        return
+    log_evaluation_to_wandb(run_dir, wandb_metrics(results), results["samples"], new_run=eval_args.wandb == "new")

@@ -128,11 +128,11 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
         new = output[:, width:].tolist()
         for i in range(len(encoded)):
             group = new[i * gen_args.num_return_sequences : (i + 1) * gen_args.num_return_sequences]
-            replies.append([_cut_reply(tokens, tokenizer, turn_separator, gen_args) for tokens in group])
+            replies.append([cut_reply(tokens, tokenizer, turn_separator, gen_args) for tokens in group])
     return replies
 
 
-def _cut_reply(tokens: list[int], tokenizer, turn_separator: str, gen_args: GenerationArguments) -> Reply:
+def cut_reply(tokens: list[int], tokenizer, turn_separator: str, gen_args: GenerationArguments) -> Reply:
     eos = tokenizer.eos_token_id
     until_eos = tokens[: tokens.index(eos)] if eos in tokens else tokens
     text = tokenizer.decode(until_eos, skip_special_tokens=True)

@@ -10,14 +10,10 @@ Writes MODEL_DIR/evaluation.json (or --output_file) and prints a table; logs to 
 training run did (see --wandb).
 """
 
-import logging
-
 from recipe.cli import setup_logging, user_errors
 from recipe.config import EvaluationArguments, GenerationArguments, RecipeParser
-from recipe.evaluation import default_output_file, evaluate_model, format_results, wandb_metrics
+from recipe.evaluation import default_output_file, evaluate_model, format_results, log_results_to_wandb
 from recipe.files import atomic_write_json
-
-logger = logging.getLogger("recipe.evaluate")
 
 
 def main(eval_args: EvaluationArguments, gen_args: GenerationArguments) -> dict:
@@ -27,18 +23,8 @@ def main(eval_args: EvaluationArguments, gen_args: GenerationArguments) -> dict:
     print(format_results(results))
     print(f"results: {output_file}")
     if eval_args.wandb != "off":
-        log_to_wandb(eval_args, results)
+        log_results_to_wandb(eval_args, results)
     return results
-
-
-def log_to_wandb(eval_args: EvaluationArguments, results: dict) -> None:
-    """auto: only into the training run's W&B run, when it had one; new: into a new W&B run."""
-    from recipe.tracking import log_evaluation_to_wandb, read_wandb_record
-
-    run_dir = results["model"]["run_dir"] or eval_args.model_path
-    if eval_args.wandb == "auto" and read_wandb_record(run_dir) is None:
-        return
-    log_evaluation_to_wandb(run_dir, wandb_metrics(results), results["samples"], new_run=eval_args.wandb == "new")
 
 
 if __name__ == "__main__":

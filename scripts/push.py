@@ -12,25 +12,13 @@ import argparse
 import sys
 
 from recipe.cli import setup_logging, user_errors
-from recipe.run_dir import RunDir
-from recipe.tracking import HubPushError, push_run_to_hub
+from recipe.tracking import HubPushError, push_run_dir
 
 
 def main(run_dir: str, hub_model_id: str | None, hub_private_repo: bool | None, hub_merged_model_id: str | None,
          include_checkpoints: bool, hub_revision: str | None) -> list[str]:
-    run = RunDir(run_dir)
-    config = run.read_config()
-    repo_id = hub_model_id or config.get("hub_model_id")
-    if not repo_id:
-        raise HubPushError(f"no repo to push {run_dir} to: pass --hub_model_id you/name "
-                           f"({run.run_config} sets no hub_model_id)")
-    return push_run_to_hub(
-        run_dir, repo_id,
-        private=hub_private_repo if hub_private_repo is not None else config.get("hub_private_repo"),
-        revision=hub_revision or config.get("hub_revision"),
-        merged_repo_id=hub_merged_model_id or config.get("hub_merged_model_id"),
-        include_checkpoints=include_checkpoints,
-    )
+    return push_run_dir(run_dir, hub_model_id, private=hub_private_repo, merged_repo_id=hub_merged_model_id,
+                        include_checkpoints=include_checkpoints, revision=hub_revision)
 
 
 def _bool(text: str) -> bool:

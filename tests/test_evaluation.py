@@ -15,7 +15,7 @@ from recipe.data import Dialogue, encode_dialogue
 from recipe.evaluation import evaluate_model, load_model_for_evaluation, perplexity_by_speaker
 from recipe.metrics import DialoguePerplexity, distinct_n, repeat_share, token_f1
 from recipe.files import file_sha256
-from recipe.generation import Reply, _cut_reply, generate_replies, read_prompts_file
+from recipe.generation import Reply, cut_reply, generate_replies, read_prompts_file
 from test_training import parse, smoke_args
 from recipe.training import run_training
 
@@ -105,11 +105,11 @@ def test_reply_is_cut_at_the_turn_end_or_eos(tokenizer):
     eos = tokenizer.eos_token_id
     ids = lambda text: tokenizer(text)["input_ids"]  # noqa: E731
     stopped = ids(" Fine thanks\n")  # generation stopped at the separator; the rest of the row is padding (EOS)
-    assert _cut_reply(stopped + [eos] * 3, tokenizer, "\n", gen) == Reply("Fine thanks", "turn_end", len(stopped))
-    assert _cut_reply(ids(" Bye") + [eos] + [eos] * 3, tokenizer, "\n", gen).ended_by == "eos"
-    assert _cut_reply(ids(" and on and on"), tokenizer, "\n", gen) == Reply("and on and on", "max_new_tokens", 4)
+    assert cut_reply(stopped + [eos] * 3, tokenizer, "\n", gen) == Reply("Fine thanks", "turn_end", len(stopped))
+    assert cut_reply(ids(" Bye") + [eos] + [eos] * 3, tokenizer, "\n", gen).ended_by == "eos"
+    assert cut_reply(ids(" and on and on"), tokenizer, "\n", gen) == Reply("and on and on", "max_new_tokens", 4)
     no_stop = GenerationArguments(stop_at_turn_end=False)
-    assert _cut_reply(ids(" a\nb") + [eos], tokenizer, "\n", no_stop).text == "a\nb"
+    assert cut_reply(ids(" a\nb") + [eos], tokenizer, "\n", no_stop).text == "a\nb"
 
 
 def test_generation_stops_at_the_speaker_boundary(tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import DataArguments
 from ..files import atomic_write_json, atomic_write_jsonl
+from ..run_dir import DATA_REPORT
 from .encoding import ENCODING_VERSION, IGNORE_INDEX, encode_batch, require_fast_tokenizer
 from .formats import Dialogue, DialogueDataError, DialogueFile, read_dialogues
 from .packing import pack_batch
@@ -232,5 +233,5 @@ def write_prepared_data(prepared: PreparedData, tokenizer, output_dir: str | os.
         paths.append(
             atomic_write_jsonl(output_dir / "validation.jsonl", example_texts(prepared.validation_examples, tokenizer))
         )
-    paths.append(atomic_write_json(output_dir / "data_report.json", prepared.report))
+    paths.append(atomic_write_json(output_dir / DATA_REPORT, prepared.report))
     return paths

@@ -6,7 +6,7 @@
 - `tracker`: `RunTracker`, the three hooks `run_training` calls.
 """
 
-from .hub_push import HubPushError, push_run_to_hub, retry_command
+from .hub_push import HubPushError, push_run_dir, push_run_to_hub, retry_command
 from .model_card import CARD_TAG, build_model_card, write_model_card
 from .tracker import RunTracker
 from .wandb_run import choose_wandb_mode, init_wandb_run, log_evaluation_to_wandb, read_wandb_record, run_mode
@@ -19,6 +19,7 @@ __all__ = [
     "choose_wandb_mode",
     "init_wandb_run",
     "log_evaluation_to_wandb",
+    "push_run_dir",
     "push_run_to_hub",
     "read_wandb_record",
     "retry_command",

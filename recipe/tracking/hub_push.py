@@ -159,6 +159,25 @@ def push_run_to_hub(
     return urls
 
 
+def push_run_dir(run_dir: str | os.PathLike, repo_id: str | None = None, *, private: bool | None = None,
+                 merged_repo_id: str | None = None, revision: str | None = None,
+                 include_checkpoints: bool = False) -> list[str]:
+    """`push_run_to_hub` with what is not given taken from the run's own run_config.yaml (scripts/push.py)."""
+    run = RunDir(run_dir)
+    config = run.read_config()
+    repo_id = repo_id or config.get("hub_model_id")
+    if not repo_id:
+        raise HubPushError(f"no repo to push {run_dir} to: pass --hub_model_id you/name "
+                           f"({run.run_config} sets no hub_model_id)")
+    return push_run_to_hub(
+        run_dir, repo_id,
+        private=private if private is not None else config.get("hub_private_repo"),
+        revision=revision or config.get("hub_revision"),
+        merged_repo_id=merged_repo_id or config.get("hub_merged_model_id"),
+        include_checkpoints=include_checkpoints,
+    )
+
+
 def _card_is_ours_or_missing(path: Path) -> bool:
     if not path.is_file():
         return True
