@@ -47,6 +47,15 @@ def tiny_model(tokenizer):
     return model.eval()
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now: torchrun tests must not collide with a run beside them."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def write(path: Path, content: str | bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, bytes):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 
 def run(args, env=None, timeout=600):
@@ -44,7 +44,7 @@ def test_two_cpu_processes_match_one_process_at_the_same_global_batch(tmp_path):
     single = run([sys.executable, *smoke(tmp_path / "single", "--per_device_train_batch_size", "2")])
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          *smoke(tmp_path / "ddp", "--per_device_train_batch_size", "1")],
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
