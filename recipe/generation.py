@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, DataArguments, GenerationArguments
-from .data import chat_messages, render_dialogue
+from .data import DialogueDataError, apply_chat_template, chat_messages, render_dialogue, render_with_chat_template
 from .run_dir import RunDir, read_json_file
 
 
@@ -42,8 +42,8 @@ def build_prompt(speakers: list[str], texts: list[str], next_speaker: str, data_
     """Context turns written exactly as in training, then the cue for the next speaker."""
     roles = roles or [None] * len(speakers)
     if data_args.use_chat_template:
-        messages = chat_messages(speakers, texts, roles, data_args)
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages = chat_messages(speakers, texts, roles, data_args, "the prompt")
+        return apply_chat_template(tokenizer, messages, "the prompt", add_generation_prompt=True)
     if not speakers:
         return turn_cue(next_speaker, data_args)
     context = render_dialogue(speakers, texts, roles, data_args).text
@@ -64,8 +64,6 @@ def turn_end(data_args: DataArguments, tokenizer) -> tuple[str, list[int]]:
     """
     if not data_args.use_chat_template:
         return data_args.turn_separator, []
-    from .data import DialogueDataError, render_with_chat_template
-
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
                 {"role": "user", "content": "Bye"}]
     try:

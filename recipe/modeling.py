@@ -133,9 +133,10 @@ def apply_lora(model, lora_args: LoraArguments):
     if targets is None:
         target_modules = default_lora_targets(model)
         logger.info("LoRA adapters on %s (the default for %s)", target_modules, type(model).__name__)
+    elif targets == ["all-linear"]:
+        target_modules = "all-linear"
     else:
-        target_modules = "all-linear" if targets == ["all-linear"] else list(targets)
-    if target_modules != "all-linear":
+        target_modules = list(targets)
         names = {name.split(".")[-1] for name, _ in model.named_modules()}
         missing = [t for t in target_modules if t not in names]
         if missing:

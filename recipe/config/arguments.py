@@ -104,7 +104,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Only these speakers' turns (text, turn end and EOS) carry loss; the other turns still "
-            "condition the model. Default: every token of the dialogue carries loss."
+            "condition the model. Names as the data writes them (case matters): a name that never speaks stops "
+            "the run before training, with the closest match. Default: every token of the dialogue carries loss."
         },
     )
     use_chat_template: bool = field(

@@ -39,18 +39,19 @@ from .pipeline import (
     write_prepared_data,
 )
 from .report import data_report, format_report
-from .templates import render_with_chat_template
+from .templates import apply_chat_template, render_with_chat_template
 
 __all__ = [
-    "IGNORE_INDEX",
     "Dialogue",
     "DialogueCollator",
     "DialogueDataError",
     "DialogueFile",
     "DialogueSplits",
     "EncodedDialogue",
+    "IGNORE_INDEX",
     "PreparedData",
     "RenderedDialogue",
+    "apply_chat_template",
     "best_fit_decreasing",
     "build_datasets",
     "chat_messages",

@@ -21,6 +21,8 @@ def render_dialogue(
     speakers: list[str], texts: list[str], roles: list[str | None], args: DataArguments, tokenizer=None,
     source: str = "a dialogue",
 ) -> RenderedDialogue:
+    """The dialogue's text, with where each turn, its content and its end are (`Speaker: text` lines
+    joined by `turn_separator`, or the tokenizer's chat template with `use_chat_template`)."""
     if args.use_chat_template:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise DialogueDataError(

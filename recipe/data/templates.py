@@ -106,7 +106,7 @@ def _written_content(text: str, position: int, content: str, following: str, las
         if not text.startswith(candidate, position):
             continue
         rest = text[position + len(candidate):]
-        if rest == following or rest.startswith(following) or (last and following.startswith(rest)):
+        if rest.startswith(following) or (last and following.startswith(rest)):  # the last: maybe rstripped
             return candidate
     return None
 
