@@ -10,7 +10,7 @@ from conftest import SAMPLE_DATA
 from families import FAMILIES, FAMILY_BY_NAME
 from recipe.config import ConfigError, DataArguments, GenerationArguments, ModelArguments
 from recipe.data import IGNORE_INDEX, Dialogue, DialogueDataError, build_datasets, encode_dialogue
-from recipe.evaluation import load_model_for_evaluation, perplexity_by_speaker
+from recipe.evaluation import evaluation_data_args, load_model_for_evaluation, perplexity_by_speaker
 from recipe.generation import build_prompt, generate_replies, turn_end
 from recipe.modeling import get_model, get_tokenizer
 from recipe.packing_check import check_packing_isolation
@@ -170,7 +170,7 @@ def test_a_trained_model_stops_at_the_end_of_its_turn_and_its_perplexity_is_exac
     run = train_by_heart(family, family_dir, tmp_path)
     loaded = load_model_for_evaluation(str(run.output_dir))
     model, tokenizer = loaded.model, loaded.tokenizer
-    args = DataArguments(**{k: v for k, v in json.loads(json.dumps(run_config(run))).items() if k in DATA_OPTIONS})
+    args = evaluation_data_args(loaded.run_dir.read_config(), None)  # the run's formatting, as evaluate.py reads it
 
     prompt = build_prompt(["Alex"], ["hi"], "Bob", args, tokenizer)
     separator, turn_end_ids = turn_end(args, tokenizer)
@@ -195,15 +195,6 @@ def test_a_trained_model_stops_at_the_end_of_its_turn_and_its_perplexity_is_exac
         total_tokens += len(ids) - 1
     assert figures["num_tokens"] == total_tokens
     assert figures["perplexity"] == pytest.approx(torch.tensor(total_nll / total_tokens).exp().item(), rel=1e-4)
-
-
-DATA_OPTIONS = {"use_chat_template", "role_to_speaker", "turn_template", "turn_separator", "max_length"}
-
-
-def run_config(run):
-    import yaml
-
-    return yaml.safe_load((run.output_dir / "run_config.yaml").read_text())
 
 
 @EVERY_FAMILY
