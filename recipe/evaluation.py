@@ -17,7 +17,7 @@ import yaml
 from .config import ConfigError, DataArguments, GenerationArguments, ModelArguments
 from .data import IGNORE_INDEX, Dialogue, DialogueCollator, load_dialogue_splits, read_dialogues, tokenize_dialogues
 from .files import file_sha256
-from .generation import generate_replies, prompts_from_dialogues, read_prompts_file
+from .generation import generate_replies, prompts_from_dialogues, read_prompts_file, turn_end
 from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures, sequence_nll
 from .run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, CHECKPOINT_PREFIX, EVALUATION, RunDir, weights_file
 from .tracking import log_evaluation_to_wandb, read_wandb_record
@@ -233,9 +233,10 @@ def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
             dialogues, data_args, loaded.tokenizer, eval_args.num_samples, eval_args.context_turns
         )
         prompts_source = f"first {eval_args.context_turns} turn(s) of {len(prompts)} evaluation dialogues"
+    separator, turn_end_ids = turn_end(data_args, loaded.tokenizer)
     replies = generate_replies(
-        loaded.model, loaded.tokenizer, [p.prompt for p in prompts], gen_args, data_args.turn_separator,
-        eval_args.batch_size, add_special_tokens=not data_args.use_chat_template,
+        loaded.model, loaded.tokenizer, [p.prompt for p in prompts], gen_args, separator,
+        eval_args.batch_size, add_special_tokens=not data_args.use_chat_template, turn_end_ids=turn_end_ids,
     )
     samples = [
         {"prompt": p.prompt, "reply": r.text, "reference": p.reference, "speaker": p.speaker, "ended_by": r.ended_by,

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, DataArguments, GenerationArguments
-from .data import chat_messages, render_dialogue
+from .data import DialogueDataError, apply_chat_template, chat_messages, render_dialogue, render_with_chat_template
 from .run_dir import RunDir, read_json_file
 
 
@@ -42,8 +42,8 @@ def build_prompt(speakers: list[str], texts: list[str], next_speaker: str, data_
     """Context turns written exactly as in training, then the cue for the next speaker."""
     roles = roles or [None] * len(speakers)
     if data_args.use_chat_template:
-        messages = chat_messages(speakers, texts, roles, data_args)
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages = chat_messages(speakers, texts, roles, data_args, "the prompt")
+        return apply_chat_template(tokenizer, messages, "the prompt", add_generation_prompt=True)
     if not speakers:
         return turn_cue(next_speaker, data_args)
     context = render_dialogue(speakers, texts, roles, data_args).text
@@ -53,6 +53,27 @@ def build_prompt(speakers: list[str], texts: list[str], next_speaker: str, data_
 def turn_cue(speaker: str, data_args: DataArguments) -> str:
     """The start of a turn up to its text, without trailing space (BPE glues the space to the next word)."""
     return data_args.turn_template.split("{text}")[0].format(speaker=speaker).rstrip()
+
+
+def turn_end(data_args: DataArguments, tokenizer) -> tuple[str, list[int]]:
+    """What ends a reply's turn: (a stop string, stop token ids).
+
+    Turn-template text ends a turn with `turn_separator`. A chat template ends it with its own marker
+    (`<|im_end|>`, `<|eot_id|>`, Phi-3's `<|end|>`): the special tokens it writes after an assistant
+    message, which are stop tokens besides EOS (for many families they are EOS).
+    """
+    if not data_args.use_chat_template:
+        return data_args.turn_separator, []
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Bye"}]
+    try:
+        rendered = render_with_chat_template(messages, tokenizer, "a user/assistant exchange")
+    except DialogueDataError:
+        return "", []  # a template without an assistant role: EOS alone ends a reply
+    marker = rendered.text[rendered.content_ends[1] : rendered.ends[1]]
+    ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return "", [i for i in ids if i in special and i != tokenizer.eos_token_id][:1]
 
 
 def read_prompts_file(path: str) -> list[Prompt]:
@@ -88,10 +109,12 @@ class Reply:
 
 
 def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationArguments, turn_separator: str,
-                     batch_size: int = 8, add_special_tokens: bool = True, reseed: bool = True) -> list[list[Reply]]:
+                     batch_size: int = 8, add_special_tokens: bool = True, reseed: bool = True,
+                     turn_end_ids: list[int] = ()) -> list[list[Reply]]:
     """Sample replies (num_return_sequences per prompt), each cut where its turn or the dialogue ends.
 
-    With `reseed`, sampling starts from generation_seed, so the same prompts give the same replies.
+    The turn ends at `turn_separator` or at one of `turn_end_ids` (see `turn_end`). With `reseed`,
+    sampling starts from generation_seed, so the same prompts give the same replies.
     """
     from transformers import set_seed
 
@@ -104,7 +127,7 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
         "num_return_sequences": gen_args.num_return_sequences,
         "repetition_penalty": gen_args.repetition_penalty,
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": [tokenizer.eos_token_id, *(turn_end_ids if gen_args.stop_at_turn_end else [])],
     }
     if gen_args.do_sample:
         options.update(temperature=gen_args.temperature, top_k=gen_args.top_k, top_p=gen_args.top_p)
@@ -115,10 +138,7 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
     replies: list[list[Reply]] = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="Generating", unit="batch", disable=len(starts) < 2):
-        encoded = [
-            tokenizer(p, add_special_tokens=add_special_tokens, split_special_tokens=add_special_tokens)["input_ids"]
-            for p in prompts[start : start + batch_size]
-        ]
+        encoded = [prompt_ids(tokenizer, p, add_special_tokens) for p in prompts[start : start + batch_size]]
         width = max(len(ids) for ids in encoded)
         # Left padding: every prompt ends at the same position, where generation starts.
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in encoded], device=device)
@@ -128,19 +148,30 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
         new = output[:, width:].tolist()
         for i in range(len(encoded)):
             group = new[i * gen_args.num_return_sequences : (i + 1) * gen_args.num_return_sequences]
-            replies.append([cut_reply(tokens, tokenizer, turn_separator, gen_args) for tokens in group])
+            replies.append([cut_reply(tokens, tokenizer, turn_separator, gen_args, turn_end_ids) for tokens in group])
     return replies
 
 
-def cut_reply(tokens: list[int], tokenizer, turn_separator: str, gen_args: GenerationArguments) -> Reply:
+def prompt_ids(tokenizer, prompt: str, add_special_tokens: bool) -> list[int]:
+    """Token ids of a prompt as training wrote its text: with the tokenizer's BOS, but without an EOS
+    that the tokenizer appends (some Llama tokenizers do), which would end the dialogue before the reply."""
+    ids = tokenizer(prompt, add_special_tokens=add_special_tokens, split_special_tokens=add_special_tokens)["input_ids"]
+    return ids[:-1] if add_special_tokens and len(ids) > 1 and ids[-1] == tokenizer.eos_token_id else ids
+
+
+def cut_reply(tokens: list[int], tokenizer, turn_separator: str, gen_args: GenerationArguments,
+              turn_end_ids: list[int] = ()) -> Reply:
+    """The reply up to EOS, or up to the end of its turn (a turn-end token or the separator)."""
     eos = tokenizer.eos_token_id
-    until_eos = tokens[: tokens.index(eos)] if eos in tokens else tokens
-    text = tokenizer.decode(until_eos, skip_special_tokens=True)
+    stops = {eos, *(turn_end_ids if gen_args.stop_at_turn_end else [])}
+    end = next((i for i, token in enumerate(tokens) if token in stops), None)
+    until_end = tokens if end is None else tokens[:end]
+    text = tokenizer.decode(until_end, skip_special_tokens=True)
     if gen_args.stop_at_turn_end and turn_separator and turn_separator in text:
-        return Reply(text.split(turn_separator, 1)[0].strip(), "turn_end", len(until_eos))
-    if eos in tokens:
-        return Reply(text.strip(), "eos", len(until_eos) + 1)
-    return Reply(text.strip(), "max_new_tokens", len(tokens))
+        return Reply(text.split(turn_separator, 1)[0].strip(), "turn_end", len(until_end))
+    if end is None:
+        return Reply(text.strip(), "max_new_tokens", len(tokens))
+    return Reply(text.strip(), "eos" if tokens[end] == eos else "turn_end", end + 1)
 
 
 @dataclass
@@ -177,9 +208,10 @@ class ChatSession:
     def reply(self, message: str) -> Reply:
         self.speakers.append(self.user)
         self.texts.append(message)
+        separator, turn_end_ids = turn_end(self.data_args, self.tokenizer)
         (reply,) = generate_replies(
-            self.model, self.tokenizer, [self.prompt()], self.gen_args, self.data_args.turn_separator,
-            add_special_tokens=not self.data_args.use_chat_template, reseed=False,
+            self.model, self.tokenizer, [self.prompt()], self.gen_args, separator,
+            add_special_tokens=not self.data_args.use_chat_template, reseed=False, turn_end_ids=turn_end_ids,
         )[0][:1]
         if reply.text:
             self.speakers.append(self.speaker)

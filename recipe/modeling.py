@@ -114,14 +114,29 @@ def align_generation_config(model, tokenizer) -> None:
         generation.pad_token_id = tokenizer.pad_token_id
 
 
+GPT2_LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
+
+
+def default_lora_targets(model) -> list[str] | str:
+    """GPT-2's attention and MLP projections where the model has them all (GPT-2, distilgpt2), else
+    every linear layer: the right names differ per family (q_proj, query_key_value, qkv_proj, ...)."""
+    names = {name.split(".")[-1] for name, _ in model.named_modules()}
+    return list(GPT2_LORA_TARGETS) if names.issuperset(GPT2_LORA_TARGETS) else "all-linear"
+
+
 def apply_lora(model, lora_args: LoraArguments):
     """Wrap the model with LoRA adapters through PEFT; base weights are frozen."""
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
     targets = lora_args.lora_target_modules
-    target_modules = "all-linear" if targets == ["all-linear"] else list(targets)
-    if target_modules != "all-linear":
+    if targets is None:
+        target_modules = default_lora_targets(model)
+        logger.info("LoRA adapters on %s (the default for %s)", target_modules, type(model).__name__)
+    elif targets == ["all-linear"]:
+        target_modules = "all-linear"
+    else:
+        target_modules = list(targets)
         names = {name.split(".")[-1] for name, _ in model.named_modules()}
         missing = [t for t in target_modules if t not in names]
         if missing:
@@ -129,7 +144,7 @@ def apply_lora(model, lora_args: LoraArguments):
             kinds = sorted({n.split(".")[-1] for n in layers})
             raise ConfigError(
                 f"lora_target_modules {missing} are not modules of {type(model).__name__}; "
-                f"its linear layers are named {kinds} (or use all-linear)"
+                f"its linear layers are named {kinds} (or use all-linear, or leave the option unset)"
             )
     # GPT-2 stores its projections as Conv1D (weights transposed); PEFT must know.
     fan_in_fan_out = any(isinstance(m, Conv1D) for m in model.modules())

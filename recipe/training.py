@@ -43,6 +43,7 @@ from .modeling import (
     get_model,
     get_tokenizer,
 )
+from .packing_check import check_packing_isolation, refuse_cache_with_packing
 from .redaction import redact_command
 from .run_dir import INCOMPLETE_PREFIX, RunDir, checkpoint_is_complete
 from .tracking import RunTracker, run_mode
@@ -365,10 +366,12 @@ def write_run_records(run: RunDir, configs: tuple, resume: Path | None) -> None:
 
 
 def prepare_data_and_model(model_args, data_args, lora_args, training_args, run: RunDir, is_main: bool):
-    """Tokenizer, data (prepared once, by the main process first) and model (with LoRA adapters when asked).
+    """Tokenizer, data (prepared once, by the main process first; its labels audited) and model (with LoRA
+    adapters when asked), checked to keep packed dialogues apart.
 
     Returns the training arguments too: without validation data, evaluation is turned off.
     """
+    refuse_cache_with_packing(data_args, training_args)
     set_seed(training_args.seed)
     tokenizer = get_tokenizer(model_args)
     prepared = build_datasets(
@@ -390,6 +393,7 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
         if training_args.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need inputs that carry gradients
         model = apply_lora(model, lora_args)
+    check_packing_isolation(model, tokenizer, prepared.train_examples, data_args, training_args.use_cache)
     return tokenizer, prepared, model, training_args
 
 

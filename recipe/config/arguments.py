@@ -104,7 +104,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Only these speakers' turns (text, turn end and EOS) carry loss; the other turns still "
-            "condition the model. Default: every token of the dialogue carries loss."
+            "condition the model. Names as the data writes them (case matters): a name that never speaks stops "
+            "the run before training, with the closest match. Default: every token of the dialogue carries loss."
         },
     )
     use_chat_template: bool = field(
@@ -169,9 +170,12 @@ class LoraArguments:
     lora_r: int = field(default=16, metadata={"help": "Rank of the adapter matrices."})
     lora_alpha: int = field(default=32, metadata={"help": "Adapter scaling; usually 2 x lora_r."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter input."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["c_attn", "c_proj", "c_fc"],
-        metadata={"help": "Modules that get adapters; the default fits GPT-2; 'all-linear' picks every linear layer."},
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules that get adapters, by name (e.g. q_proj v_proj), or 'all-linear' (every linear layer "
+            "but the output head). Default: GPT-2's c_attn c_proj c_fc where the model has them all, else all-linear."
+        },
     )
     merge_lora: bool = field(
         default=False, metadata={"help": "At the end, also write base+adapter merged into a full model (merged/)."}

@@ -6,6 +6,10 @@ One module per step, each usable on its own:
   turns, keeping every turn in file order, and names the file, entry and fix of every bad one.
 - `encoding`: `encode_dialogue` renders `Speaker: text` lines + EOS, tokenizes, builds the labels and
   splits long dialogues into windows at turn boundaries.
+- `templates`: `render_with_chat_template` renders with the tokenizer's chat template and locates each
+  turn's header, content and end marker, so headers stay context.
+- `audit`: `label_audit` sums what the loss sees from per-row count columns; `check_label_audit` refuses
+  a loss mask that cannot train, before any step.
 - `packing`: best-fit-decreasing packing into rows of `max_length` (positions restart per dialogue)
   and `DialogueCollator`, which pads and never puts padding in the loss.
 - `pipeline`: `split_dialogues`, `tokenize_dialogues` (through `datasets.map`, cached by fingerprint)
@@ -35,17 +39,19 @@ from .pipeline import (
     write_prepared_data,
 )
 from .report import data_report, format_report
+from .templates import apply_chat_template, render_with_chat_template
 
 __all__ = [
-    "IGNORE_INDEX",
     "Dialogue",
     "DialogueCollator",
     "DialogueDataError",
     "DialogueFile",
     "DialogueSplits",
     "EncodedDialogue",
+    "IGNORE_INDEX",
     "PreparedData",
     "RenderedDialogue",
+    "apply_chat_template",
     "best_fit_decreasing",
     "build_datasets",
     "chat_messages",
@@ -59,6 +65,7 @@ __all__ = [
     "parse_dialogue",
     "read_dialogues",
     "render_dialogue",
+    "render_with_chat_template",
     "require_fast_tokenizer",
     "split_dialogues",
     "tokenize_dialogues",

@@ -17,7 +17,8 @@ import numpy as np
 from ..config import DataArguments
 from ..files import atomic_write_json, atomic_write_jsonl
 from ..run_dir import DATA_REPORT
-from .encoding import ENCODING_VERSION, IGNORE_INDEX, encode_batch, require_fast_tokenizer
+from .audit import check_label_audit, drop_masked_examples, label_audit
+from .encoding import ENCODING_VERSION, encode_batch, require_fast_tokenizer
 from .formats import Dialogue, DialogueDataError, DialogueFile, read_dialogues
 from .packing import pack_batch
 from .report import data_report, encoding_options
@@ -153,8 +154,6 @@ def pack_examples(examples, args: DataArguments, split_name: str, main_process_f
 
 
 def _training_form(examples, args: DataArguments, split_name: str, main_process_first):
-    if examples is None:
-        return None
     if args.padding == "packing":
         return pack_examples(examples, args, split_name, main_process_first)
     return examples.select_columns(["input_ids", "labels"])
@@ -188,22 +187,26 @@ def load_dialogue_splits(args: DataArguments) -> DialogueSplits:
 def build_datasets(
     args: DataArguments, tokenizer, main_process_first=contextlib.nullcontext
 ) -> PreparedData:
-    """The whole data path used by training and by scripts/prepare_data.py: read, split, tokenize, pack."""
+    """The whole data path used by training and by scripts/prepare_data.py: read, split, tokenize, audit the
+    labels (refusing a loss mask that cannot train, leaving out examples with no target), pack."""
     require_fast_tokenizer(tokenizer)
     splits = load_dialogue_splits(args)
     source, skipped, train, validation = splits.source, splits.skipped, splits.train, splits.validation
 
-    train_examples = tokenize_dialogues(train, tokenizer, args, "train", main_process_first=main_process_first)
-    validation_examples = (
-        tokenize_dialogues(validation, tokenizer, args, "validation", main_process_first=main_process_first)
-        if validation
-        else None
-    )
-    train_dataset = _training_form(train_examples, args, "train", main_process_first)
-    validation_dataset = _training_form(validation_examples, args, "validation", main_process_first)
+    examples = {"train": tokenize_dialogues(train, tokenizer, args, "train", main_process_first=main_process_first)}
+    if validation:
+        examples["validation"] = tokenize_dialogues(
+            validation, tokenizer, args, "validation", main_process_first=main_process_first
+        )
+    audits = {name: label_audit(split) for name, split in examples.items()}
+    check_label_audit(audits["train"], audits.get("validation"), args)  # before any training
+    kept = {name: drop_masked_examples(split, audits[name], name) for name, split in examples.items()}
+    rows = {name: _training_form(split, args, name, main_process_first) for name, split in kept.items()}
     report = data_report(
-        args, source, skipped, train, validation, train_examples, validation_examples, train_dataset, validation_dataset
+        args, source, skipped, {name: (examples[name], kept[name], rows[name], audits[name]) for name in examples}
     )
+    train_examples, validation_examples = kept["train"], kept.get("validation")
+    train_dataset, validation_dataset = rows["train"], rows.get("validation")
     return PreparedData(
         train_examples, validation_examples, train_dataset, validation_dataset, train, validation, report
     )
@@ -213,15 +216,14 @@ def build_datasets(
 
 def example_texts(examples, tokenizer) -> Iterator[dict[str, Any]]:
     """Rows for the inspection files: the decoded text exactly as the model reads it."""
-    for ids, labels, source, window in zip(
-        examples["input_ids"], examples["labels"], examples["source"], examples["window_index"]
-    ):
+    columns = ("input_ids", "source", "window_index", "num_tokens", "num_loss_tokens")
+    for ids, source, window, num_tokens, num_loss_tokens in zip(*(examples[name] for name in columns)):
         yield {
             "text": tokenizer.decode(ids),
             "source": source,
             "window_index": window,
-            "num_tokens": len(ids),
-            "num_loss_tokens": sum(1 for t in labels if t != IGNORE_INDEX),
+            "num_tokens": num_tokens,
+            "num_loss_tokens": num_loss_tokens,
         }
 
 

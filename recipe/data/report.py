@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..config import DataArguments
-from .encoding import IGNORE_INDEX
-from .formats import SHOWN_PROBLEMS, Dialogue
+from .audit import SHOWN_SPEAKERS
+from .formats import SHOWN_PROBLEMS
 
 def encoding_options(args: DataArguments) -> dict[str, Any]:
     names = ("max_length", "overflow_strategy", "turn_template", "turn_separator", "train_on_speakers")
@@ -31,11 +31,12 @@ def _percentiles(values: list[int]) -> dict[str, float]:
     }
 
 
-def _split_report(dialogues: list[Dialogue], examples, batches, args: DataArguments) -> dict[str, Any]:
-    if examples is None:
+def _split_report(examples, kept, batches, audit: dict[str, Any] | None, args: DataArguments) -> dict[str, Any]:
+    """Counts of one split, from the columns tokenization wrote: dialogues and windows from all its
+    `examples`, tokens from those `kept` for training (the ones with a target)."""
+    if examples is None or audit is None:
         return {"dialogues": 0}
-    lengths = [len(ids) for ids in examples["input_ids"]]
-    loss_tokens = sum(sum(1 for t in labels if t != IGNORE_INDEX) for labels in examples["labels"])
+    lengths = kept["num_tokens"]
     dialogue_tokens = [n for n in examples["num_dialogue_tokens"] if n]
     windows = Counter(examples["dialogue_index"])
     tokens = sum(lengths)
@@ -49,12 +50,17 @@ def _split_report(dialogues: list[Dialogue], examples, batches, args: DataArgume
     if row_length:
         batching["padding_share_of_row_tokens"] = round(1 - tokens / (rows * row_length), 4)
     return {
-        "dialogues": len(dialogues),
-        "turns": sum(len(d.speakers) for d in dialogues),
-        "turns_per_speaker": dict(Counter(s for d in dialogues for s in d.speakers).most_common()),
+        "dialogues": audit["dialogues"],
+        "turns": sum(audit["turns_per_speaker"].values()),
+        "turns_per_speaker": audit["turns_per_speaker"],
         "examples": len(lengths),
         "tokens": tokens,
-        "loss_tokens": loss_tokens,
+        "loss_tokens": audit["loss_tokens"],
+        "labels": {
+            "loss_tokens_per_speaker": audit["loss_tokens_per_speaker"],
+            "dialogues_with_eos_in_loss": audit["eos_in_loss"],
+            "masked_examples_left_out": audit["masked_examples"],
+        },
         "tokens_per_dialogue": _percentiles(dialogue_tokens),
         "tokens_per_example": _percentiles(lengths),
         "windows": {
@@ -70,16 +76,15 @@ def _split_report(dialogues: list[Dialogue], examples, batches, args: DataArgume
     }
 
 
-def data_report(
-    args, source, skipped, train, validation, train_examples, validation_examples, train_dataset, validation_dataset
-) -> dict[str, Any]:
-    """Counts a user can check against their file: what was read, skipped, split, windowed, packed."""
+def data_report(args, source, skipped, splits: dict[str, tuple]) -> dict[str, Any]:
+    """Counts a user can check against their file: what was read, skipped, split, windowed, packed, and
+    what the loss sees. `splits` maps train / validation to (examples, examples kept, training rows, label audit)."""
     return {
         "data_path": args.data_path,
         "validation_path": args.validation_path,
         "formats": source.format_counts,
         "dialogues_read": len(source.dialogues),
-        "dialogues_used": len(train) + len(validation),
+        "dialogues_used": sum(split[-1]["dialogues"] for split in splits.values()),
         "skipped": {
             "count": len(skipped),
             "first": [{"where": where, "reason": reason} for where, reason in skipped[:SHOWN_PROBLEMS]],
@@ -89,9 +94,21 @@ def data_report(
             "split_seed": args.split_seed,
         },
         "options": encoding_options(args) | {"padding": args.padding},
-        "train": _split_report(train, train_examples, train_dataset, args),
-        "validation": _split_report(validation, validation_examples, validation_dataset, args),
+        **{name: _split_report(*splits.get(name, (None,) * 4), args) for name in ("train", "validation")},
     }
+
+
+def format_labels(split: dict[str, Any]) -> str:
+    """What the loss sees in one split: tokens per speaker, EOS targets, examples left out."""
+    labels = split["labels"]
+    speakers = list(labels["loss_tokens_per_speaker"].items())
+    per_speaker = ", ".join(f"{name} {count:,}" for name, count in speakers[:SHOWN_SPEAKERS])
+    per_speaker += f", {len(speakers) - SHOWN_SPEAKERS} more" if len(speakers) > SHOWN_SPEAKERS else ""
+    return (
+        f"loss: {split['loss_tokens']:,} tokens ({per_speaker or 'none'}); EOS in the loss for "
+        f"{labels['dialogues_with_eos_in_loss']:,} of {split['dialogues']:,} dialogues; "
+        f"{labels['masked_examples_left_out']:,} examples with every label masked, left out"
+    )
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -117,6 +134,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"{batching['mode']}: {batching['rows']} rows"
             + (f", {padding:.1%} padding" if padding is not None else "")
         )
+        lines.append(f"{name} {format_labels(split)}")
     if report["skipped"]["count"]:
         first = "; ".join(f"{p['where']}: {p['reason']}" for p in report["skipped"]["first"])
         lines.append(f"skipped {report['skipped']['count']}: {first}")

@@ -63,7 +63,7 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
 
     if lora:
         what = (f"A LoRA adapter (r={config.get('lora_r')}, alpha={config.get('lora_alpha')}, on "
-                f"{', '.join(config.get('lora_target_modules') or [])}) for `{base}`")
+                f"{_lora_targets(config)}) for `{base}`")
     elif merged:
         what = f"`{base}` with its LoRA adapter merged in (a full model)"
     else:
@@ -130,7 +130,7 @@ def _recipe_section(config: dict, environment: dict) -> list[str]:
     ]
     if config.get("use_lora"):
         rows.insert(1, ("LoRA", f"r {config.get('lora_r')}, alpha {config.get('lora_alpha')}, dropout "
-                                f"{config.get('lora_dropout')}, modules {config.get('lora_target_modules')}"))
+                                f"{config.get('lora_dropout')}, modules {_lora_targets(config)}"))
     packages = environment.get("packages") or {}
     device = environment.get("device") or {}
     lines = ["## Training recipe", "", "| option | value |", "|---|---|"]
@@ -222,3 +222,7 @@ def write_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     return atomic_write_text(target, str(card))
 
 
+def _lora_targets(config: dict) -> str:
+    """The adapted modules as asked; unset means the recipe's default for the model."""
+    targets = config.get("lora_target_modules")
+    return ", ".join(targets) if targets else "the default modules (GPT-2's c_attn, c_proj, c_fc, else all linear layers)"

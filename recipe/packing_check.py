@@ -1,0 +1,96 @@
+"""Packing must keep dialogues apart; this checks it on the actual model before training.
+
+Packed rows carry `position_ids` that restart at 0 for each dialogue and no attention mask;
+transformers turns that into a block-diagonal causal mask only when no KV cache is built, and only
+in models whose mask code reads the positions (OPT, for one, builds a plain causal mask: its packed
+dialogues would attend to each other). Hence two checks: `use_cache` with packing is refused, and,
+once at start-up, one packed row of two short dialogues is run through the model as the Trainer
+runs it (`model(**batch)`, the training collator, the config's `use_cache`) and compared with each
+dialogue alone. A model that leaks across dialogues is refused with the batching to use instead.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .config import ConfigError, DataArguments
+from .data import get_data_collator, pack_batch
+
+logger = logging.getLogger(__name__)
+
+CANDIDATES = 64  # the check packs the two shortest of the first examples: a cheap forward
+USE_INSTEAD = (
+    "use --padding longest (add --train_sampling_strategy group_by_length to batch similar lengths together)"
+)
+
+
+def refuse_cache_with_packing(data_args: DataArguments, training_args) -> None:
+    """With a KV cache, transformers ignores the packed segments: every dialogue attends to the ones before it."""
+    if data_args.padding == "packing" and training_args.use_cache:
+        raise ConfigError(
+            "use_cache true cannot train with padding packing: with a KV cache built during training, transformers "
+            "no longer reads the dialogue boundaries off position_ids, so packed dialogues attend to each other. "
+            f"Drop --use_cache (it is off by default), or {USE_INSTEAD}"
+        )
+
+
+def two_short_examples(examples) -> list[dict[str, list[int]]]:
+    """Two of the first examples, the shortest ones with a target, in data order."""
+    head = examples.select(range(min(CANDIDATES, len(examples))))
+    lengths = head["num_tokens"]
+    order = sorted((n, i) for i, n in enumerate(lengths) if n >= 2)[:2]
+    return [{"input_ids": head[i]["input_ids"], "labels": head[i]["labels"]} for _, i in sorted(order, key=lambda p: p[1])]
+
+
+def check_packing_isolation(model, tokenizer, train_examples, data_args: DataArguments, use_cache: bool) -> float | None:
+    """Run one packed row and each of its dialogues alone; refuse packing when the model lets them mix.
+
+    Returns the largest difference in log-probabilities seen (None when the check does not apply).
+    Raises:
+        ConfigError: the model's predictions for a packed dialogue depend on the dialogue before it.
+    """
+    if data_args.padding != "packing":
+        return None
+    examples = two_short_examples(train_examples)
+    if len(examples) < 2 or sum(len(e["input_ids"]) for e in examples) > data_args.max_length:
+        logger.info("packing check skipped: fewer than two short examples")
+        return None
+    collator = get_data_collator(data_args, tokenizer)
+    packed = pack_batch({k: [e[k] for e in examples] for k in ("input_ids", "labels")}, data_args.max_length)
+    row = {k: packed[k][0] for k in packed}
+    second_start = len(examples[0]["input_ids"])
+    packed_logprobs = _log_probs(model, collator([row]), use_cache)[0, second_start:]
+    alone_logprobs = _log_probs(model, collator([examples[1]]), use_cache)[0]
+    difference = float((packed_logprobs - alone_logprobs).abs().max())
+    tolerance = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2
+    if difference > tolerance:
+        name = f"{model.config.model_type} ({type(model).__name__})"
+        raise ConfigError(
+            f"{name} does not keep packed dialogues apart: a dialogue's log-probabilities change by up to "
+            f"{difference:.3g} when it is packed after another one, so it would train on the other dialogue's "
+            f"tokens (this model does not build its attention mask from position_ids). With this model, {USE_INSTEAD}"
+        )
+    logger.info("packing check: packed dialogues are isolated in this model (largest difference %.2g)", difference)
+    return difference
+
+
+def _log_probs(model, batch: dict[str, torch.Tensor], use_cache: bool) -> torch.Tensor:
+    """The Trainer's forward, `model(**batch)` with the model config's use_cache as the Trainer sets it;
+    in eval mode (no dropout) and without gradients."""
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    config = model.config
+    was_training, saved_cache = model.training, config.use_cache
+    config.use_cache = use_cache
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(**inputs).logits
+    except TypeError as error:  # a forward without position_ids
+        raise ConfigError(f"{type(model).__name__} cannot take position_ids ({error}); {USE_INSTEAD}") from None
+    finally:
+        config.use_cache = saved_cache
+        model.train(was_training)
+    return torch.log_softmax(logits.float(), dim=-1)
