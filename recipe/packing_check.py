@@ -58,8 +58,10 @@ def check_packing_isolation(model, tokenizer, train_examples, data_args: DataArg
         logger.info("packing check skipped: fewer than two short examples")
         return None
     collator = get_data_collator(data_args, tokenizer)
-    packed = pack_batch({k: [e[k] for e in examples] for k in ("input_ids", "labels")}, data_args.max_length)
-    row = {k: packed[k][0] for k in packed}
+    import pyarrow as pa
+
+    table = pa.table({k: [e[k] for e in examples] for k in ("input_ids", "labels")})
+    row = pack_batch(table, data_args.max_length).slice(0, 1).to_pylist()[0]
     second_start = len(examples[0]["input_ids"])
     packed_logprobs = _log_probs(model, collator([row]), use_cache)[0, second_start:]
     alone_logprobs = _log_probs(model, collator([examples[1]]), use_cache)[0]

@@ -193,7 +193,7 @@ def test_packed_dialogue_has_the_same_loss_as_alone(tokenizer, data_args, tiny_m
     ]
     windows = [encode_dialogue(d, tokenizer, data_args()).windows[0] for d in dialogues]
     table = {"input_ids": [w.input_ids for w in windows], "labels": [w.labels for w in windows]}
-    packed = datasets.Dataset.from_dict(table).map(pack_batch, batched=True, fn_kwargs={"max_length": 256}, remove_columns=["input_ids", "labels"])
+    packed = datasets.Dataset.from_dict(table).with_format("arrow").map(pack_batch, batched=True, fn_kwargs={"max_length": 256}, remove_columns=["input_ids", "labels"]).with_format(None)
     assert len(packed) == 1
     batch = DialogueCollator(tokenizer.pad_token_id, padding="packing")([packed[0]])
     assert "attention_mask" not in batch
@@ -240,7 +240,7 @@ def test_tokenization_cache_is_reused(tokenizer, data_args, monkeypatch):
     def fail(*_, **__):
         raise AssertionError("tokenized again instead of loading the cache")
 
-    monkeypatch.setattr(recipe.data.encoding, "encode_dialogue", fail)
+    monkeypatch.setattr(recipe.data.encoding, "tokenize_batch", fail)
     second = build_datasets(args, tokenizer)
     assert second.train_examples["input_ids"] == first.train_examples["input_ids"]
     assert second.train_examples.cache_files == first.train_examples.cache_files

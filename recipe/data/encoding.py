@@ -4,17 +4,17 @@ build the labels, and split dialogues longer than `max_length` into windows at t
 
 from __future__ import annotations
 
-import bisect
-from collections import Counter
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..config import DataArguments
 from .formats import Dialogue, DialogueDataError
 from .templates import RenderedDialogue, render_with_chat_template
+from .tokens import IGNORE_INDEX, TokenBatch, add_labels, end_with_eos, tokenize_batch
 
-IGNORE_INDEX = -100
 # Bump when encoding logic changes, so that caches written by older code are not reused.
-ENCODING_VERSION = 2
+ENCODING_VERSION = 3
 
 
 def render_dialogue(
@@ -58,16 +58,6 @@ def chat_messages(speakers, texts, roles, args: DataArguments, source: str = "a 
 
 
 @dataclass
-class TokenizedDialogue:
-    """Token ids, and for each token its turn (-1: a special token the tokenizer added, such as BOS)
-    and whether it is part of the turn's header or speaker label."""
-
-    ids: list[int]
-    turns: list[int]
-    is_header: list[bool]
-
-
-@dataclass
 class EncodedWindow:
     input_ids: list[int]
     labels: list[int]
@@ -90,86 +80,20 @@ def require_fast_tokenizer(tokenizer) -> None:
         )
 
 
-def tokenize_rendered(rendered: RenderedDialogue, tokenizer, templated: bool) -> TokenizedDialogue:
-    """Tokenize the text and place every token in a turn.
-
-    Turn-template text gets the tokenizer's own special tokens (BOS, an appended EOS), and any
-    special-token string inside the dialogue stays text. A chat template writes its own special
-    tokens, so nothing is added and they are read as special tokens.
-    """
-    encoding = tokenizer(
-        rendered.text,
-        add_special_tokens=not templated,
-        split_special_tokens=not templated,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-    )
-    turns, is_header = assign_tokens_to_turns(encoding["offset_mapping"], encoding["special_tokens_mask"], rendered,
-                                              templated)
-    ids = list(encoding["input_ids"])
-    if templated and ids and ids[0] == tokenizer.bos_token_id:
-        turns[0] = -1  # a BOS the template writes starts every window, like one the tokenizer adds
-    return TokenizedDialogue(ids, turns, is_header)
-
-
-def assign_tokens_to_turns(offsets, special_mask, rendered: RenderedDialogue, templated: bool):
-    """(turn, is_header) of each token, from its character offsets."""
-    turns, is_header = [], []
-    for token_special, (start, end) in zip(special_mask, offsets):
-        if token_special and not templated:  # added by the tokenizer, not part of the text
-            turns.append(-1)
-            is_header.append(False)
-            continue
-        # A token belongs where its last character is: byte-level BPE glues a word to the space before
-        # it, so " Hi" in "Bob: Hi" starts inside the label but is the first word of the turn.
-        last = max(start, end - 1)
-        turn = max(0, bisect.bisect_right(rendered.turn_starts, last) - 1)
-        turns.append(turn)
-        is_header.append(last < rendered.content_starts[turn])
-    return turns, is_header
-
-
-def end_with_eos(tokens: TokenizedDialogue, eos: int | None, n_turns: int, tokenizer_name: str) -> None:
-    """Make the last token the dialogue's EOS, exactly once, owned by the last turn (so it carries
-    loss). An EOS the tokenizer appended itself, or a chat template wrote, is that EOS; else it is
-    added as an id (dialogue text that happens to contain the EOS string stays text)."""
-    if eos is None:
-        raise DialogueDataError(f"tokenizer {tokenizer_name!r} has no EOS token; set eos_token on it")
-    if tokens.ids and tokens.ids[-1] == eos and tokens.turns[-1] in (-1, n_turns - 1):
-        tokens.turns[-1], tokens.is_header[-1] = n_turns - 1, False
-        return
-    tokens.ids.append(eos)
-    tokens.turns.append(n_turns - 1)
-    tokens.is_header.append(False)
-
-
-def build_labels(tokens: TokenizedDialogue, speakers: list[str], args: DataArguments) -> list[int]:
-    """Labels equal the ids except for tokens the tokenizer added (BOS), tokens of speakers not in
-    `train_on_speakers`, and turn headers: speaker labels when `train_on_speakers` is set (the label
-    is the cue), chat-template headers always (the template writes them; the model is prompted with them)."""
-    wanted = set(args.train_on_speakers) if args.train_on_speakers else None
-    headers_are_context = wanted is not None or args.use_chat_template
-    return [
-        token
-        if turn >= 0 and not (header and headers_are_context) and (wanted is None or speakers[turn] in wanted)
-        else IGNORE_INDEX
-        for token, turn, header in zip(tokens.ids, tokens.turns, tokens.is_header)
-    ]
-
-
 def encode_dialogue(dialogue: Dialogue, tokenizer, args: DataArguments) -> EncodedDialogue:
-    """Tokenize one dialogue into training examples: render, tokenize, end with EOS, label, window.
+    """Tokenize one dialogue into training examples: render, tokenize, end with EOS, label, window
+    (`encode_batch` on a batch of one: the same code as the data pipeline).
 
     The first token of every window is never predicted (this also keeps the Trainer's token count exact).
     """
-    rendered = render_dialogue(dialogue.speakers, dialogue.texts, dialogue.roles, args, tokenizer, dialogue.source)
-    tokens = tokenize_rendered(rendered, tokenizer, args.use_chat_template)
-    end_with_eos(tokens, tokenizer.eos_token_id, len(dialogue.speakers), tokenizer.name_or_path)
-    labels = build_labels(tokens, dialogue.speakers, args)
-    return _fit_to_max_length(tokens.ids, labels, tokens.turns, tokens.is_header, len(dialogue.speakers), args)
+    rows = encode_batch(dialogue_table([dialogue]), tokenizer, args, with_token_turns=True).to_pydict()
+    windows = [EncodedWindow(ids, labels, turns)
+               for ids, labels, turns in zip(rows["input_ids"], rows["labels"], rows["token_turns"])]
+    return EncodedDialogue(windows, rows["num_dialogue_tokens"][0], rows["tokens_dropped"][0],
+                           rows["turns_split_inside"][0])
 
 
-def _fit_to_max_length(ids, labels, turns, is_header, n_turns, args: DataArguments) -> EncodedDialogue:
+def fit_to_max_length(ids, labels, turns, is_header, n_turns, args: DataArguments) -> EncodedDialogue:
     """One window when the dialogue fits; else windows split at turn boundaries, or a truncated one."""
     leading = 0
     while leading < len(turns) and turns[leading] == -1:
@@ -245,40 +169,90 @@ def _gather(ids, labels, turns, positions):
     return [ids[p] for p in positions], [labels[p] for p in positions], [turns[p] for p in positions]
 
 
-def encode_batch(batch: dict[str, list], tokenizer, args: DataArguments, with_token_turns: bool) -> dict[str, list]:
-    """`datasets.map` function: dialogues in, one row per window out, with the per-row counts that
-    the data report and the label audit sum by column."""
-    out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "dialogue_index", "window_index", "source")}
-    out.update({k: [] for k in ("num_dialogue_tokens", "tokens_dropped", "turns_split_inside")})
-    out.update({k: [] for k in COUNT_COLUMNS})
-    if with_token_turns:
-        out.update(token_turns=[], speakers=[])
-    for index, source, speakers, texts, roles in zip(
-        batch["dialogue_index"], batch["source"], batch["speakers"], batch["texts"], batch["roles"]
-    ):
-        dialogue = Dialogue(source, speakers, texts, roles, format="")
-        encoded = encode_dialogue(dialogue, tokenizer, args)
-        turns_per_speaker = Counter(speakers)
+def dialogue_table(dialogues: list[Dialogue]):
+    """The arrow table `encode_batch` reads: one row per dialogue (its position, source and turns)."""
+    import pyarrow as pa
+
+    return pa.table({
+        "dialogue_index": list(range(len(dialogues))),
+        "source": [d.source for d in dialogues],
+        "speakers": [d.speakers for d in dialogues],
+        "texts": [d.texts for d in dialogues],
+        "roles": [[r or "" for r in d.roles] for d in dialogues],
+    })
+
+
+def encode_batch(batch, tokenizer, args: DataArguments, with_token_turns: bool = False):
+    """`datasets.map` function on arrow batches (see `dialogue_table`): dialogues in, one row per window
+    out, with the per-row counts that the data report and the label audit sum by column.
+
+    `with_token_turns` adds each token's turn and the dialogue's speakers (per-speaker perplexity).
+    """
+    speakers = batch.column("speakers").to_pylist()
+    sources = batch.column("source").to_pylist()
+    rendered = [
+        render_dialogue(s, t, [r or None for r in roles], args, tokenizer, source)
+        for s, t, roles, source in zip(speakers, batch.column("texts").to_pylist(),
+                                       batch.column("roles").to_pylist(), sources)
+    ]
+    turn_counts = np.fromiter(map(len, speakers), np.int64, len(speakers))
+    tokens = tokenize_batch(rendered, tokenizer, args.use_chat_template)
+    tokens = add_labels(end_with_eos(tokens, tokenizer.eos_token_id, turn_counts, tokenizer.name_or_path),
+                        speakers, args)
+    rows = window_rows(tokens, turn_counts, args)
+    return rows_table(rows, batch, speakers, tokenizer.eos_token_id, with_token_turns)
+
+
+@dataclass
+class WindowRows:
+    """Training rows (windows) of a batch of dialogues, end to end: row r owns `starts[r]:starts[r + 1]`
+    and is window `window[r]` of dialogue `dialogue[r]`; per-dialogue figures are indexed by dialogue."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    turns: np.ndarray
+    starts: np.ndarray
+    dialogue: np.ndarray
+    window: np.ndarray
+    dialogue_tokens: np.ndarray
+    tokens_dropped: np.ndarray
+    turns_split_inside: np.ndarray
+
+
+def window_rows(tokens: TokenBatch, turn_counts: np.ndarray, args: DataArguments) -> WindowRows:
+    """A dialogue that fits is one row; a longer one is split at turn boundaries (or truncated) in
+    Python, which is rare enough not to matter. The first token of every row is never predicted."""
+    count, lengths = len(turn_counts), tokens.lengths()
+    dropped, split_inside = np.zeros(count, np.int64), np.zeros(count, np.int64)
+    parts: dict[str, list] = {"ids": [], "labels": [], "turns": [], "lengths": [], "dialogue": [], "window": []}
+
+    def add_dialogues(first: int, end: int) -> None:
+        span = slice(tokens.starts[first], tokens.starts[end])
+        for name, values in (("ids", tokens.ids), ("labels", tokens.labels), ("turns", tokens.turns)):
+            parts[name].append(values[span])
+        parts["lengths"].append(lengths[first:end])
+        parts["dialogue"].append(np.arange(first, end))
+        parts["window"].append(np.zeros(end - first, np.int64))
+
+    done = 0
+    for d in np.flatnonzero(lengths > args.max_length):
+        add_dialogues(done, d)
+        encoded = fit_to_max_length(*tokens.slice(d), int(turn_counts[d]), args)
+        dropped[d], split_inside[d] = encoded.tokens_dropped, encoded.turns_split_inside
         for number, window in enumerate(encoded.windows):
-            out["input_ids"].append(window.input_ids)
-            out["labels"].append(window.labels)
-            out["dialogue_index"].append(index)
-            out["window_index"].append(number)
-            out["source"].append(source)
-            first = number == 0  # per-dialogue figures go on its first window only, so sums stay right
-            out["num_dialogue_tokens"].append(encoded.num_tokens if first else 0)
-            out["tokens_dropped"].append(encoded.tokens_dropped if first else 0)
-            out["turns_split_inside"].append(encoded.turns_split_inside if first else 0)
-            ends_dialogue = number == len(encoded.windows) - 1 and not encoded.tokens_dropped
-            counts = window_counts(window, speakers, tokenizer.eos_token_id, ends_dialogue)
-            counts["speaker_names"] = list(turns_per_speaker) if first else []
-            counts["speaker_turns"] = list(turns_per_speaker.values()) if first else []
-            for name, value in counts.items():
-                out[name].append(value)
-            if with_token_turns:
-                out["token_turns"].append(window.token_turns)
-                out["speakers"].append(speakers)
-    return out
+            parts["ids"].append(np.asarray(window.input_ids, np.int64))
+            parts["labels"].append(np.asarray(window.labels, np.int64))
+            parts["turns"].append(np.asarray(window.token_turns, np.int64))
+            parts["lengths"].append(np.asarray([len(window.input_ids)]))
+            parts["dialogue"].append(np.asarray([d]))
+            parts["window"].append(np.asarray([number]))
+        done = d + 1
+    add_dialogues(done, count)
+    joined = {name: np.concatenate(values) for name, values in parts.items()}
+    starts = np.concatenate([[0], np.cumsum(joined["lengths"])]).astype(np.int64)
+    joined["labels"][starts[:-1]] = IGNORE_INDEX
+    return WindowRows(joined["ids"], joined["labels"], joined["turns"], starts, joined["dialogue"],
+                      joined["window"], lengths, dropped, split_inside)
 
 
 # Per-row counts emitted with the tokens; the label audit and the data report sum these columns.
@@ -286,15 +260,74 @@ COUNT_COLUMNS = ("num_tokens", "num_loss_tokens", "eos_in_loss", "loss_speakers"
                  "speaker_names", "speaker_turns")
 
 
-def window_counts(window: EncodedWindow, speakers: list[str], eos: int, ends_dialogue: bool) -> dict:
-    """Tokens, tokens in the loss (in all and per speaker), and whether the dialogue's final EOS is a target."""
-    per_speaker = Counter(
-        speakers[turn] for turn, label in zip(window.token_turns, window.labels) if label != IGNORE_INDEX and turn >= 0
-    )
+def rows_table(rows: WindowRows, batch, speakers: list[list[str]], eos: int, with_token_turns: bool):
+    """The rows as an arrow table: tokens, labels, where each row came from, and its counts."""
+    import pyarrow as pa
+
+    def lists(values: np.ndarray, starts: np.ndarray):
+        return pa.ListArray.from_arrays(pa.array(starts, pa.int32()), pa.array(values))
+
+    first = rows.window == 0  # per-dialogue figures go on a dialogue's first row only, so sums stay right
+    last = np.append(rows.dialogue[1:] != rows.dialogue[:-1], True)
+    row_lengths = np.diff(rows.starts)
+    in_loss = rows.labels != IGNORE_INDEX
+    ends_with_eos = rows.labels[rows.starts[1:] - 1] == eos
+    table = {
+        "input_ids": lists(rows.ids, rows.starts),
+        "labels": lists(rows.labels, rows.starts),
+        "dialogue_index": batch.column("dialogue_index").take(pa.array(rows.dialogue)),
+        "window_index": pa.array(rows.window),
+        "source": batch.column("source").take(pa.array(rows.dialogue)),
+        "num_dialogue_tokens": pa.array(np.where(first, rows.dialogue_tokens[rows.dialogue], 0)),
+        "tokens_dropped": pa.array(np.where(first, rows.tokens_dropped[rows.dialogue], 0)),
+        "turns_split_inside": pa.array(np.where(first, rows.turns_split_inside[rows.dialogue], 0)),
+        "num_tokens": pa.array(row_lengths),
+        "num_loss_tokens": pa.array(np.add.reduceat(in_loss, rows.starts[:-1]).astype(np.int64)),
+        "eos_in_loss": pa.array((last & ends_with_eos & (rows.tokens_dropped[rows.dialogue] == 0)).astype(np.int64)),
+    }
+    table.update(speaker_columns(rows, speakers, in_loss, first))
+    if with_token_turns:
+        table["token_turns"] = lists(rows.turns, rows.starts)
+        table["speakers"] = batch.column("speakers").take(pa.array(rows.dialogue))
+    return pa.table(table)
+
+
+def speaker_columns(rows: WindowRows, speakers: list[list[str]], in_loss: np.ndarray, first: np.ndarray) -> dict:
+    """Per row: the speakers with tokens in its loss and how many (`loss_speakers`, `loss_speaker_tokens`);
+    on a dialogue's first row, its speakers and their turn counts (`speaker_names`, `speaker_turns`).
+
+    Counted on a grid with one slot per speaker of a dialogue (in order of appearance), rows x slots.
+    """
+    import pyarrow as pa
+
+    names = [list(dict.fromkeys(s)) for s in speakers]
+    width = max(map(len, names))
+    grid = np.full((len(names), width), None, dtype=object)  # dialogue x slot -> speaker name
+    for d, n in enumerate(names):
+        grid[d, : len(n)] = n
+    turn_slot = [[n.index(name) for name in s] for s, n in zip(speakers, names)]
+    turn_start = np.concatenate([[0], np.cumsum(list(map(len, speakers)))]).astype(np.int64)
+    slot_of_turn = np.fromiter((k for slots in turn_slot for k in slots), np.int64, int(turn_start[-1]))
+    dialogue_of_turn = np.repeat(np.arange(len(names)), np.diff(turn_start))
+    turns = np.bincount(dialogue_of_turn * width + slot_of_turn, minlength=len(names) * width).reshape(-1, width)
+
+    token_row = np.repeat(np.arange(len(rows.dialogue)), np.diff(rows.starts))
+    counted = in_loss & (rows.turns >= 0)
+    row, dialogue = token_row[counted], rows.dialogue[token_row[counted]]
+    slot = slot_of_turn[turn_start[dialogue] + rows.turns[counted]]
+    loss = np.bincount(row * width + slot, minlength=len(rows.dialogue) * width).reshape(-1, width)
+
+    def lists(grid_values: np.ndarray, keep: np.ndarray):
+        offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+        values = grid_values[keep]
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.tolist() if values.dtype == object
+                                                                       else values.astype(np.int64)))
+
+    has_loss = loss > 0
+    is_speaker = (grid[rows.dialogue] != None) & first[:, None]  # noqa: E711 - elementwise test for empty slots
     return {
-        "num_tokens": len(window.input_ids),
-        "num_loss_tokens": sum(1 for label in window.labels if label != IGNORE_INDEX),
-        "eos_in_loss": int(ends_dialogue and window.labels[-1] == eos),
-        "loss_speakers": list(per_speaker),
-        "loss_speaker_tokens": list(per_speaker.values()),
+        "loss_speakers": lists(grid[rows.dialogue], has_loss),
+        "loss_speaker_tokens": lists(loss, has_loss),
+        "speaker_names": lists(grid[rows.dialogue], is_speaker),
+        "speaker_turns": lists(turns[rows.dialogue], is_speaker),
     }

@@ -12,8 +12,11 @@ import bisect
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..config import DataArguments
 from .encoding import IGNORE_INDEX
+
 
 def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     """Place items (by index) into bins of `capacity`: longest first, each into the fullest bin it fits."""
@@ -33,21 +36,35 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def pack_batch(batch: dict[str, list], max_length: int) -> dict[str, list]:
-    """`datasets.map` function: examples in, rows of at most max_length tokens out.
+def pack_batch(batch, max_length: int):
+    """`datasets.map` function on arrow batches: examples in, rows of at most max_length tokens out.
 
     Each example keeps its own positions (0, 1, ...), which is how transformers knows where one
     dialogue ends: with no attention mask and no KV cache it builds a block-diagonal causal mask.
-    Labels need no change: the first token of each example is already -100.
+    Labels need no change: the first token of each example is already -100. Only the bin choice is
+    Python (per example); the tokens are moved by arrow and numpy.
     """
-    rows = best_fit_decreasing([len(ids) for ids in batch["input_ids"]], max_length)
-    out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
-    for row in rows:
-        row = sorted(row)  # keep data order inside a row
-        out["input_ids"].append([t for i in row for t in batch["input_ids"][i]])
-        out["labels"].append([t for i in row for t in batch["labels"][i]])
-        out["position_ids"].append([p for i in row for p in range(len(batch["input_ids"][i]))])
-    return out
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(batch.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = [sorted(row) for row in best_fit_decreasing(lengths.tolist(), max_length)]  # data order inside a row
+    order = pa.array([i for row in rows for i in row], pa.int64())
+    ordered = lengths[order.to_numpy()]
+    example_starts = np.concatenate([[0], np.cumsum(ordered)[:-1]]).astype(np.int64)
+    positions = np.arange(int(ordered.sum()), dtype=np.int64) - np.repeat(example_starts, ordered)
+    row_sizes = np.fromiter((lengths[row].sum() for row in rows), np.int64, len(rows))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(row_sizes)]).astype(np.int32))
+
+    def packed(column: str):
+        values = pc.list_flatten(batch.column(column).combine_chunks().take(order))
+        return pa.ListArray.from_arrays(offsets, values)
+
+    return pa.table({
+        "input_ids": packed("input_ids"),
+        "labels": packed("labels"),
+        "position_ids": pa.ListArray.from_arrays(offsets, pa.array(positions)),
+    })
 
 
 @dataclass

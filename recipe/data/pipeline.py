@@ -18,7 +18,7 @@ from ..config import DataArguments
 from ..files import atomic_write_json, atomic_write_jsonl
 from ..run_dir import DATA_REPORT
 from .audit import check_label_audit, drop_masked_examples, label_audit
-from .encoding import ENCODING_VERSION, encode_batch, require_fast_tokenizer
+from .encoding import ENCODING_VERSION, dialogue_table, encode_batch, require_fast_tokenizer
 from .formats import Dialogue, DialogueDataError, DialogueFile, read_dialogues
 from .packing import pack_batch
 from .report import data_report, encoding_options
@@ -111,15 +111,7 @@ def tokenize_dialogues(
     ).hexdigest()[:24]
     cache_dir = Path(args.dataset_cache_dir) if args.dataset_cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    table = datasets.Dataset.from_dict(
-        {
-            "dialogue_index": list(range(len(dialogues))),
-            "source": [d.source for d in dialogues],
-            "speakers": [d.speakers for d in dialogues],
-            "texts": [d.texts for d in dialogues],
-            "roles": [[r or "" for r in d.roles] for d in dialogues],
-        }
-    )
+    table = datasets.Dataset(dialogue_table(dialogues)).with_format("arrow")  # encode_batch reads arrow batches
     num_proc = args.preprocessing_num_workers if args.preprocessing_num_workers and len(dialogues) > 1 else None
     with main_process_first():
         return table.map(
@@ -131,7 +123,7 @@ def tokenize_dialogues(
             cache_file_name=str(cache_dir / f"{split_name}-tokenized-{fingerprint}.arrow"),
             new_fingerprint=fingerprint,
             desc=f"Tokenizing {split_name} dialogues",
-        )
+        ).with_format(None)
 
 
 def pack_examples(examples, args: DataArguments, split_name: str, main_process_first=contextlib.nullcontext):
@@ -141,7 +133,7 @@ def pack_examples(examples, args: DataArguments, split_name: str, main_process_f
     ).hexdigest()[:24]
     cache_dir = Path(args.dataset_cache_dir) if args.dataset_cache_dir else default_cache_dir()
     with main_process_first():
-        return examples.select_columns(["input_ids", "labels"]).map(
+        return examples.select_columns(["input_ids", "labels"]).with_format("arrow").map(
             pack_batch,
             batched=True,
             batch_size=args.packing_batch_size,
@@ -150,7 +142,7 @@ def pack_examples(examples, args: DataArguments, split_name: str, main_process_f
             cache_file_name=str(cache_dir / f"{split_name}-packed-{fingerprint}.arrow"),
             new_fingerprint=fingerprint,
             desc=f"Packing {split_name} examples",
-        )
+        ).with_format(None)
 
 
 def _training_form(examples, args: DataArguments, split_name: str, main_process_first):

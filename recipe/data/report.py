@@ -3,7 +3,6 @@ packed), written to data_report.json and summarised at the start of a run."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -12,14 +11,15 @@ from ..config import DataArguments
 from .audit import SHOWN_SPEAKERS
 from .formats import SHOWN_PROBLEMS
 
+
 def encoding_options(args: DataArguments) -> dict[str, Any]:
     names = ("max_length", "overflow_strategy", "turn_template", "turn_separator", "train_on_speakers")
     names += ("use_chat_template", "role_to_speaker")
     return {name: getattr(args, name) for name in names}
 
 
-def _percentiles(values: list[int]) -> dict[str, float]:
-    if not values:
+def _percentiles(values: np.ndarray) -> dict[str, float]:
+    if not len(values):
         return {}
     array = np.asarray(values)
     return {
@@ -31,15 +31,21 @@ def _percentiles(values: list[int]) -> dict[str, float]:
     }
 
 
+def _column(dataset, name: str) -> np.ndarray:
+    """One column of a datasets.Dataset as numpy, read from its arrow table (never row by row)."""
+    return dataset.with_format("arrow")[name].to_numpy()
+
+
 def _split_report(examples, kept, batches, audit: dict[str, Any] | None, args: DataArguments) -> dict[str, Any]:
     """Counts of one split, from the columns tokenization wrote: dialogues and windows from all its
     `examples`, tokens from those `kept` for training (the ones with a target)."""
     if examples is None or audit is None:
         return {"dialogues": 0}
-    lengths = kept["num_tokens"]
-    dialogue_tokens = [n for n in examples["num_dialogue_tokens"] if n]
-    windows = Counter(examples["dialogue_index"])
-    tokens = sum(lengths)
+    lengths = _column(kept, "num_tokens")
+    dialogue_tokens = _column(examples, "num_dialogue_tokens")
+    windows = np.bincount(_column(examples, "dialogue_index"))
+    tokens_dropped = _column(examples, "tokens_dropped")
+    tokens = int(lengths.sum())
     if args.padding == "packing":
         rows, row_length = len(batches), args.max_length
     elif args.padding == "max_length":
@@ -61,16 +67,16 @@ def _split_report(examples, kept, batches, audit: dict[str, Any] | None, args: D
             "dialogues_with_eos_in_loss": audit["eos_in_loss"],
             "masked_examples_left_out": audit["masked_examples"],
         },
-        "tokens_per_dialogue": _percentiles(dialogue_tokens),
+        "tokens_per_dialogue": _percentiles(dialogue_tokens[dialogue_tokens > 0]),
         "tokens_per_example": _percentiles(lengths),
         "windows": {
-            "dialogues_split": sum(1 for n in windows.values() if n > 1),
-            "windows_created": sum(n - 1 for n in windows.values()),
-            "turns_split_inside": int(sum(examples["turns_split_inside"])),
+            "dialogues_split": int((windows > 1).sum()),
+            "windows_created": int(np.maximum(windows - 1, 0).sum()),
+            "turns_split_inside": int(_column(examples, "turns_split_inside").sum()),
         },
         "truncation": {
-            "dialogues_truncated": sum(1 for n in examples["tokens_dropped"] if n),
-            "tokens_dropped": int(sum(examples["tokens_dropped"])),
+            "dialogues_truncated": int((tokens_dropped > 0).sum()),
+            "tokens_dropped": int(tokens_dropped.sum()),
         },
         "batching": batching,
     }
