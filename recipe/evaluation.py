@@ -125,8 +125,8 @@ def evaluation_dialogues(eval_args, data_args: DataArguments) -> tuple[list[Dial
         dialogues = read_dialogues(eval_args.data_path, data_args).dialogues
         # A dataset folder or Hub dataset gives its train split; a file, every dialogue.
         split = "all" if os.path.isfile(eval_args.data_path) else data_args.dataset_train_split
-        described = {"source": f"{'all dialogues' if split == 'all' else f'the {split} split'} of {eval_args.data_path}",
-                     "data_path": eval_args.data_path, "split": split}
+        what = "all dialogues" if split == "all" else f"the {split} split"
+        described = {"source": f"{what} of {eval_args.data_path}", "data_path": eval_args.data_path, "split": split}
     else:
         splits = load_dialogue_splits(data_args)
         dialogues = splits.validation if eval_args.split == "validation" else splits.train
@@ -390,5 +390,5 @@ def log_results_to_wandb(eval_args, results: dict[str, Any]) -> str | None:
     run_dir = results["model"]["run_dir"] or eval_args.model_path
     if eval_args.wandb == "auto" and read_wandb_record(run_dir) is None:
         return None
-    return log_evaluation_to_wandb(run_dir, wandb_metrics(results), results["samples"], new_run=eval_args.wandb == "new",
-                            source=wandb_source(results))
+    return log_evaluation_to_wandb(run_dir, wandb_metrics(results), results["samples"],
+                                   new_run=eval_args.wandb == "new", source=wandb_source(results))

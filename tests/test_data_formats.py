@@ -200,7 +200,8 @@ def test_a_dataset_folder_as_validation_path_never_validates_on_its_train_split(
     rows("all 1", "all 2").save_to_disk(tmp_path / "single")
 
     def validation_texts(folder, **options):
-        splits = load_dialogue_splits(data_args(data_path=train_file, validation_path=str(tmp_path / folder), **options))
+        args = data_args(data_path=train_file, validation_path=str(tmp_path / folder), **options)
+        splits = load_dialogue_splits(args)
         return [d.texts[0] for d in splits.validation]
 
     assert validation_texts("with") == ["held out"]  # its validation split

@@ -181,13 +181,13 @@ def test_the_model_cards_loading_code_runs(runs, hub_base_run, tmp_path, monkeyp
     from peft import PeftModel
 
     monkeypatch.chdir(tmp_path)
-    for run_dir in (runs["lora"], hub_base_run):
+    for run_dir in (runs["lora"], hub_base_run, runs["full"]):
         code = card_code(run_dir)
-        assert f'AutoPeftModelForCausalLM.from_pretrained("{run_dir}"' in code
-        namespace, printed = run_code(code)
-        assert isinstance(namespace["model"], PeftModel) and printed.strip()
-    namespace, printed = run_code(card_code(runs["full"]))
-    assert printed.startswith(" bye now") or printed.strip()  # sampled: some reply
+        namespace, _ = run_code(code)
+        assert namespace["reply"].shape[1] > namespace["inputs"].input_ids.shape[1]  # it generated
+        if run_dir != runs["full"]:
+            assert f'AutoPeftModelForCausalLM.from_pretrained("{run_dir}"' in code
+            assert isinstance(namespace["model"], PeftModel)
 
     # A copy of a random-base adapter elsewhere loads on its own copy of the base, as the card says.
     moved = tmp_path / "moved"

@@ -235,7 +235,8 @@ def _adapter_loading(run: RunDir, hub_model_id: str | None, config: dict, remote
                          f'base = {model_class}.from_pretrained("{hub_model_id}", subfolder="{BASE_MODEL_DIR}")']
         else:
             model_class = "AutoModelForCausalLM"
-            base_load = [f'base = {model_class}.from_pretrained("{base}"{remote_code})  # a folder where it was trained']
+            base_load = ["# a folder on the machine that trained the adapter",
+                         f'base = {model_class}.from_pretrained("{base}"{remote_code})']
         code = ["from peft import PeftModel", f"from transformers import AutoTokenizer, {model_class}", "", *base_load,
                 f'model = PeftModel.from_pretrained(base, "{hub_model_id}")  # .merge_and_unload() for a plain model']
         return code, []
@@ -250,8 +251,8 @@ def _adapter_loading(run: RunDir, hub_model_id: str | None, config: dict, remote
                 f'from_pretrained("MODEL_DIR/{BASE_MODEL_DIR}"), "MODEL_DIR")`.', ""]
     elif not base_on_hub:
         note = [f"`{ADAPTER_CONFIG}` names the base folder by its absolute path (`{base}`). If it moves (to "
-                f'`BASE_DIR`), load it first: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("BASE_DIR"), '
-                f'"{where}")`.', ""]
+                "`BASE_DIR`), load it first: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
+                f'"BASE_DIR"), "{where}")`.', ""]
     return code, note
 
 
