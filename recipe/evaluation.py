@@ -56,11 +56,15 @@ def _lora_base(adapter_dir: Path, base_model: str | None, run: RunDir | None) ->
                       f"{recorded!r}); pass --base_model")
 
 
+def _options_from(options_class, config: dict[str, Any]):
+    """`options_class` built from the entries of a run_config.yaml (or recipe) that are its fields."""
+    names = {f.name for f in dataclasses.fields(options_class) if f.init}
+    return options_class(**{k: v for k, v in config.items() if k in names})
+
+
 def run_model_arguments(run: RunDir | None) -> ModelArguments:
     """The model options a run trained with (defaults for a model no run of this recipe wrote)."""
-    config = run.read_config() if run else {}
-    names = {f.name for f in dataclasses.fields(ModelArguments) if f.init}
-    return ModelArguments(**{k: v for k, v in config.items() if k in names})
+    return _options_from(ModelArguments, run.read_config() if run else {})
 
 
 def _loading_arguments(trained: ModelArguments, source: str, dtype: str | None) -> ModelArguments:
@@ -114,8 +118,7 @@ def evaluation_data_args(run_config: dict[str, Any] | None, data_config: str | N
         options = yaml.safe_load(Path(data_config).read_text(encoding="utf-8")) or {}
     elif run_config:
         options = run_config
-    names = {f.name for f in dataclasses.fields(DataArguments) if f.init}
-    return DataArguments(**{k: v for k, v in options.items() if k in names})
+    return _options_from(DataArguments, options)
 
 
 def evaluation_dialogues(eval_args, data_args: DataArguments) -> tuple[list[Dialogue], dict[str, Any]]:
