@@ -5,7 +5,7 @@ and per speaker, sampled replies and their quality; what scripts/evaluate.py wri
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +18,11 @@ from .config import ConfigError, DataArguments, GenerationArguments, ModelArgume
 from .data import IGNORE_INDEX, Dialogue, DialogueCollator, load_dialogue_splits, read_dialogues, tokenize_dialogues
 from .files import file_sha256
 from .generation import generate_replies, prompts_from_dialogues, read_prompts_file, turn_end
+from .hub import is_hub_id
 from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures, sequence_nll
-from .run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, CHECKPOINT_PREFIX, EVALUATION, RunDir, weights_file
-from .tracking import log_evaluation_to_wandb, read_wandb_record
+from .run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, CHECKPOINT_PREFIX, EVALUATION, RunDir, read_json_file, weights_file
+from .tracking import POSTHOC_EVAL_PREFIX, log_evaluation_to_wandb, read_wandb_record
+
 
 @dataclass
 class LoadedModel:
@@ -33,54 +35,81 @@ class LoadedModel:
     base_model: str | None
     run_dir: RunDir | None  # the training run it came from, if any
     weights_sha256: str | None
+    dtype: str  # of the loaded weights (the run's, unless --dtype said otherwise)
 
 
 def _lora_base(adapter_dir: Path, base_model: str | None, run: RunDir | None) -> str:
-    """Where the base of an adapter is: --base_model, the run's saved random base, the run's
-    model_name_or_path, or what the adapter config recorded."""
+    """Where the base of an adapter is: --base_model; the random base saved in the run (found wherever the
+    run directory is now); else the base the adapter config names or the run's model_name_or_path, a
+    folder that exists first (the adapter config names it by absolute path), then a Hub id."""
     if base_model:
         return base_model
     if run is not None and run.base_model.is_dir():
         return str(run.base_model)
+    recorded = (read_json_file(adapter_dir / ADAPTER_CONFIG) or {}).get("base_model_name_or_path")
     run_config = run.read_config() if run else {}
-    if run_config.get("model_name_or_path") and not run_config.get("random_init"):
-        return run_config["model_name_or_path"]
-    recorded = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    if recorded:
-        return recorded
-    raise ConfigError(f"cannot tell the base model of the adapter in {adapter_dir}; pass --base_model")
+    configured = None if run_config.get("random_init") else run_config.get("model_name_or_path")
+    candidates = [name for name in (recorded, configured) if name]
+    found = [name for name in candidates if os.path.isdir(name)] + [name for name in candidates if is_hub_id(name)]
+    if found:
+        return found[0]
+    raise ConfigError(f"cannot find the base model of the adapter in {adapter_dir} (its {ADAPTER_CONFIG} names "
+                      f"{recorded!r}); pass --base_model")
 
 
-def load_model_for_evaluation(model_path: str, base_model: str | None = None, dtype: str = "float32") -> LoadedModel:
-    """Load a full model, a LoRA adapter (on its base) or a checkpoint, in eval mode, on the best device."""
-    from transformers import AutoModelForCausalLM
+def _options_from(options_class, config: dict[str, Any]):
+    """`options_class` built from the entries of a run_config.yaml (or recipe) that are its fields."""
+    names = {f.name for f in dataclasses.fields(options_class) if f.init}
+    return options_class(**{k: v for k, v in config.items() if k in names})
 
-    from .modeling import align_generation_config, get_tokenizer, resolve_pretrained
 
-    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+def run_model_arguments(run: RunDir | None) -> ModelArguments:
+    """The model options a run trained with (defaults for a model no run of this recipe wrote)."""
+    return _options_from(ModelArguments, run.read_config() if run else {})
+
+
+def _loading_arguments(trained: ModelArguments, source: str, dtype: str | None) -> ModelArguments:
+    """Load `source` as its run loaded its model (trust_remote_code, attn_implementation, dtype, and the
+    revision when it is the run's own base), through the same `get_model`; `dtype` overrides the run's."""
+    same_source = source == trained.model_name_or_path
+    return dataclasses.replace(
+        trained, model_name_or_path=source, tokenizer_name_or_path=None, random_init=False,
+        model_revision=trained.model_revision if same_source else "main", dtype=dtype or trained.dtype,
+    )
+
+
+def load_model_for_evaluation(model_path: str, base_model: str | None = None, dtype: str | None = None) -> LoadedModel:
+    """Load a full model, a LoRA adapter (on its base) or a checkpoint, in eval mode, on the best device.
+
+    The model (or an adapter's base) is loaded the way its run trained it: the run's revision,
+    trust_remote_code, attn_implementation and dtype, through `modeling.get_model`.
+    """
+    from .modeling import get_model, get_tokenizer, resolve_pretrained
+
     path = Path(model_path)
     run_dir = RunDir.containing(model_path)
+    trained = run_model_arguments(run_dir)
     checkpoint = path.name.startswith(CHECKPOINT_PREFIX)
     if path.is_dir() and (path / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
         base = _lora_base(path, base_model, run_dir)
-        source, local_only = resolve_pretrained(base, "base model", option="--base_model")
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, dtype=torch_dtype)
-        model = PeftModel.from_pretrained(model, str(path))
-        kind, tokenizer_source = ("checkpoint-lora" if checkpoint else "lora"), str(path)
+        model_args = _loading_arguments(trained, base, dtype)
+        resolve_pretrained(base, "base model", model_args.model_revision, option="--base_model")  # fails fast
+        tokenizer = get_tokenizer(_loading_arguments(trained, str(path), dtype))
+        model = PeftModel.from_pretrained(get_model(model_args, tokenizer), str(path))
+        kind = "checkpoint-lora" if checkpoint else "lora"
     else:
-        source, local_only = resolve_pretrained(model_path, "model", option="--model_path")
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, dtype=torch_dtype)
+        model_args = _loading_arguments(trained, model_path, dtype)
+        resolve_pretrained(model_path, "model", model_args.model_revision, option="--model_path")  # fails fast
+        tokenizer = get_tokenizer(model_args)
+        model = get_model(model_args, tokenizer)
         base = None
         kind = "checkpoint-full" if checkpoint else "base" if (run_dir is None or path.name == BASE_MODEL_DIR) else "full"
-        tokenizer_source = model_path
-    tokenizer = get_tokenizer(ModelArguments(model_name_or_path=tokenizer_source))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    align_generation_config(model.get_base_model() if base else model, tokenizer)
     weights = weights_file(path) if path.is_dir() else None
-    return LoadedModel(model, tokenizer, kind, model_path, base, run_dir, file_sha256(weights))
+    return LoadedModel(model, tokenizer, kind, model_path, base, run_dir, file_sha256(weights), model_args.dtype)
 
 
 def evaluation_data_args(run_config: dict[str, Any] | None, data_config: str | None) -> DataArguments:
@@ -90,16 +119,18 @@ def evaluation_data_args(run_config: dict[str, Any] | None, data_config: str | N
         options = yaml.safe_load(Path(data_config).read_text(encoding="utf-8")) or {}
     elif run_config:
         options = run_config
-    names = {f.name for f in dataclasses.fields(DataArguments) if f.init}
-    return DataArguments(**{k: v for k, v in options.items() if k in names})
+    return _options_from(DataArguments, options)
 
 
 def evaluation_dialogues(eval_args, data_args: DataArguments) -> tuple[list[Dialogue], dict[str, Any]]:
-    """The dialogues to evaluate on, and a description of where they came from."""
+    """The dialogues to evaluate on, and where they came from: path, split, SHA-256, count, and whether the
+    run's train_on_speakers is ignored (perplexity counts every speaker's tokens)."""
     if eval_args.data_path:
         dialogues = read_dialogues(eval_args.data_path, data_args).dialogues
-        described = {"source": f"all dialogues of {eval_args.data_path}", "data_path": eval_args.data_path,
-                     "data_sha256": file_sha256(eval_args.data_path)}
+        # A dataset folder or Hub dataset gives its train split; a file, every dialogue.
+        split = "all" if os.path.isfile(eval_args.data_path) else data_args.dataset_train_split
+        what = "all dialogues" if split == "all" else f"the {split} split"
+        described = {"source": f"{what} of {eval_args.data_path}", "data_path": eval_args.data_path, "split": split}
     else:
         splits = load_dialogue_splits(data_args)
         dialogues = splits.validation if eval_args.split == "validation" else splits.train
@@ -113,12 +144,46 @@ def evaluation_dialogues(eval_args, data_args: DataArguments) -> tuple[list[Dial
             + ("" if where else f" (validation_split_ratio {data_args.validation_split_ratio}, "
                                 f"split_seed {data_args.split_seed})"),
             "data_path": where or data_args.data_path,
-            "data_sha256": file_sha256(where or data_args.data_path),
+            "split": eval_args.split,
         }
     if eval_args.max_eval_dialogues:
         dialogues = dialogues[: eval_args.max_eval_dialogues]
-    described["num_dialogues"] = len(dialogues)
+    described.update(
+        data_sha256=file_sha256(described["data_path"]),
+        num_dialogues=len(dialogues),
+        train_on_speakers=data_args.train_on_speakers,
+        train_on_speakers_ignored=bool(data_args.train_on_speakers),
+    )
     return dialogues, described
+
+
+def differences_from_training_eval(eval_args, data_args: DataArguments, loaded: LoadedModel) -> list[str] | None:
+    """Why this evaluation's token loss is not the quantity the run's Trainer logged as eval/token_loss
+    (an empty list: it is); None for a model no run of this recipe trained."""
+    run = loaded.run_dir
+    if run is None:
+        return None
+    reasons = []
+    if eval_args.data_config:
+        reasons.append(f"the data and split of --data_config {eval_args.data_config}")
+    if eval_args.data_path:
+        reasons.append(f"--data_path {eval_args.data_path} instead of the run's validation split")
+    elif eval_args.split != "validation":
+        reasons.append(f"the {eval_args.split} split instead of the validation split")
+    if eval_args.max_eval_dialogues:
+        reasons.append(f"the first {eval_args.max_eval_dialogues} dialogues only")
+    if data_args.train_on_speakers:
+        reasons.append(f"every speaker's tokens, where training counted only those of {data_args.train_on_speakers}")
+    if eval_args.stride:
+        reasons.append(f"a sliding window (stride {eval_args.stride}) instead of the training windows")
+    environment = read_json_file(run.environment) or {}
+    used = environment.get("resolved_options") or environment.get("device") or {}
+    autocast = "bf16" if used.get("bf16") else "fp16" if used.get("fp16") else None
+    trained_dtype = run_model_arguments(run).dtype
+    if autocast or loaded.dtype != trained_dtype:
+        reasons.append(f"{loaded.dtype} weights without autocast; training evaluated {trained_dtype} weights"
+                       + (f" under {autocast} autocast" if autocast else ""))
+    return reasons
 
 
 @dataclass
@@ -224,6 +289,7 @@ def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
     perplexity = perplexity_by_speaker(
         loaded.model, loaded.tokenizer, dialogues, data_args, eval_args.batch_size, eval_args.stride
     )
+    differences = differences_from_training_eval(eval_args, data_args, loaded)
 
     if eval_args.prompts:
         prompts = read_prompts_file(eval_args.prompts)
@@ -251,9 +317,11 @@ def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
             "base_model": loaded.base_model,
             "run_dir": str(loaded.run_dir) if loaded.run_dir else None,
             "weights_sha256": loaded.weights_sha256,
+            "dtype": loaded.dtype,
             "run_config": run_config,
         },
         "data": data_description,
+        "differs_from_training_eval": differences,
         "perplexity": perplexity,
         "generation": dataclasses.asdict(gen_args) | {"prompts_source": prompts_source, "num_prompts": len(prompts),
                                                       "turn_separator": data_args.turn_separator},
@@ -275,6 +343,9 @@ def format_results(results: dict[str, Any], max_samples: int = 5) -> str:
     ]
     for speaker, figures in p["per_speaker"].items():
         rows.append((f"  {speaker}", f"perplexity {figures['perplexity']:.3f} over {figures['num_tokens']:,} tokens"))
+    differences = results.get("differs_from_training_eval")
+    if differences is not None:
+        rows.append(("vs training eval", "; ".join(differences) if differences else "same quantity as eval_token_loss"))
     rows += [
         ("replies", f"{q['num_replies']} ({q['ended_by']})"),
         ("distinct-1 / -2", f"{q['distinct_1']:.3f} / {q['distinct_2']:.3f}"),
@@ -293,21 +364,36 @@ def format_results(results: dict[str, Any], max_samples: int = 5) -> str:
 
 
 def wandb_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """Flat figures for W&B, named like the training run's eval metrics."""
+    """Flat figures for W&B under posthoc_eval/, apart from the Trainer's eval/ figures: see
+    `differs_from_training_eval` for why the two may measure different quantities."""
     p, q = results["perplexity"], results["quality"]
-    metrics = {f"eval/{key}": p[key] for key in ("perplexity", "token_loss", "bits_per_token", "num_tokens")}
+    prefix = POSTHOC_EVAL_PREFIX
+    metrics = {f"{prefix}/{key}": p[key] for key in ("perplexity", "token_loss", "bits_per_token", "num_tokens")}
     for speaker, figures in p["per_speaker"].items():
-        metrics[f"eval/perplexity_{speaker}"] = figures["perplexity"]
+        metrics[f"{prefix}/perplexity_{speaker}"] = figures["perplexity"]
     for key in ("distinct_1", "distinct_2", "repeat_share", "clean_end_share", "mean_reply_words"):
-        metrics[f"eval/{key}"] = q[key]
+        metrics[f"{prefix}/{key}"] = q[key]
     if q["token_f1"] is not None:
-        metrics["eval/token_f1"] = q["token_f1"]
+        metrics[f"{prefix}/token_f1"] = q["token_f1"]
     return metrics
 
 
-def log_results_to_wandb(eval_args, results: dict[str, Any]) -> None:
-    """--wandb auto: only into the training run's W&B run, when it had one; new: into a new W&B run."""
+def wandb_source(results: dict[str, Any]) -> dict[str, Any]:
+    """What the logged figures measure: the model, the data (path, split, SHA-256, dialogues, whether
+    train_on_speakers was ignored) and how they differ from the training run's eval/ figures."""
+    model = results["model"]
+    return {
+        "model_path": model["path"], "kind": model["kind"], "dtype": model["dtype"],
+        "weights_sha256": model["weights_sha256"], **results["data"],
+        "differs_from_training_eval": results["differs_from_training_eval"],
+    }
+
+
+def log_results_to_wandb(eval_args, results: dict[str, Any]) -> str | None:
+    """--wandb auto: only into the training run's W&B run, when it had one; new: into a new W&B run.
+    Returns the local W&B run directory written, if any."""
     run_dir = results["model"]["run_dir"] or eval_args.model_path
     if eval_args.wandb == "auto" and read_wandb_record(run_dir) is None:
-        return
-    log_evaluation_to_wandb(run_dir, wandb_metrics(results), results["samples"], new_run=eval_args.wandb == "new")
+        return None
+    return log_evaluation_to_wandb(run_dir, wandb_metrics(results), results["samples"],
+                                   new_run=eval_args.wandb == "new", source=wandb_source(results))

@@ -159,6 +159,28 @@ def apply_lora(model, lora_args: LoraArguments):
     return get_peft_model(model, config)
 
 
+def adapter_base_reference(model_args: ModelArguments, saved_base_dir: str | os.PathLike) -> tuple[str, str | None]:
+    """(base_model_name_or_path, revision) that an adapter's adapter_config.json names as its base.
+
+    Stock `AutoPeftModelForCausalLM.from_pretrained(ADAPTER_DIR)` (peft 0.21) passes this string unchanged
+    to `from_pretrained`, with no subfolder: a relative folder would resolve against the reader's current
+    directory, not the adapter's. So a folder (the random base saved with the run, or a local base) is named
+    by its absolute path, and a Hub base by its id and revision.
+    """
+    if model_args.random_init:
+        return str(Path(saved_base_dir).resolve()), None
+    if os.path.isdir(model_args.model_name_or_path):
+        return str(Path(model_args.model_name_or_path).resolve()), None
+    return model_args.model_name_or_path, model_args.model_revision
+
+
+def record_adapter_base(peft_model, model_args: ModelArguments, saved_base_dir: str | os.PathLike) -> None:
+    """Name the base in the adapter's config (saved with every checkpoint and the final adapter) so that
+    stock PEFT finds it; PEFT would record a random base's config folder, which holds no weights."""
+    config = peft_model.active_peft_config
+    config.base_model_name_or_path, config.revision = adapter_base_reference(model_args, saved_base_dir)
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

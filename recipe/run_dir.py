@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,11 @@ class RunDir:
     @property
     def merged(self) -> Path:
         return self.path / MERGED_DIR
+
+    def replay_command(self, output_dir: str = "NEW") -> str:
+        """Train this run again into another directory, from the repository root: its run_config.yaml holds
+        every option as asked (the old output_dir too, which holds a finished run, so a new one is needed)."""
+        return shlex.join(["python", "scripts/train.py", "--config", str(self.run_config), "--output_dir", output_dir])
 
     # -- questions
 

@@ -42,6 +42,7 @@ from .modeling import (
     count_parameters,
     get_model,
     get_tokenizer,
+    record_adapter_base,
 )
 from .packing_check import check_packing_isolation, refuse_cache_with_packing
 from .redaction import redact_command
@@ -222,6 +223,7 @@ def environment_record(data_args: DataArguments, training_args: DialogueTraining
         "platform": platform.platform(),
         "packages": packages,
         "device": device_description(training_args),
+        "resolved_options": training_args.resolved_options(),  # run_config.yaml has them as asked
         "git": git_commit(),
         "data": {
             "data_path": data_args.data_path,
@@ -359,7 +361,8 @@ def write_run_records(run: RunDir, configs: tuple, resume: Path | None) -> None:
             logger.warning("resuming with options that differ from the interrupted run: %s", "; ".join(changed))
     save_resolved_config(
         run.run_config, *configs,
-        header=f"# Every resolved option of this run; reproduce it with: python scripts/train.py --config {run.run_config}\n",
+        header="# Every option of this run as asked (automatic ones stay automatic; environment.json has what this "
+               f"machine chose).\n# Replay it, from the repository root: {run.replay_command()}\n",
     )
     _, data_args, _, training_args, _ = configs
     atomic_write_json(run.environment, environment_record(data_args, training_args))
@@ -393,6 +396,7 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
         if training_args.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need inputs that carry gradients
         model = apply_lora(model, lora_args)
+        record_adapter_base(model, model_args, run.base_model)  # adapter_config.json names a loadable base
     check_packing_isolation(model, tokenizer, prepared.train_examples, data_args, training_args.use_cache)
     return tokenizer, prepared, model, training_args
 

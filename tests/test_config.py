@@ -74,3 +74,27 @@ def test_resolved_config_reproduces_the_run(tmp_path):
     assert "hub_token" not in saved.read_text()
     *again, _ = parse(["--config", str(saved)])
     assert resolved_config(*again) == resolved_config(*configs)
+
+
+def test_run_config_keeps_what_the_machine_decides_as_asked(tmp_path, monkeypatch):
+    """A run recorded on a CPU must replay on a GPU machine's GPU: automatic precision stays automatic."""
+    import recipe.config.training_arguments as training_arguments
+
+    monkeypatch.setattr(training_arguments, "_accelerator_available", lambda: False)
+    monkeypatch.setattr(training_arguments, "_cpu_has_fast_bf16", lambda: True)  # an AMX CPU
+    *configs, _ = parse(["--config", str(REPO / "recipe" / "configs" / "smoke.yaml"), "--output_dir", str(tmp_path)])
+    training = configs[3]
+    assert training.use_cpu and training.bf16 and not training.dataloader_pin_memory  # settled for this machine
+    recorded = resolved_config(*configs)
+    assert (recorded["use_cpu"], recorded["bf16"], recorded["fp16"], recorded["dataloader_pin_memory"]) == (
+        False, None, False, True)
+    assert training.resolved_options() == {"bf16": True, "fp16": False, "use_cpu": True,
+                                           "dataloader_pin_memory": False, "report_to": []}
+
+    monkeypatch.setattr(training_arguments, "_cpu_has_fast_bf16", lambda: False)  # replayed on an AVX2-only CPU
+    saved = tmp_path / "run_config.yaml"
+    save_resolved_config(saved, *configs)
+    *again, _ = parse(["--config", str(saved)])
+    assert again[3].bf16 is False and resolved_config(*again) == recorded  # decided again, recorded the same
+    *forced, _ = parse(["--config", str(saved), "--bf16", "true", "--use_cpu", "true"])
+    assert resolved_config(*forced)["bf16"] is True and resolved_config(*forced)["use_cpu"] is True  # asked: kept

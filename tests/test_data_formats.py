@@ -182,3 +182,37 @@ def test_all_dialogues_skipped_is_an_error(tmp_path, data_args):
     path = write(tmp_path / "d.jsonl", "{}\n{}\n")
     with pytest.raises(DialogueDataError, match="no valid dialogue left"):
         read_dialogues(path, data_args(on_bad_dialogue="skip"))
+
+
+def test_a_dataset_folder_as_validation_path_never_validates_on_its_train_split(tmp_path, data_args):
+    import datasets
+
+    from recipe.data import load_dialogue_splits
+
+    def rows(*texts):
+        return datasets.Dataset.from_dict({"turns": [[{"speaker": "Alex", "text": t}, {"speaker": "Bob", "text": "ok"}]
+                                                     for t in texts]})
+
+    train_file = str(tmp_path / "train.json")
+    (tmp_path / "train.json").write_text('[{"Alex": "train me", "Bob": "sure"}]')
+    datasets.DatasetDict({"train": rows("a", "b"), "validation": rows("held out")}).save_to_disk(tmp_path / "with")
+    datasets.DatasetDict({"train": rows("a", "b"), "test": rows("test 1", "test 2")}).save_to_disk(tmp_path / "without")
+    rows("all 1", "all 2").save_to_disk(tmp_path / "single")
+
+    def validation_texts(folder, **options):
+        args = data_args(data_path=train_file, validation_path=str(tmp_path / folder), **options)
+        splits = load_dialogue_splits(args)
+        return [d.texts[0] for d in splits.validation]
+
+    assert validation_texts("with") == ["held out"]  # its validation split
+    assert validation_texts("without", dataset_validation_split="test") == ["test 1", "test 2"]  # the one named
+    assert validation_texts("single") == ["all 1", "all 2"]  # a single Dataset has no splits: all of it
+    with pytest.raises(DialogueDataError, match=r"validation_path .*without has splits \['train', 'test'\], none named "
+                                                r"'validation': set --dataset_validation_split"):
+        validation_texts("without")
+
+    # data_path a dataset folder too: with validation_path set, its own validation split is not used, and
+    # --dataset_validation_split names validation_path's split, not one data_path must have.
+    splits = load_dialogue_splits(data_args(data_path=str(tmp_path / "with"), validation_path=str(tmp_path / "without"),
+                                            dataset_validation_split="test"))
+    assert [d.texts[0] for d in splits.train] == ["a", "b"] and len(splits.validation) == 2

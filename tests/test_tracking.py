@@ -35,6 +35,8 @@ from recipe.tracking import (
     log_evaluation_to_wandb,
     push_run_to_hub,
 )
+from recipe.config import EvaluationArguments, GenerationArguments
+from recipe.evaluation import evaluate_model, log_results_to_wandb
 from recipe.redaction import redact_command
 from recipe.training import environment_record, run_training
 from test_training import smoke_args
@@ -199,8 +201,7 @@ def test_a_lora_run_sits_in_the_lora_group_under_the_same_metric_names(tmp_path,
 
     card = ModelCard.load(result.output_dir / "README.md")
     assert card.data.library_name == "peft" and CARD_TAG in card.data.tags and "lora" in card.data.tags
-    assert "PeftModel.from_pretrained(base," in card.text
-    assert f'AutoModelForCausalLM.from_pretrained("{result.output_dir}/base_model")' in card.text
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{result.output_dir}")' in card.text  # tests/test_outputs.py runs it
     merged = ModelCard.load(result.output_dir / "merged" / "README.md")  # merged/ gets a card of its own
     assert merged.data.library_name == "transformers"
     assert f'AutoModelForCausalLM.from_pretrained("{result.output_dir}/merged")' in merged.text
@@ -282,7 +283,7 @@ def test_evaluation_is_logged_to_the_training_run(wandb_run, tmp_path):
     run, _, history, summary = read_offline_run(logged)
     assert run.run_id == training["id"]  # resumed: `wandb sync` uploads both parts into one run
     assert series(history, "eval/perplexity") == [12.5] and summary["eval/distinct_1"] == 0.4
-    (table_file,) = Path(logged, "files", "media", "table", "eval").glob("samples_*.table.json")
+    (table_file,) = Path(logged, "files", "media", "table", "posthoc_eval").glob("samples_*.table.json")
     table = read_json(table_file)
     assert table["columns"] == ["prompt", "reply", "reference"]
     assert table["data"] == [["Alex: Hi\nBob:", "Hello there.", "Hi!"], ["Alex: Bye\nBob:", "", None]]
@@ -291,6 +292,41 @@ def test_evaluation_is_logged_to_the_training_run(wandb_run, tmp_path):
     run, _, _, _ = read_offline_run(new)
     assert run.run_id != training["id"] and run.project == "dialogue-evals" and run.job_type == "evaluation"
     assert run.run_group == "full"  # from the run's run_config.yaml
+
+
+def test_posthoc_evaluation_has_its_own_names_and_records_its_data(wandb_run, tmp_path):
+    """scripts/evaluate.py's figures never mix with the Trainer's eval/ ones, and say what they measured."""
+    run_dir, _ = wandb_run
+    eval_args = EvaluationArguments(model_path=str(run_dir), num_samples=2, output_file=str(tmp_path / "e.json"))
+    results = evaluate_model(eval_args, GenerationArguments(max_new_tokens=4))
+    assert results["differs_from_training_eval"] == []  # the run's split, every token, fp32 as trained
+    assert results["perplexity"]["token_loss"] == pytest.approx(read_json(run_dir / "eval_results.json")["eval_token_loss"],
+                                                                rel=1e-4)
+    data = results["data"]
+    assert (data["data_path"], data["split"], data["num_dialogues"], data["train_on_speakers_ignored"]) == (
+        "data/sample_dialogues.json", "validation", 16, False)
+    assert data["data_sha256"] == read_json(run_dir / "environment.json")["data"]["data_sha256"]
+
+    logged = log_results_to_wandb(eval_args, results)
+    run, config, history, summary = read_offline_run(logged)
+    assert run.run_id == read_json(run_dir / "wandb_run.json")["id"]  # the training run, resumed
+    assert series(history, "posthoc_eval/perplexity") == [results["perplexity"]["perplexity"]]
+    assert series(history, "posthoc_eval/token_loss") == [results["perplexity"]["token_loss"]]
+    assert not [key for row in history for key in row if key.startswith("eval/")]  # the Trainer's names stay its own
+    assert config["posthoc_eval"] == summary["posthoc_eval/source"]
+    assert {k: config["posthoc_eval"][k] for k in data} == data and config["posthoc_eval"]["differs_from_training_eval"] == []
+
+    # Another quantity: every speaker's tokens of a run that trained on Bob's only.
+    recipe_file = tmp_path / "bob.yaml"
+    recipe_file.write_text(yaml.safe_dump({**yaml.safe_load((run_dir / "run_config.yaml").read_text()),
+                                           "train_on_speakers": ["Bob"]}))
+    other = evaluate_model(EvaluationArguments(model_path=str(run_dir), num_samples=1, data_config=str(recipe_file),
+                                               wandb="off"), GenerationArguments(max_new_tokens=2))
+    assert other["data"]["train_on_speakers"] == ["Bob"] and other["data"]["train_on_speakers_ignored"] is True
+    assert other["differs_from_training_eval"] == [
+        f"the data and split of --data_config {recipe_file}",
+        "every speaker's tokens, where training counted only those of ['Bob']",
+    ]
 
 
 def test_evaluation_logging_never_raises(wandb_run, monkeypatch, caplog):
@@ -346,8 +382,7 @@ def test_model_card_metadata_for_a_hub_base_model_and_dataset(wandb_run, tmp_pat
     card = build_model_card(copy, hub_model_id="me/dialogue-distilgpt2")
     assert card.data.base_model == "distilgpt2" and card.data.datasets == ["someone/dialogues"]
     assert card.data.library_name == "peft" and card.data.model_name == "dialogue-distilgpt2"
-    assert 'base = AutoModelForCausalLM.from_pretrained("distilgpt2")' in card.text
-    assert 'PeftModel.from_pretrained(base, "me/dialogue-distilgpt2")' in card.text
+    assert 'AutoPeftModelForCausalLM.from_pretrained("me/dialogue-distilgpt2")  # base: distilgpt2' in card.text
     assert "hf download me/dialogue-distilgpt2 --local-dir MODEL_DIR" in card.text
     assert "A LoRA adapter (r=16, alpha=32" in card.text
 
@@ -456,6 +491,7 @@ def test_a_lora_run_pushes_its_adapter_and_the_merged_model_to_a_second_repo(tmp
     merged_card = ModelCard.load(result.output_dir / "merged" / "README.md")
     assert adapter_card.data.library_name == "peft" and merged_card.data.library_name == "transformers"
     assert 'PeftModel.from_pretrained(base, "me/smoke-lora")' in adapter_card.text
+    assert "base_model/model.safetensors" in adapter["files"]  # the random base travels with its adapter
     assert 'AutoModelForCausalLM.from_pretrained("me/smoke-merged")' in merged_card.text
     assert "with its LoRA adapter merged in" in merged_card.text
 

@@ -157,17 +157,20 @@ def _plain(value: Any) -> Any:
 
 
 def resolved_config(*configs: Any) -> dict[str, Any]:
-    """Every option of the given dataclasses as plain values: what run_config.yaml stores.
+    """Every option of the given dataclasses (recipe, then flags) as plain values: what run_config.yaml stores.
 
-    Written back as `--config`, it reproduces the run. Only init fields that are recipe keys are kept,
-    so derived state and secrets (hub_token) never land on disk.
+    Written back as `--config`, it reproduces the run on any machine: options the machine settles
+    (automatic precision, use_cpu; a dataclass's `asked_options`) are kept as asked, not as settled
+    here. Only init fields that are recipe keys are kept, so derived state and secrets (hub_token)
+    never land on disk.
     """
     keys = recipe_keys()
     resolved: dict[str, Any] = {}
     for config in configs:
+        asked = getattr(config, "asked_options", {})
         for f in dataclasses.fields(config):
             if f.init and f.name in keys:
-                resolved[f.name] = _plain(getattr(config, f.name))
+                resolved[f.name] = _plain(asked[f.name] if f.name in asked else getattr(config, f.name))
     return resolved
 
 

@@ -100,7 +100,11 @@ class EvaluationArguments:
             "help": "auto: log to the training run's W&B run when it had one; new: log to a new W&B run; off."
         },
     )
-    dtype: Literal["float32", "bfloat16"] = field(default="float32", metadata={"help": "Evaluation dtype."})
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = field(
+        default=None,
+        metadata={"help": "dtype of the weights for evaluation (default: the run's --dtype; float32 for a model "
+                          "no run of this recipe wrote)."},
+    )
 
     def __post_init__(self) -> None:
         errors = []

@@ -3,11 +3,18 @@ checkpoints, Hub pushes of every checkpoint), and the W&B / Hub tracking options
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 from .errors import ConfigError
+
+# Options settled for the machine at hand when the arguments are built: automatic precision (bf16 None),
+# use_cpu on a machine without an accelerator (ours), pin_memory off on CPU and report_to "all" (the
+# Trainer's). run_config.yaml records them as asked, so a replay on another machine settles them again;
+# environment.json records what this machine chose.
+MACHINE_RESOLVED_OPTIONS = ("bf16", "fp16", "use_cpu", "dataloader_pin_memory", "report_to")
 
 
 def _cpu_has_fast_bf16() -> bool:
@@ -76,6 +83,9 @@ class DialogueTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        # Kept before anything is resolved. A dataclasses.replace() copy resolves again and keeps its own
+        # (already resolved) values here: record the runs from the arguments as parsed.
+        self.asked_options = {name: copy.copy(getattr(self, name)) for name in MACHINE_RESOLVED_OPTIONS}
         if not self.use_cpu and not _accelerator_available():
             # Without use_cpu, a CPU-only machine neither starts gloo data parallelism under torchrun /
             # accelerate launch (each process trains alone) nor accepts bf16.
@@ -87,6 +97,10 @@ class DialogueTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.early_stopping_patience is not None and self.eval_strategy == "no":
             raise ConfigError("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
+
+    def resolved_options(self) -> dict:
+        """What this machine chose for the options that were left to it (see MACHINE_RESOLVED_OPTIONS)."""
+        return {name: copy.copy(getattr(self, name)) for name in MACHINE_RESOLVED_OPTIONS}
 
 
 def _accelerator_available() -> bool:

@@ -252,24 +252,39 @@ def _read_hub_dataset(path: str, args: DataArguments, split: str | None):
 
 
 def _pick_splits(path: str, loaded, args: DataArguments, split: str | None):
-    """Train rows (and validation rows, when the dataset has that split) of a Dataset/DatasetDict."""
+    """(rows, validation rows or None) of a saved or Hub Dataset / DatasetDict.
+
+    `split` None reads data_path: its --dataset_train_split trains, and its validation split (the one
+    --dataset_validation_split names, else one called "validation") validates unless --validation_path is
+    set. `split` given reads validation_path: only that split, never the train split in its place. A
+    single Dataset has no splits: all its rows are the data.
+    """
     import datasets
 
     if isinstance(loaded, datasets.Dataset):
         return loaded, None
-    wanted = split or args.dataset_train_split
+    if split is not None:
+        if split not in loaded:
+            raise DialogueDataError(
+                f"validation_path {path} has splits {list(loaded)}, none named {split!r}: set "
+                "--dataset_validation_split to the split to validate on (its train split is never used for that)"
+            )
+        return loaded[split], None
+    wanted = args.dataset_train_split
     if wanted not in loaded:
         raise DialogueDataError(
             f"{path} has splits {list(loaded)}, not {wanted!r}; set --dataset_train_split to one of them"
         )
+    if args.validation_path:
+        return loaded[wanted], None  # validation_path validates; --dataset_validation_split names its split
     validation_split = args.dataset_validation_split
-    if validation_split is None and split is None and "validation" in loaded:
+    if validation_split is None and "validation" in loaded:
         validation_split = "validation"
     if validation_split is not None and validation_split not in loaded:
         raise DialogueDataError(
             f"{path} has splits {list(loaded)}, not {validation_split!r}; fix --dataset_validation_split"
         )
-    return loaded[wanted], (loaded[validation_split] if validation_split and split is None else None)
+    return loaded[wanted], (loaded[validation_split] if validation_split else None)
 
 
 def _parse_records(

@@ -166,7 +166,9 @@ def load_dialogue_splits(args: DataArguments) -> DialogueSplits:
     dialogues = source.dialogues[: args.max_dialogues] if args.max_dialogues else source.dialogues
     skipped = list(source.skipped)
     if args.validation_path:
-        validation_file = read_dialogues(args.validation_path, args, split=args.dataset_validation_split)
+        # A dataset folder validates on its "validation" split (or --dataset_validation_split), never its train split.
+        validation_split = args.dataset_validation_split or "validation"
+        validation_file = read_dialogues(args.validation_path, args, split=validation_split)
         train, validation = dialogues, validation_file.dialogues
         skipped += validation_file.skipped
     elif source.validation_dialogues is not None:

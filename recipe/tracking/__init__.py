@@ -9,11 +9,19 @@
 from .hub_push import HubPushError, push_run_dir, push_run_to_hub, retry_command
 from .model_card import CARD_TAG, build_model_card, write_model_card
 from .tracker import RunTracker
-from .wandb_run import choose_wandb_mode, init_wandb_run, log_evaluation_to_wandb, read_wandb_record, run_mode
+from .wandb_run import (
+    POSTHOC_EVAL_PREFIX,
+    choose_wandb_mode,
+    init_wandb_run,
+    log_evaluation_to_wandb,
+    read_wandb_record,
+    run_mode,
+)
 
 __all__ = [
     "CARD_TAG",
     "HubPushError",
+    "POSTHOC_EVAL_PREFIX",
     "RunTracker",
     "build_model_card",
     "choose_wandb_mode",

@@ -11,7 +11,7 @@ from typing import Any
 from ..config import ConfigError
 from ..files import atomic_write_text
 from ..hub import is_hub_id
-from ..run_dir import BASE_MODEL_DIR, MERGED_DIR, MODEL_CARD, RUN_CONFIG, RunDir, read_json_file
+from ..run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, MERGED_DIR, MODEL_CARD, RUN_CONFIG, RunDir, read_json_file
 from .wandb_run import read_wandb_record, run_mode
 
 CARD_TAG = "dialogue-finetune"  # marks a model card as ours (push.py regenerates ours, never a hand-written one)
@@ -74,9 +74,11 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     lines = [f"# {name}", "", f"{what}, trained on multi-speaker dialogues with the dialogue-finetune recipe "
              f"({mode}).", ""]
     lines += _data_section(report, data_path, dataset_on_hub)
-    lines += _recipe_section(config, environment)
+    # The run's files (run_config.yaml among them) sit in the run directory, or in the adapter repo once pushed.
+    replay = None if merged and hub_model_id else RunDir("MODEL_DIR" if hub_model_id else run_dir).replay_command()
+    lines += _recipe_section(config, environment, replay)
     lines += _results_section(train, evaluation, quality, run_dir)
-    lines += _usage_section(run_dir, hub_model_id, base, config, report, lora, merged)
+    lines += _usage_section(run, hub_model_id, config, report, lora, merged)
     if wandb_record.get("url"):
         lines += [f"Training curves: [Weights & Biases run]({wandb_record['url']}).", ""]
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
@@ -110,10 +112,12 @@ def _data_section(report: dict, data_path: str, dataset_on_hub: bool) -> list[st
     return lines + [""]
 
 
-def _recipe_section(config: dict, environment: dict) -> list[str]:
+def _recipe_section(config: dict, environment: dict, replay: str | None) -> list[str]:
     world_size = ((environment.get("device") or {}).get("world_size")) or 1
     batch = (config.get("per_device_train_batch_size") or 0) * (config.get("gradient_accumulation_steps") or 1)
-    precision = "bf16" if config.get("bf16") else "fp16" if config.get("fp16") else "fp32"
+    # run_config.yaml keeps the precision as asked (None: automatic); environment.json has what was used.
+    used = environment.get("resolved_options") or environment.get("device") or config
+    precision = "bf16" if used.get("bf16") else "fp16" if used.get("fp16") else "fp32"
     rows = [
         ("mode", "LoRA" if config.get("use_lora") else "full fine-tuning"),
         ("epochs", config.get("num_train_epochs")),
@@ -140,8 +144,9 @@ def _recipe_section(config: dict, environment: dict) -> list[str]:
         f"Trained with transformers {packages.get('transformers', '?')}, torch {packages.get('torch', '?')}"
         + (f", peft {packages.get('peft')}" if config.get("use_lora") and packages.get("peft") else "")
         + f" on {device.get('type', '?')} ({device.get('name', '?')})."
-        + f" Every option is in `{RUN_CONFIG}`: `python scripts/train.py --config {RUN_CONFIG}` reproduces "
-        "the run.",
+        + f" Every option is in `{RUN_CONFIG}`, as asked (automatic precision stays automatic)"
+        + (f"; from the recipe's repository root, `{replay}` trains the run again into `NEW`." if replay
+           else " of the adapter run."),
         "",
     ]
     return lines
@@ -172,30 +177,21 @@ def _results_section(train: dict, evaluation: dict, quality: dict, run_dir: Path
     return lines + [""]
 
 
-def _usage_section(run_dir, hub_model_id, base, config, report, lora, merged) -> list[str]:
-    where = hub_model_id or str(run_dir) + (f"/{MERGED_DIR}" if merged else "")
+def _usage_section(run: RunDir, hub_model_id, config, report, lora, merged) -> list[str]:
+    where = hub_model_id or str(run.path) + (f"/{MERGED_DIR}" if merged else "")
     speakers = list(((report.get("train") or {}).get("turns_per_speaker") or {}))[:2] or ["User", "Assistant"]
     if len(speakers) < 2:
         speakers.append("Assistant")
     prompt = f"{speakers[0]}: Hello, how are you?\\n{speakers[1]}:"
+    remote_code = ", trust_remote_code=True" if config.get("trust_remote_code") else ""
+    note: list[str] = []
     if lora:
-        if config.get("random_init"):
-            base_load = (f'AutoModelForCausalLM.from_pretrained("{hub_model_id}", subfolder="{BASE_MODEL_DIR}")'
-                         if hub_model_id else f'AutoModelForCausalLM.from_pretrained("{run_dir}/{BASE_MODEL_DIR}")')
-        else:
-            base_load = f'AutoModelForCausalLM.from_pretrained("{base}")'
-        load = [
-            "from peft import PeftModel",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "",
-            f"base = {base_load}",
-            f'model = PeftModel.from_pretrained(base, "{where}")  # .merge_and_unload() for a plain model',
-        ]
+        load, note = _adapter_loading(run, hub_model_id, config, remote_code)
     else:
         load = [
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
-            f'model = AutoModelForCausalLM.from_pretrained("{where}")',
+            f'model = AutoModelForCausalLM.from_pretrained("{where}"{remote_code})',
         ]
     load += [
         f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
@@ -203,8 +199,10 @@ def _usage_section(run_dir, hub_model_id, base, config, report, lora, merged) ->
         "reply = model.generate(**inputs, max_new_tokens=40, do_sample=True, top_p=0.95)",
         "print(tokenizer.decode(reply[0][inputs.input_ids.shape[1]:], skip_special_tokens=True))",
     ]
+    if not lora:
+        note = [f'Or in one line: `pipeline("text-generation", model="{where}")`.', ""]
     local = "MODEL_DIR" if hub_model_id else where
-    lines = ["## How to use", "", "```python", *load, "```", "",
+    lines = ["## How to use", "", "```python", *load, "```", "", *note,
              "Each dialogue is written one turn per line, `Speaker: text`, and ends with EOS; generation stops "
              "at EOS (the generation config says so).", "",
              "With the recipe's scripts" + (f" (after `hf download {hub_model_id} --local-dir MODEL_DIR`)"
@@ -212,6 +210,50 @@ def _usage_section(run_dir, hub_model_id, base, config, report, lora, merged) ->
              "```bash", f"python scripts/chat.py --model_path {local}",
              f"python scripts/evaluate.py --model_path {local}", "```", ""]
     return lines
+
+
+def _adapter_loading(run: RunDir, hub_model_id: str | None, config: dict, remote_code: str):
+    """(code lines, note lines) that load the adapter on its base with stock PEFT.
+
+    adapter_config.json names the base that training recorded (`modeling.adapter_base_reference`): a Hub
+    id, or a folder by absolute path, which AutoPeftModelForCausalLM follows as is. On the Hub a folder on
+    the training machine means nothing, and PEFT cannot follow a base kept in a subfolder of the adapter
+    repo (base_model/ for a random base): there the card loads the base first.
+    """
+    recorded = (read_json_file(run.path / ADAPTER_CONFIG) or {}).get("base_model_name_or_path")
+    base = recorded or config.get("model_name_or_path", "unknown")
+    base_on_hub = not config.get("random_init") and is_hub_id(base)
+    if hub_model_id and not base_on_hub:
+        if config.get("random_init"):
+            from transformers.utils import CONFIG_NAME
+
+            # The class itself: AutoModelForCausalLM ignores subfolder= when it looks for an adapter (transformers
+            # 5.24), finds the one at the repo root and loads the base that adapter names instead.
+            base_config = read_json_file(run.base_model / CONFIG_NAME) or {}
+            model_class = (base_config.get("architectures") or ["AutoModelForCausalLM"])[0]
+            base_load = [f"# the random base, kept in this repo's {BASE_MODEL_DIR}/ folder",
+                         f'base = {model_class}.from_pretrained("{hub_model_id}", subfolder="{BASE_MODEL_DIR}")']
+        else:
+            model_class = "AutoModelForCausalLM"
+            base_load = ["# a folder on the machine that trained the adapter",
+                         f'base = {model_class}.from_pretrained("{base}"{remote_code})']
+        code = ["from peft import PeftModel", f"from transformers import AutoTokenizer, {model_class}", "", *base_load,
+                f'model = PeftModel.from_pretrained(base, "{hub_model_id}")  # .merge_and_unload() for a plain model']
+        return code, []
+    where = hub_model_id or str(run.path)
+    code = ["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{where}"{remote_code})  # base: {base}']
+    note = []
+    if config.get("random_init"):
+        note = [f"`{ADAPTER_CONFIG}` names the base saved in `{BASE_MODEL_DIR}/` by its absolute path (`{base}`), "
+                "which AutoPeftModelForCausalLM follows from any directory. A copy of this folder elsewhere "
+                f"(`MODEL_DIR`) loads on its own copy of the base: `PeftModel.from_pretrained(AutoModelForCausalLM."
+                f'from_pretrained("MODEL_DIR/{BASE_MODEL_DIR}"), "MODEL_DIR")`.', ""]
+    elif not base_on_hub:
+        note = [f"`{ADAPTER_CONFIG}` names the base folder by its absolute path (`{base}`). If it moves (to "
+                "`BASE_DIR`), load it first: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
+                f'"BASE_DIR"), "{where}")`.', ""]
+    return code, note
 
 
 def write_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None, merged: bool = False) -> Path:

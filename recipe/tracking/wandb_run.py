@@ -20,6 +20,9 @@ from ..run_dir import RunDir, RunDirError, read_json_file
 logger = logging.getLogger(__name__)
 
 DEFAULT_WANDB_PROJECT = "dialogue-finetune"
+# scripts/evaluate.py logs under its own names: eval/ holds the Trainer's figures (over the trained speakers'
+# tokens, under the run's precision); a post-hoc evaluation may measure another quantity on other data.
+POSTHOC_EVAL_PREFIX = "posthoc_eval"
 DEFAULT_WANDB_URL = "https://api.wandb.ai"
 
 
@@ -134,8 +137,11 @@ def log_evaluation_to_wandb(
     samples: list[dict],
     new_run: bool = False,
     project: str | None = None,
+    source: dict[str, Any] | None = None,
 ) -> str | None:
-    """Log evaluation metrics and a table of samples (prompt, reply, reference) to W&B.
+    """Log evaluation metrics, a table of samples (prompt, reply, reference) under posthoc_eval/samples, and
+    what was measured (`source`: model, data, how it differs from the training eval) as the run's
+    config["posthoc_eval"] and summary["posthoc_eval/source"].
 
     They go to the training run of `model_dir` (resumed by the id in its wandb_run.json, in the same
     online/offline mode), or to a new run when `new_run` is true or no id is stored. Returns the local
@@ -167,8 +173,11 @@ def log_evaluation_to_wandb(
         table = wandb.Table(columns=["prompt", "reply", "reference"])
         for sample in samples:
             table.add_data(sample.get("prompt"), sample.get("reply"), sample.get("reference"))
-        run.log({**metrics, "eval/samples": table})
+        run.log({**metrics, f"{POSTHOC_EVAL_PREFIX}/samples": table})
         run.summary.update(metrics)
+        if source is not None:
+            run.config.update({POSTHOC_EVAL_PREFIX: source}, allow_val_change=True)
+            run.summary.update({f"{POSTHOC_EVAL_PREFIX}/source": source})
         run_dir = str(Path(run.dir).parent)
         run.finish()
         return run_dir
