@@ -18,6 +18,7 @@ import math
 import os
 import shlex
 import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -73,6 +74,8 @@ class TrainingGuard(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._is_main = state.is_world_process_zero
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only; a Trainer run from another keeps the defaults
         for number in (signal.SIGTERM, signal.SIGINT):
             self._previous_handlers[number] = signal.signal(number, self._on_signal)
 
@@ -109,7 +112,7 @@ class TrainingGuard(TrainerCallback):
         step = state.global_step + 1
         if nonfinite:
             self.nonfinite_steps.append((step, self._nonfinite_value))
-            self._skip_update(optimizer, kwargs.get("model"))
+            self._skip_update(optimizer)
             if self._is_main:
                 logger.warning("step %d: the training loss is %s; this step's update is skipped", step,
                                self._nonfinite_value)
@@ -120,7 +123,7 @@ class TrainingGuard(TrainerCallback):
             self.stop_reason, self.stopped_at_step = "signal", step
             self.signal = self.signal or signal.SIGTERM  # another process got it first
 
-    def _skip_update(self, optimizer, model) -> None:
+    def _skip_update(self, optimizer) -> None:
         """No update from non-finite gradients: optimizers skip parameters whose gradient is None. (With
         fp16 loss scaling the scaler already skips such a step, and needs the gradients to see it.)"""
         scaler = getattr(optimizer, "scaler", None)
