@@ -40,13 +40,13 @@ class OutputDirError(ConfigError):
 
 
 def decided_by_main(decide: Callable[[], Any], state) -> Any:
-    """Run `decide` on the main process only and return its result on every process. An
-    OutputDirError (or OSError) raised there is raised on every process, so none is left waiting."""
+    """Run `decide` on the main process only and return its result on every process. A ConfigError or
+    OSError raised there is raised on every process (as OutputDirError), so none is left waiting."""
     outcome: list[Any] = [None, None]  # [result, error message]
     if state.is_main_process:
         try:
             outcome[0] = decide()
-        except OutputDirError as error:
+        except ConfigError as error:  # OutputDirError, or a corrupt record of the previous run (RunDirError)
             outcome[1] = str(error)
         except OSError as error:
             outcome[1] = f"output_dir: {error}"

@@ -81,7 +81,7 @@ class TrainingGuard(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         for number, handler in self._previous_handlers.items():
-            signal.signal(number, handler)
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         self._previous_handlers.clear()
 
     def _on_signal(self, number: int, frame) -> None:
@@ -105,10 +105,10 @@ class TrainingGuard(TrainerCallback):
     # -- the decision, once per optimizer step, shared by every process
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        flags = torch.tensor([self.signal is not None, self._nonfinite_now], dtype=torch.int32, device=args.device)
+        flags = torch.tensor([self.signal or 0, self._nonfinite_now], dtype=torch.int32, device=args.device)
         if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        stop_for_signal, nonfinite = (bool(flag) for flag in flags.tolist())
+        signal_number, nonfinite = flags.tolist()
         step = state.global_step + 1
         if nonfinite:
             self.nonfinite_steps.append((step, self._nonfinite_value))
@@ -119,9 +119,9 @@ class TrainingGuard(TrainerCallback):
             if len(self.nonfinite_steps) > self.max_nonfinite_loss_steps:
                 self.stop_reason, self.stopped_at_step = "diverged", step
         self._nonfinite_now, self._nonfinite_value = False, math.nan
-        if stop_for_signal and self.stop_reason is None:
+        if signal_number and self.stop_reason is None:
             self.stop_reason, self.stopped_at_step = "signal", step
-            self.signal = self.signal or signal.SIGTERM  # another process got it first
+            self.signal = self.signal or signal_number  # another process may have received it first
 
     def _skip_update(self, optimizer) -> None:
         """No update from non-finite gradients: optimizers skip parameters whose gradient is None. (With

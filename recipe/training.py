@@ -42,7 +42,8 @@ from .modeling import (
     get_model,
     get_tokenizer,
 )
-from .output_dir import OutputDirError, RunLock, check_disk_space, prepare_output_dir  # noqa: F401 - OutputDirError: re-exported
+from .output_dir import OutputDirError  # noqa: F401 - re-exported: callers catch it from here
+from .output_dir import RunLock, check_disk_space, prepare_output_dir
 from .redaction import redact_argv, redact_command
 from .run_dir import RunDir
 from .safeguards import WatchesLoss, attach_training_guard, raise_if_stopped
@@ -221,6 +222,7 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
     per_epoch = steps_per_epoch(len(prepared.train_dataset), training_args)
+    all_steps = total_steps(len(prepared.train_dataset), training_args)
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
     lines = [
         f"model: {model_args.model_name_or_path}{' (random init)' if model_args.random_init else ''}, "
@@ -231,7 +233,7 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
         f"in {len(prepared.train_dataset):,} rows",
         f"batch: {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
         f"accumulation x {training_args.world_size} processes = {effective_batch} rows per step",
-        f"steps: {per_epoch} per epoch, {total_steps(len(prepared.train_dataset), training_args)} in all; device {training_args.device}, {precision}",
+        f"steps: {per_epoch} per epoch, {all_steps} in all; device {training_args.device}, {precision}",
         f"output: {training_args.output_dir}" + (f" (resuming from {resume})" if resume else ""),
     ]
     return "\n".join(lines)
