@@ -5,33 +5,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write to a temporary file in the same folder, then rename it over `path` (atomic on POSIX)."""
+    """Write to a temporary file in the same folder, then rename it over `path` (atomic on POSIX).
+
+    The temporary file is created with mode 0666 and the kernel applies the umask, as for any new
+    file: reading the umask would mean changing it, which races with other threads creating files
+    (the Hub push threads, W&B).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:

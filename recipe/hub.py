@@ -1,7 +1,9 @@
 """Hugging Face Hub access that fails in seconds, not after a minute of retries.
 
 Without network, `from_pretrained("distilgpt2")` retries for ~50 s before it gives up. We check
-reachability once, with a short timeout, and raise an error that says how to work offline.
+reachability once, with a short timeout, and raise an error that says how to work offline. The check
+is an HTTP request made the way the download would be (huggingface_hub's own client for the Hub), so
+HTTPS_PROXY / HTTP_PROXY / NO_PROXY, HF_ENDPOINT and HF_HUB_OFFLINE apply to both alike.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 import functools
 import os
 import re
-import socket
-from urllib.parse import urlparse
+import urllib.error
+import urllib.request
 
 OFFLINE_HINT = (
     "To work offline: run the offline recipe (python scripts/train.py --config recipe/configs/smoke.yaml), "
@@ -37,25 +39,34 @@ def hub_offline_mode() -> bool:
 
 
 def url_reachable(url: str, timeout: float = 3.0) -> bool:
-    """True when the server of `url` accepts a TCP connection within `timeout` seconds."""
-    parsed = urlparse(url)
-    if not parsed.hostname:
-        return False
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    """True when a HEAD request to `url` gets any HTTP answer within `timeout` seconds. urllib applies
+    the proxy variables (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) as W&B's client does; for the Hub, see
+    `hub_reachable`."""
     try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            return True
-    except OSError:
+        # A new opener reads the proxy variables now (urlopen keeps the ones of its first call).
+        urllib.request.build_opener().open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # the server (or the proxy in front of it) answered
+    except (OSError, ValueError):
         return False
+    return True
 
 
 @functools.lru_cache(maxsize=8)
 def _endpoint_reachable(endpoint: str, timeout: float) -> bool:
-    return url_reachable(endpoint, timeout)  # once per endpoint: model, tokenizer and data all ask
+    """One HEAD request through huggingface_hub's HTTP client (its proxies, certificates and client
+    factory), once per endpoint: model, tokenizer and data all ask."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=timeout, follow_redirects=False)
+    except Exception:  # noqa: BLE001 - connection, proxy, TLS and offline-mode errors alike mean "not from here"
+        return False
+    return True
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hub endpoint (HF_ENDPOINT) accepts a TCP connection within `timeout` seconds."""
+    """True when the Hub endpoint (HF_ENDPOINT) answers an HTTP request within `timeout` seconds."""
     return not hub_offline_mode() and _endpoint_reachable(hub_endpoint(), timeout)
 
 

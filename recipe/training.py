@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -44,61 +43,15 @@ from .modeling import (
     get_tokenizer,
     record_adapter_base,
 )
+from .output_dir import OutputDirError  # noqa: F401 - re-exported: callers catch it from here
+from .output_dir import RunLock, check_disk_space, prepare_output_dir
 from .packing_check import check_packing_isolation, refuse_cache_with_packing
-from .redaction import redact_command
-from .run_dir import INCOMPLETE_PREFIX, RunDir, checkpoint_is_complete
+from .redaction import redact_argv, redact_command
+from .run_dir import RunDir
+from .safeguards import WatchesLoss, attach_training_guard, raise_if_stopped
 from .tracking import RunTracker, run_mode
 
 logger = logging.getLogger(__name__)
-
-
-class OutputDirError(ConfigError):
-    """output_dir holds something this run must not silently overwrite."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Output directory: fresh start, resume, or refuse
-
-
-def prepare_output_dir(args: DialogueTrainingArguments, is_main_process: bool) -> Path | None:
-    """Decide how this run uses output_dir and return the checkpoint to resume from (or None).
-
-    - empty or missing: start fresh;
-    - a run of this recipe with checkpoints: resume from the last complete one;
-    - a finished run: refuse unless --overwrite_output_dir (then it is deleted);
-    - anything not written by this recipe: refuse, whatever the flags.
-    """
-    run = RunDir(args.output_dir)
-    if args.resume_from_checkpoint:
-        checkpoint = Path(args.resume_from_checkpoint)
-        if not checkpoint_is_complete(checkpoint):
-            raise OutputDirError(
-                f"resume_from_checkpoint {checkpoint} is not a complete checkpoint (no trainer_state.json or weights)"
-            )
-        return checkpoint
-    entries = [p for p in run.path.iterdir() if not p.name.startswith(".")] if run.path.is_dir() else []
-    if not entries:
-        return None
-    if not run.is_recipe_run():
-        raise OutputDirError(
-            f"output_dir {run} is not empty and was not written by this recipe (no {run.run_config.name}); "
-            "choose another --output_dir"
-        )
-    if args.overwrite_output_dir:
-        if is_main_process:
-            logger.warning("overwrite_output_dir: deleting the previous run in %s", run)
-            shutil.rmtree(run.path)
-        return None
-    if run.is_finished():
-        raise OutputDirError(
-            f"output_dir {run} holds a finished run ({run.train_results.name}); pass --overwrite_output_dir true "
-            "to replace it, or choose another --output_dir"
-        )
-    if is_main_process:
-        for path in run.set_aside_incomplete_checkpoints():
-            logger.warning("%s was half-written (the run was interrupted while saving): set aside as %s",
-                           path.name.removeprefix(INCOMPLETE_PREFIX), path)
-    return run.last_complete_checkpoint()
 
 
 def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -110,8 +63,9 @@ def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> lis
 # Trainer
 
 
-class DialogueTrainer(Trainer):
-    """The HF Trainer, plus a count of the real (non-padding) tokens it trained on.
+class DialogueTrainer(WatchesLoss, Trainer):
+    """The HF Trainer, plus a count of the real (non-padding) tokens it trained on (and, through
+    WatchesLoss, every micro-batch loss shown to the safeguards before the NaN filter hides it).
 
     The collator sends `num_real_tokens` with each batch; it is taken out before the model sees
     the batch. (The Trainer's own non-padding count treats every pad-id token as padding, but for
@@ -259,15 +213,19 @@ def steps_per_epoch(num_rows: int, training_args: DialogueTrainingArguments) -> 
     return max(1, math.ceil(batches / training_args.gradient_accumulation_steps))
 
 
+def total_steps(num_rows: int, training_args: DialogueTrainingArguments) -> int:
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    return math.ceil(steps_per_epoch(num_rows, training_args) * training_args.num_train_epochs)
+
+
 def start_summary(model_args, lora_args, training_args, prepared, trainable, total, resume) -> str:
     train = prepared.report["train"]
     effective_batch = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
     per_epoch = steps_per_epoch(len(prepared.train_dataset), training_args)
-    total_steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
-        per_epoch * training_args.num_train_epochs
-    )
+    all_steps = total_steps(len(prepared.train_dataset), training_args)
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
     lines = [
         f"model: {model_args.model_name_or_path}{' (random init)' if model_args.random_init else ''}, "
@@ -278,7 +236,7 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
         f"in {len(prepared.train_dataset):,} rows",
         f"batch: {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
         f"accumulation x {training_args.world_size} processes = {effective_batch} rows per step",
-        f"steps: {per_epoch} per epoch, {total_steps} in all; device {training_args.device}, {precision}",
+        f"steps: {per_epoch} per epoch, {all_steps} in all; device {training_args.device}, {precision}",
         f"output: {training_args.output_dir}" + (f" (resuming from {resume})" if resume else ""),
     ]
     return "\n".join(lines)
@@ -313,13 +271,14 @@ def run_training(
     """
     from accelerate import PartialState
 
+    redact_argv()  # no --hub_token in what W&B records as the command line
     state = PartialState()
     _set_recipe_log_level(training_args, state.is_main_process)
     tracking_args = tracking_args or TrackingArguments()
     run = RunDir(training_args.output_dir)
     tracker = RunTracker(tracking_args, lora_args, run.path, state.is_main_process, training_args.push_to_hub)
 
-    resume = prepare_output_dir(training_args, state.is_main_process)
+    resume = prepare_output_dir(training_args, state)  # locked and decided by the main process, shared
     state.wait_for_everyone()
     if state.is_main_process:
         write_run_records(run, (model_args, data_args, lora_args, training_args, tracking_args), resume)
@@ -330,9 +289,12 @@ def run_training(
     parameters = count_parameters(model)
     if state.is_main_process:
         logger.info("run summary\n%s", start_summary(model_args, lora_args, training_args, prepared, *parameters, resume))
+    check_disk_space(run, model, training_args, lora_args, total_steps(len(prepared.train_dataset), training_args),
+                     resume, state)
 
     training_args = tracker.configure(training_args, resume)  # W&B run started; Hub pushes off if unreachable
     trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
+    attach_training_guard(trainer, run)  # stop and save on SIGTERM / Ctrl-C; stop on a non-finite loss
     tracker.attach(trainer)
     train_metrics, eval_metrics = train_and_evaluate(trainer, prepared, lora_args, parameters, resume)
 
@@ -341,6 +303,7 @@ def run_training(
         write_results(run, trainer, train_metrics, eval_metrics)
     state.wait_for_everyone()
     tracker.finish(train_metrics, eval_metrics)  # model card, W&B summary, final Hub push (main process)
+    RunLock.release(run)
     return TrainingResult(run.path, train_metrics, eval_metrics)
 
 
@@ -407,6 +370,7 @@ def train_and_evaluate(trainer: DialogueTrainer, prepared: PreparedData, lora_ar
     start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.perf_counter() - start
+    raise_if_stopped(trainer)  # a signal or a non-finite loss: nothing final is written
     real_tokens = trainer.total_real_tokens_trained()
     eval_metrics = trainer.evaluate() if prepared.validation_dataset is not None else {}
     train_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -423,6 +387,7 @@ def train_and_evaluate(trainer: DialogueTrainer, prepared: PreparedData, lora_ar
         global_step=trainer.state.global_step,
         best_checkpoint=trainer.state.best_model_checkpoint,
         resumed_from=str(resume) if resume else None,
+        skipped_nonfinite_loss_steps=[step for step, _ in trainer.training_guard.nonfinite_steps],
         mode=run_mode(lora_args.use_lora),
     )
     return train_metrics, eval_metrics

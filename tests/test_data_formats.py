@@ -112,7 +112,7 @@ def test_malformed_json_names_file_line_and_column(tmp_path, data_args, content,
 
 def test_malformed_jsonl_line(tmp_path, data_args):
     path = write(tmp_path / "bad.jsonl", '{"Alex": "a", "Bob": "b"}\n{"Alex": oops}\n')
-    with pytest.raises(DialogueDataError, match=r"bad\.jsonl line 2 column 10: invalid JSON.*one complete JSON value"):
+    with pytest.raises(DialogueDataError, match=r"bad\.jsonl line 2: column 10: invalid JSON.*one complete JSON value"):
         read_dialogues(path, data_args())
 
 

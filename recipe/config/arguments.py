@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Literal
 
 from .errors import raise_all
@@ -155,6 +155,11 @@ class DataArguments:
         for pair in self.role_to_speaker or []:
             if pair.count("=") != 1 or not all(part.strip() for part in pair.split("=")):
                 errors.append(f"role_to_speaker entry {pair!r} must look like role=Speaker, e.g. user=Alex")
+        if self.packing_batch_size < 1:
+            errors.append(f"packing_batch_size is {self.packing_batch_size}; use 1 or more (1000 packs well)")
+        for name in ("pad_to_multiple_of", "preprocessing_num_workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                errors.append(f"{name} is {getattr(self, name)}; use 1 or more, or leave it unset")
         raise_all(errors)
 
     @property
@@ -185,6 +190,14 @@ class LoraArguments:
         errors = []
         if self.lora_r < 1:
             errors.append(f"lora_r is {self.lora_r}; use a positive rank such as 8 or 16")
+        if self.lora_alpha <= 0:
+            errors.append(f"lora_alpha is {self.lora_alpha}; use a positive scaling, usually 2 x lora_r")
         if not 0 <= self.lora_dropout < 1:
             errors.append(f"lora_dropout is {self.lora_dropout}; use a value in [0, 1)")
+        if not self.use_lora:  # silently ignored otherwise: a "LoRA" run that fine-tunes every weight
+            defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(self)}
+            for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora"):
+                if getattr(self, name) != defaults[name]:
+                    errors.append(f"{name} is set ({getattr(self, name)!r}) but use_lora is false; add --use_lora true, "
+                                  f"or leave {name} out")
         raise_all(errors)

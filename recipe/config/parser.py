@@ -13,12 +13,15 @@ import enum
 import json
 import os
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 from transformers import HfArgumentParser
 
+from ..files import atomic_write_text
 from .arguments import DataArguments, LoraArguments, ModelArguments
 from .errors import ConfigError, raise_all
 from .script_arguments import ChatArguments, EvaluationArguments, GenerationArguments
@@ -64,8 +67,43 @@ def load_recipe_yaml(path: str | os.PathLike) -> dict[str, Any]:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             errors.append(f"{path}: unknown option {key!r}{hint}")
-    raise_all(errors)
+    raise_all(errors + _yaml_shape_errors(path, content))
     return content
+
+
+def _yaml_shape_errors(path: Path, content: dict[str, Any]) -> list[str]:
+    """A YAML list, mapping or null given to an option that takes none: argparse would see a list as
+    extra flags and pass a mapping or null through unchecked. (Scalars are checked by argparse.)"""
+    hints = {}
+    for dataclass in RECIPE_DATACLASSES:
+        hints.update(typing.get_type_hints(dataclass))
+    errors = []
+    for key, value in content.items():
+        if key not in hints or not isinstance(value, (list, dict, type(None))):
+            continue
+        accepted = _accepted_shapes(hints[key])
+        shape = list if isinstance(value, list) else dict if isinstance(value, dict) else type(None)
+        if shape not in accepted:
+            kind = {list: "a list", dict: "a mapping", type(None): "null"}[shape]
+            errors.append(f"{path}: {key} is {kind}, but it takes {_type_name(hints[key])}")
+    return errors
+
+
+def _accepted_shapes(hint: Any) -> set[type]:
+    members = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    shapes = set()
+    for member in members:
+        origin = typing.get_origin(member) or member
+        if origin in (list, dict, type(None)):
+            shapes.add(origin)
+        elif member is Any:
+            shapes.update((list, dict, type(None)))
+    return shapes
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def _yaml_value_to_argv(key: str, value: Any) -> list[str]:
@@ -176,4 +214,4 @@ def resolved_config(*configs: Any) -> dict[str, Any]:
 
 def save_resolved_config(path: str | os.PathLike, *configs: Any, header: str = "") -> None:
     text = yaml.safe_dump(resolved_config(*configs), sort_keys=False, allow_unicode=True)
-    Path(path).write_text(header + text, encoding="utf-8")
+    atomic_write_text(path, header + text)  # run_config.yaml marks a directory as this recipe's: never half-written

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .errors import ConfigError
+from ..redaction import SecretsStayInMemory
+from .errors import ConfigError, raise_all
 
 # Options settled for the machine at hand when the arguments are built: automatic precision (bf16 None),
 # use_cpu on a machine without an accelerator (ours), pin_memory off on CPU and report_to "all" (the
@@ -26,8 +27,9 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 @dataclass
-class DialogueTrainingArguments(TrainingArguments):
-    """HF TrainingArguments with defaults for dialogue fine-tuning; each changed default says why."""
+class DialogueTrainingArguments(SecretsStayInMemory, TrainingArguments):
+    """HF TrainingArguments with defaults for dialogue fine-tuning; each changed default says why.
+    Pickled (the Trainer's training_args.bin), it holds no hub_token: see recipe/redaction.py."""
 
     output_dir: str | None = field(
         default="outputs/run", metadata={"help": "Where checkpoints, the final model and reports go."}
@@ -69,6 +71,13 @@ class DialogueTrainingArguments(TrainingArguments):
     early_stopping_threshold: float = field(
         default=0.0, metadata={"help": "Smallest eval-loss improvement that counts for early stopping."}
     )
+    max_nonfinite_loss_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps with a NaN or inf training loss tolerated (each one's update skipped) before the run "
+            "stops without saving; 0 stops at the first. See recipe/safeguards.py."
+        },
+    )
     # --- Hub pushes (see recipe/tracking/hub_push.py) ---
     # Trainer pushes on each save: "every_save" uploads only the model files, "checkpoint" one last-checkpoint/
     # folder that each save overwrites, "end" nothing until the end. "all_checkpoints" uploads every epoch's
@@ -94,9 +103,37 @@ class DialogueTrainingArguments(TrainingArguments):
             self.bf16 = _default_bf16(self.use_cpu, self.fp16)
             if not self.bf16 and not self.fp16 and not self.use_cpu and _cuda_without_bf16():
                 self.fp16 = True  # older GPUs (V100, T4): fp16 mixed precision with loss scaling
-        super().__post_init__()
-        if self.early_stopping_patience is not None and self.eval_strategy == "no":
-            raise ConfigError("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
+        try:
+            super().__post_init__()
+        except ConfigError:
+            raise
+        except ValueError as error:  # TrainingArguments' own checks: a user error, shown without a traceback
+            raise ConfigError(f"invalid training options: {error}") from None
+        raise_all(training_option_errors(self))
+
+
+def training_option_errors(args: DialogueTrainingArguments) -> list[str]:
+    """Values TrainingArguments accepts but that cannot train (or that it would silently ignore)."""
+    errors = []
+    if args.learning_rate <= 0:
+        errors.append(f"learning_rate is {args.learning_rate}; use a positive step size such as 5e-5")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            errors.append(f"{name} is {getattr(args, name)}; use 1 or more")
+    if args.num_train_epochs <= 0 and args.max_steps <= 0:
+        errors.append(f"num_train_epochs is {args.num_train_epochs}; use a positive number of epochs (or set max_steps)")
+    if args.weight_decay < 0:
+        errors.append(f"weight_decay is {args.weight_decay}; use 0 or more")
+    if args.max_grad_norm < 0:
+        errors.append(f"max_grad_norm is {args.max_grad_norm}; use a positive norm, or 0 to turn clipping off")
+    if args.max_nonfinite_loss_steps < 0:
+        errors.append(f"max_nonfinite_loss_steps is {args.max_nonfinite_loss_steps}; use 0 (stop at the first) or more")
+    if args.early_stopping_patience is not None:
+        if args.early_stopping_patience < 1:
+            errors.append(f"early_stopping_patience is {args.early_stopping_patience}; use 1 or more, or leave it unset")
+        if args.eval_strategy == "no":
+            errors.append("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
+    return errors
 
     def resolved_options(self) -> dict:
         """What this machine chose for the options that were left to it (see MACHINE_RESOLVED_OPTIONS)."""

@@ -32,6 +32,13 @@ class _BadDialogue(Exception):
     """One invalid dialogue; collected, then raised together or skipped with a count."""
 
 
+class _UnreadableLine:
+    """A .jsonl line that is not one JSON value: a bad dialogue like any other (listed, or skipped and counted)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
 class _Object(list):
     """A JSON object as its (key, value) pairs in file order; repeated keys are kept."""
 
@@ -46,6 +53,10 @@ class _Object(list):
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_Object)
+
+# Python's JSON parser recurses once per nesting level; past the recursion limit it raises RecursionError.
+TOO_DEEP = ("JSON nested too deeply (hundreds of levels of [ or {{); a dialogue needs at most 4 levels "
+            "(file, dialogue, turns, turn): {fix}")
 
 
 def _as_object(value: Any) -> Any:
@@ -147,16 +158,15 @@ def _read_text(path: str) -> str:
     return text
 
 
-def _json_error(path: str, error: json.JSONDecodeError, jsonl_line: int | None = None) -> DialogueDataError:
-    if jsonl_line is not None:
-        where = f"{path} line {jsonl_line} column {error.colno}"
-        hint = "each line of a .jsonl file must be one complete JSON value"
-    else:
-        where = f"{path} line {error.lineno} column {error.colno}"
-        hint = "fix the JSON there"
-        if error.msg == "Extra data":
-            hint = "the file holds more than one JSON value; if it has one dialogue per line, name it .jsonl"
-    return DialogueDataError(f"{where}: invalid JSON ({error.msg}); {hint}")
+def _json_error(path: str, error: json.JSONDecodeError) -> DialogueDataError:
+    hint = "fix the JSON there"
+    if error.msg == "Extra data":
+        hint = "the file holds more than one JSON value; if it has one dialogue per line, name it .jsonl"
+    elif error.msg.startswith("Invalid control character"):
+        hint = "a string holds a raw control character (NUL, tab, line break); escape it (\\u0000, \\t, \\n) or remove it"
+    elif error.msg.startswith("Unterminated") or error.pos >= len(error.doc.rstrip()):
+        hint = "the file ends in the middle of a value: it was cut short; restore its end"
+    return DialogueDataError(f"{path} line {error.lineno} column {error.colno}: invalid JSON ({error.msg}); {hint}")
 
 
 def _json_records(path: str, text: str, args: DataArguments) -> Iterator[tuple[str, Any]]:
@@ -172,20 +182,22 @@ def _json_records(path: str, text: str, args: DataArguments) -> Iterator[tuple[s
                 raise json.JSONDecodeError("Extra data", text, end + len(text[end:]) - len(text[end:].lstrip()))
         except json.JSONDecodeError as error:
             raise _json_error(path, error) from None
+        except RecursionError:
+            raise DialogueDataError(f"{path}: " + TOO_DEEP.format(fix="fix the file's structure")) from None
         yield f"{path}", value  # one dialogue: {"turns": [...]}, {"messages": [...]} or a speaker map
         return
     elements = list(_iter_json_array(path, text, start))
     if not elements:
         raise DialogueDataError(f"{path} holds an empty array; add dialogues to it")
-    if _is_turn_list([value for _, value in elements], args):
-        yield f"{path}", [value for _, value in elements]  # a bare list of turns is one dialogue
+    if args.data_format != "speaker_map" and _is_turn_list([value for _, value in elements], args):
+        yield f"{path} (a bare list of turns, read as one dialogue)", [value for _, value in elements]
         return
     for index, (line, value) in enumerate(elements):
         yield f"{path} entry [{index}] (line {line})", value
 
 
 def _iter_json_array(path: str, text: str, start: int) -> Iterator[tuple[int, Any]]:
-    position, whitespace = start + 1, " \t\r\n"
+    position, whitespace, index = start + 1, " \t\r\n", 0
     try:
         while True:
             while position < len(text) and text[position] in whitespace:
@@ -194,7 +206,13 @@ def _iter_json_array(path: str, text: str, start: int) -> Iterator[tuple[int, An
                 position += 1
                 break
             line = text.count("\n", 0, position) + 1
-            value, position = _DECODER.raw_decode(text, position)
+            try:
+                value, position = _DECODER.raw_decode(text, position)
+            except RecursionError:
+                raise DialogueDataError(
+                    f"{path} entry [{index}] (line {line}): " + TOO_DEEP.format(fix="fix that entry")
+                ) from None
+            index += 1
             yield line, value
             while position < len(text) and text[position] in whitespace:
                 position += 1
@@ -212,21 +230,35 @@ def _iter_json_array(path: str, text: str, start: int) -> Iterator[tuple[int, An
 
 
 def _jsonl_records(path: str, text: str) -> Iterator[tuple[str, Any]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    """Yield (where, value) per non-blank line; a line that is not one JSON value is yielded as
+    `_UnreadableLine`, so that it is listed with the other bad dialogues (or skipped and counted)."""
+    hint = "each line of a .jsonl file must be one complete JSON value"
+    # Lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085 and other characters that
+    # JSON writers leave unescaped inside strings, splitting one dialogue into two invalid lines.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             value = _DECODER.decode(line)
         except json.JSONDecodeError as error:
-            raise _json_error(path, error, jsonl_line=number) from None
+            value = _UnreadableLine(f"column {error.colno}: invalid JSON ({error.msg}); {hint}")
+        except RecursionError:
+            value = _UnreadableLine(TOO_DEEP.format(fix=hint))
         yield f"{path} line {number}", value
 
 
+def _turn_keys(args: DataArguments) -> set[str]:
+    """The keys of a turn or a message: an object holding one of them is a turn, never a speaker map."""
+    return {args.speaker_field, args.text_field, args.role_field, args.content_field}
+
+
 def _is_turn_list(values: list[Any], args: DataArguments) -> bool:
-    """A list whose items are all turns/messages (not dialogues) is a single dialogue."""
-    turn_keys = ({args.speaker_field, args.text_field}, {args.role_field, args.content_field})
+    """A list whose items are all turn/message objects (not dialogues) is a single dialogue. An item
+    counts as a turn as soon as it has one turn key, so that an incomplete turn is reported as such
+    ("turn 2 has no "text"") instead of the list being misread as dialogues."""
+    turn_keys, dialogue_keys = _turn_keys(args), {args.turns_field, args.messages_field}
     return bool(values) and all(
-        isinstance(v, _Object) and any(keys <= set(v.keys()) for keys in turn_keys) for v in values
+        isinstance(v, _Object) and turn_keys & set(v.keys()) and not dialogue_keys & set(v.keys()) for v in values
     )
 
 
@@ -292,6 +324,9 @@ def _parse_records(
 ) -> tuple[list[Dialogue], list[tuple[str, str]]]:
     dialogues, bad = [], []
     for where, value in records:
+        if isinstance(value, _UnreadableLine):
+            bad.append((where, value.reason))
+            continue
         try:
             dialogues.append(parse_dialogue(value, where, args))
         except _BadDialogue as problem:
@@ -314,7 +349,10 @@ def _parse_records(
 
 def parse_dialogue(value: Any, where: str, args: DataArguments) -> Dialogue:
     """Validate one dialogue in any supported shape and return its turns."""
-    value = _as_object(value)
+    try:
+        value = _as_object(value)
+    except RecursionError:
+        raise _BadDialogue(TOO_DEEP.format(fix="fix that dialogue")) from None
     fmt = args.data_format if args.data_format != "auto" else _detect_format(value, args)
     if fmt == "speaker_map":
         dialogue = _parse_speaker_map(value, args)
@@ -335,6 +373,14 @@ def _detect_format(value: Any, args: DataArguments) -> str:
             return "turns"
         if args.messages_field in keys:
             return "messages"
+        turn_keys = sorted(_turn_keys(args) & set(keys))
+        if turn_keys:
+            raise _BadDialogue(
+                f"holds one turn (keys: {keys}), not a dialogue; a dialogue is {{{json.dumps(args.turns_field)}: "
+                f"[turn, turn, ...]}}, {{{json.dumps(args.messages_field)}: [...]}} or a speaker map "
+                '{"Alex": "...", "Bob": "..."}, one per line in a .jsonl file (if a speaker is really named '
+                f"{json.dumps(turn_keys[0])}, pass --data_format speaker_map)"
+            )
         nested = [k for k, v in value if isinstance(v, (list, _Object))]
         if nested:
             raise _BadDialogue(
@@ -424,8 +470,9 @@ def _parse_messages(messages: list, args: DataArguments):
         message = _turn_object(message, number)
         role = message.get(args.role_field)
         if not isinstance(role, str) or not role.strip():
+            problem = "has no" if role is None else "has an empty or non-string"
             raise _BadDialogue(
-                f'message {number} has no "{args.role_field}" (keys: {message.keys()}); '
+                f'message {number} {problem} "{args.role_field}" (keys: {message.keys()}); '
                 "add it, or set --role_field to the key your file uses"
             )
         name = message.get("name")
