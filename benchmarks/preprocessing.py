@@ -102,7 +102,7 @@ def main(dialogues: int, max_length: int) -> dict:
     print("| step | seconds | ratio |\n|---|---|---|")
     print(f"| plain batched datasets.map tokenization | {plain:.1f} | 1.0 |")
     print(f"| build_datasets, first run | {first:.1f} | {first / plain:.2f} x plain |")
-    print(f"| build_datasets, from the cache | {second:.1f} | {second / first:.3f} x first |")
+    print(f"| build_datasets, from the cache | {second:.2f} | {second / first:.3f} x first |")
     print(f"recorded in {out}")
     return record
 

@@ -111,6 +111,10 @@ class DialogueTrainingArguments(SecretsStayInMemory, TrainingArguments):
             raise ConfigError(f"invalid training options: {error}") from None
         raise_all(training_option_errors(self))
 
+    def resolved_options(self) -> dict:
+        """What this machine chose for the options that were left to it (see MACHINE_RESOLVED_OPTIONS)."""
+        return {name: copy.copy(getattr(self, name)) for name in MACHINE_RESOLVED_OPTIONS}
+
 
 def training_option_errors(args: DialogueTrainingArguments) -> list[str]:
     """Values TrainingArguments accepts but that cannot train (or that it would silently ignore)."""
@@ -134,10 +138,6 @@ def training_option_errors(args: DialogueTrainingArguments) -> list[str]:
         if args.eval_strategy == "no":
             errors.append("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
     return errors
-
-    def resolved_options(self) -> dict:
-        """What this machine chose for the options that were left to it (see MACHINE_RESOLVED_OPTIONS)."""
-        return {name: copy.copy(getattr(self, name)) for name in MACHINE_RESOLVED_OPTIONS}
 
 
 def _accelerator_available() -> bool:

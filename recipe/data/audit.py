@@ -21,6 +21,11 @@ logger = logging.getLogger(__name__)
 SHOWN_SPEAKERS = 10
 
 
+def column_array(dataset, name: str):
+    """One column of a datasets.Dataset as numpy, read from its arrow table (never row by row)."""
+    return dataset.with_format("arrow")[name].to_numpy()
+
+
 def label_audit(examples) -> dict[str, Any]:
     """Sums of the count columns of one tokenized split (one row per window)."""
     import pyarrow.compute as pc
@@ -125,7 +130,7 @@ def drop_masked_examples(examples, audit: dict[str, Any], split_name: str):
         return examples
     import numpy as np
 
-    keep = np.flatnonzero(np.asarray(examples.with_format("numpy")["num_loss_tokens"]) > 0)
+    keep = np.flatnonzero(column_array(examples, "num_loss_tokens") > 0)
     logger.warning(
         "%s: %d of %d examples have every label masked (no turn of a trained speaker in them): left out",
         split_name, audit["masked_examples"], len(examples),

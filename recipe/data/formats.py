@@ -198,6 +198,8 @@ def _json_records(path: str, text: str, args: DataArguments) -> Iterator[tuple[s
 
 def _iter_json_array(path: str, text: str, start: int) -> Iterator[tuple[int, Any]]:
     position, whitespace, index = start + 1, " \t\r\n", 0
+    # Lines are counted as the walk goes (counting from the start for every entry is quadratic).
+    line, counted_to = 1 + text.count("\n", 0, position), position
     try:
         while True:
             while position < len(text) and text[position] in whitespace:
@@ -205,7 +207,8 @@ def _iter_json_array(path: str, text: str, start: int) -> Iterator[tuple[int, An
             if position < len(text) and text[position] == "]":
                 position += 1
                 break
-            line = text.count("\n", 0, position) + 1
+            line += text.count("\n", counted_to, position)
+            counted_to = position
             try:
                 value, position = _DECODER.raw_decode(text, position)
             except RecursionError:

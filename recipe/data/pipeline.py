@@ -4,6 +4,7 @@ tokenize (through `datasets.map`, cached by fingerprint), pack, and report."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,15 +16,16 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..config import DataArguments
-from ..files import atomic_write_json, atomic_write_jsonl
+from ..files import atomic_write_json, atomic_write_jsonl, file_sha256
 from ..run_dir import DATA_REPORT
-from .audit import check_label_audit, drop_masked_examples, label_audit
+from .audit import check_label_audit, column_array, drop_masked_examples, label_audit
 from .encoding import ENCODING_VERSION, dialogue_table, encode_batch, require_fast_tokenizer
 from .formats import Dialogue, DialogueDataError, DialogueFile, read_dialogues
 from .packing import pack_batch
 from .report import data_report, encoding_options
 
 logger = logging.getLogger(__name__)
+
 
 def split_dialogues(
     dialogues: list[Dialogue], validation_split_ratio: float, seed: int, path: str = "the data"
@@ -54,19 +56,6 @@ def split_dialogues(
 
 
 
-@dataclass
-class PreparedData:
-    """Tokenized splits (windows), their training form (packed or not), and the data report."""
-
-    train_examples: Any  # datasets.Dataset, one row per window, with bookkeeping columns
-    validation_examples: Any | None
-    train_dataset: Any  # what the Trainer gets: packed rows or examples, model inputs only
-    validation_dataset: Any | None
-    train_dialogues: list[Dialogue]
-    validation_dialogues: list[Dialogue]
-    report: dict[str, Any]
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of everything about a tokenizer that changes its output."""
     require_fast_tokenizer(tokenizer)
@@ -81,6 +70,10 @@ def _dialogues_fingerprint(dialogues: list[Dialogue]) -> str:
     for d in dialogues:
         digest.update(json.dumps([d.speakers, d.texts, d.roles], ensure_ascii=False).encode())
     return digest.hexdigest()
+
+
+def _cache_dir(args: DataArguments) -> Path:
+    return Path(args.dataset_cache_dir) if args.dataset_cache_dir else default_cache_dir()
 
 
 def default_cache_dir() -> Path:
@@ -109,7 +102,7 @@ def tokenize_dialogues(
             sort_keys=True,
         ).encode()
     ).hexdigest()[:24]
-    cache_dir = Path(args.dataset_cache_dir) if args.dataset_cache_dir else default_cache_dir()
+    cache_dir = _cache_dir(args)
     cache_dir.mkdir(parents=True, exist_ok=True)
     table = datasets.Dataset(dialogue_table(dialogues)).with_format("arrow")  # encode_batch reads arrow batches
     num_proc = args.preprocessing_num_workers if args.preprocessing_num_workers and len(dialogues) > 1 else None
@@ -131,7 +124,7 @@ def pack_examples(examples, args: DataArguments, split_name: str, main_process_f
     fingerprint = hashlib.sha256(
         f"{examples._fingerprint}-{args.max_length}-{args.packing_batch_size}-{ENCODING_VERSION}".encode()
     ).hexdigest()[:24]
-    cache_dir = Path(args.dataset_cache_dir) if args.dataset_cache_dir else default_cache_dir()
+    cache_dir = _cache_dir(args)
     with main_process_first():
         return examples.select_columns(["input_ids", "labels"]).with_format("arrow").map(
             pack_batch,
@@ -159,6 +152,36 @@ class DialogueSplits:
     validation: list[Dialogue]
 
 
+@dataclass
+class PreparedData:
+    """Tokenized splits (windows), their training form (packed or not), and the data report.
+
+    The dialogues themselves are read again only when asked for (`train_dialogues`): a run whose
+    preparation comes from the cache never parses the data file.
+    """
+
+    train_examples: Any  # datasets.Dataset, one row per window, with bookkeeping columns
+    validation_examples: Any | None
+    train_dataset: Any  # what the Trainer gets: packed rows or examples, model inputs only
+    validation_dataset: Any | None
+    report: dict[str, Any]
+    args: DataArguments
+    splits: DialogueSplits | None = None
+
+    def dialogue_splits(self) -> DialogueSplits:
+        if self.splits is None:
+            self.splits = load_dialogue_splits(self.args)
+        return self.splits
+
+    @property
+    def train_dialogues(self) -> list[Dialogue]:
+        return self.dialogue_splits().train
+
+    @property
+    def validation_dialogues(self) -> list[Dialogue]:
+        return self.dialogue_splits().validation
+
+
 def load_dialogue_splits(args: DataArguments) -> DialogueSplits:
     """Read the data and split it as training does: a validation file, a dataset's validation split,
     or a deterministic share of the dialogues. The evaluation script calls this to get the same split."""
@@ -182,30 +205,97 @@ def build_datasets(
     args: DataArguments, tokenizer, main_process_first=contextlib.nullcontext
 ) -> PreparedData:
     """The whole data path used by training and by scripts/prepare_data.py: read, split, tokenize, audit the
-    labels (refusing a loss mask that cannot train, leaving out examples with no target), pack."""
-    require_fast_tokenizer(tokenizer)
-    splits = load_dialogue_splits(args)
-    source, skipped, train, validation = splits.source, splits.skipped, splits.train, splits.validation
+    labels (refusing a loss mask that cannot train, leaving out examples with no target), pack.
 
-    examples = {"train": tokenize_dialogues(train, tokenizer, args, "train", main_process_first=main_process_first)}
-    if validation:
+    A preparation done before from the same files, options and tokenizer is loaded from the cache
+    without reading the data again (see `prepared_key`).
+    """
+    require_fast_tokenizer(tokenizer)
+    key = prepared_key(args, tokenizer)
+    cached = load_prepared(key, args) if key else None
+    if cached is not None:
+        return cached
+    splits = load_dialogue_splits(args)
+    examples = {"train": tokenize_dialogues(splits.train, tokenizer, args, "train",
+                                            main_process_first=main_process_first)}
+    if splits.validation:
         examples["validation"] = tokenize_dialogues(
-            validation, tokenizer, args, "validation", main_process_first=main_process_first
+            splits.validation, tokenizer, args, "validation", main_process_first=main_process_first
         )
     audits = {name: label_audit(split) for name, split in examples.items()}
     check_label_audit(audits["train"], audits.get("validation"), args)  # before any training
     kept = {name: drop_masked_examples(split, audits[name], name) for name, split in examples.items()}
     rows = {name: _training_form(split, args, name, main_process_first) for name, split in kept.items()}
     report = data_report(
-        args, source, skipped, {name: (examples[name], kept[name], rows[name], audits[name]) for name in examples}
+        args, splits.source, splits.skipped,
+        {name: (examples[name], kept[name], rows[name], audits[name]) for name in examples},
     )
-    train_examples, validation_examples = kept["train"], kept.get("validation")
-    train_dataset, validation_dataset = rows["train"], rows.get("validation")
-    return PreparedData(
-        train_examples, validation_examples, train_dataset, validation_dataset, train, validation, report
-    )
+    prepared = PreparedData(kept["train"], kept.get("validation"), rows["train"], rows.get("validation"), report,
+                            args, splits)
+    if key:
+        save_prepared(key, prepared)
+    return prepared
 
 
+def prepared_key(args: DataArguments, tokenizer) -> str | None:
+    """A key for a whole preparation, when its inputs are files whose bytes identify them (not for a
+    saved or Hub dataset, which are read through their own caches): every option that changes the
+    result, the files' SHA-256 and the tokenizer."""
+    paths = [args.data_path] + ([args.validation_path] if args.validation_path else [])
+    if not all(os.path.isfile(path) for path in paths):
+        return None
+    options = {name: value for name, value in dataclasses.asdict(args).items()
+               if name not in ("dataset_cache_dir", "preprocessing_num_workers")}
+    identity = [ENCODING_VERSION, [file_sha256(path) for path in paths], options, tokenizer_fingerprint(tokenizer)]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _manifest_path(key: str, args: DataArguments) -> Path:
+    return _cache_dir(args) / f"prepared-{key}.json"
+
+
+def save_prepared(key: str, prepared: PreparedData) -> None:
+    """Record where the prepared splits are (the arrow files `datasets.map` wrote) and the report, so
+    that the next run with the same key loads them."""
+    splits = {}
+    for name, examples, rows in (("train", prepared.train_examples, prepared.train_dataset),
+                                 ("validation", prepared.validation_examples, prepared.validation_dataset)):
+        if examples is None:
+            continue
+        files = {"examples": _single_file(examples), "rows": _single_file(rows) if prepared.args.padding == "packing"
+                 else None}
+        if files["examples"] is None or (prepared.args.padding == "packing" and files["rows"] is None):
+            return  # held in memory, not in one file: nothing to record
+        splits[name] = files
+    atomic_write_json(_manifest_path(key, prepared.args), {"report": prepared.report, "splits": splits})
+
+
+def _single_file(dataset) -> str | None:
+    files = dataset.cache_files
+    return files[0]["filename"] if len(files) == 1 else None
+
+
+def load_prepared(key: str, args: DataArguments) -> PreparedData | None:
+    """The preparation recorded under `key`, or None when there is none (or a file of it is gone)."""
+    import datasets
+
+    manifest = _manifest_path(key, args)
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+        loaded = {}
+        for name, split in record["splits"].items():
+            examples = datasets.Dataset.from_file(split["examples"])
+            with_target = column_array(examples, "num_loss_tokens") > 0
+            if not with_target.all():  # the examples the audit left out (every label masked)
+                examples = examples.select(np.flatnonzero(with_target))
+            rows = (datasets.Dataset.from_file(split["rows"]) if args.padding == "packing"
+                    else examples.select_columns(["input_ids", "labels"]))
+            loaded[name] = (examples, rows)
+    except (OSError, ValueError, KeyError):  # no record yet, a cleaned cache, a record of another version
+        return None
+    logger.info("data preparation loaded from the cache (%s)", manifest)
+    train, validation = loaded["train"], loaded.get("validation", (None, None))
+    return PreparedData(train[0], validation[0], train[1], validation[1], record["report"], args)
 
 
 def example_texts(examples, tokenizer) -> Iterator[dict[str, Any]]:

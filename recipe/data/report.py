@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DataArguments
-from .audit import SHOWN_SPEAKERS
+from .audit import SHOWN_SPEAKERS, column_array
 from .formats import SHOWN_PROBLEMS
 
 
@@ -31,20 +31,15 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def _column(dataset, name: str) -> np.ndarray:
-    """One column of a datasets.Dataset as numpy, read from its arrow table (never row by row)."""
-    return dataset.with_format("arrow")[name].to_numpy()
-
-
 def _split_report(examples, kept, batches, audit: dict[str, Any] | None, args: DataArguments) -> dict[str, Any]:
     """Counts of one split, from the columns tokenization wrote: dialogues and windows from all its
     `examples`, tokens from those `kept` for training (the ones with a target)."""
     if examples is None or audit is None:
         return {"dialogues": 0}
-    lengths = _column(kept, "num_tokens")
-    dialogue_tokens = _column(examples, "num_dialogue_tokens")
-    windows = np.bincount(_column(examples, "dialogue_index"))
-    tokens_dropped = _column(examples, "tokens_dropped")
+    lengths = column_array(kept, "num_tokens")
+    dialogue_tokens = column_array(examples, "num_dialogue_tokens")
+    windows = np.bincount(column_array(examples, "dialogue_index"))
+    tokens_dropped = column_array(examples, "tokens_dropped")
     tokens = int(lengths.sum())
     if args.padding == "packing":
         rows, row_length = len(batches), args.max_length
@@ -72,7 +67,7 @@ def _split_report(examples, kept, batches, audit: dict[str, Any] | None, args: D
         "windows": {
             "dialogues_split": int((windows > 1).sum()),
             "windows_created": int(np.maximum(windows - 1, 0).sum()),
-            "turns_split_inside": int(_column(examples, "turns_split_inside").sum()),
+            "turns_split_inside": int(column_array(examples, "turns_split_inside").sum()),
         },
         "truncation": {
             "dialogues_truncated": int((tokens_dropped > 0).sum()),

@@ -54,7 +54,13 @@ def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
 
 
 def tokenize_batch(rendered: list[RenderedDialogue], tokenizer, templated: bool) -> TokenBatch:
-    """Tokenize every text in one call and place each token in a turn by its character offsets.
+    """Tokenize every text in one call and place each token in a turn.
+
+    A token belongs where its last character is (byte-level BPE glues a word to the space before it,
+    so " Hi" in "Bob: Hi" starts inside the label but is the first word of the turn). So a turn's
+    first token is the token holding the turn's first character, and a turn's header ends at the
+    token holding its content's first character: a few `char_to_token` lookups per turn place every
+    token, with no per-token offsets brought into Python.
 
     Turn-template text gets the tokenizer's own special tokens (BOS, an appended EOS), and any
     special-token string inside the dialogue stays text. A chat template writes its own special
@@ -64,40 +70,57 @@ def tokenize_batch(rendered: list[RenderedDialogue], tokenizer, templated: bool)
         [r.text for r in rendered],
         add_special_tokens=not templated,
         split_special_tokens=not templated,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
     )
     starts = _exclusive_cumsum(np.fromiter(map(len, encoding["input_ids"]), np.int64, len(rendered)))
     total = int(starts[-1])
     ids = _flat(encoding["input_ids"], np.int64, total)
-    special = _flat(encoding["special_tokens_mask"], np.bool_, total)
-    offsets = _flat(chain.from_iterable(encoding["offset_mapping"]), np.int64, 2 * total).reshape(total, 2)
-    dialogue = np.repeat(np.arange(len(rendered)), np.diff(starts))
-
-    # One character axis for the whole batch: dialogue d's text starts at text_starts[d].
-    text_starts = _exclusive_cumsum(np.fromiter((len(r.text) + 1 for r in rendered), np.int64, len(rendered)))
+    places = [_turn_tokens(e, r) for e, r in zip(encoding.encodings, rendered)]
     turn_counts = np.fromiter((len(r.turn_starts) for r in rendered), np.int64, len(rendered))
     first_turn = _exclusive_cumsum(turn_counts)
-    turn_base = np.repeat(text_starts[:-1], turn_counts)
-    turn_starts = _flat((r.turn_starts for r in rendered), np.int64, int(first_turn[-1])) + turn_base
-    content_starts = _flat((r.content_starts for r in rendered), np.int64, int(first_turn[-1])) + turn_base
+    base = np.repeat(starts[:-1], turn_counts)  # the batch's token axis: dialogue d starts at starts[d]
+    turn_tokens = _flat((p[0] for p in places), np.int64, int(first_turn[-1])) + base
+    content_tokens = _flat((p[1] for p in places), np.int64, int(first_turn[-1])) + base
 
-    # A token belongs where its last character is: byte-level BPE glues a word to the space before
-    # it, so " Hi" in "Bob: Hi" starts inside the label but is the first word of the turn.
-    last_char = np.maximum(offsets[:, 0], offsets[:, 1] - 1) + text_starts[dialogue]
-    global_turn = np.maximum(np.searchsorted(turn_starts, last_char, side="right") - 1, first_turn[dialogue])
+    dialogue = np.repeat(np.arange(len(rendered)), np.diff(starts))
+    position = np.arange(total, dtype=np.int64)
+    global_turn = np.maximum(np.searchsorted(turn_tokens, position, side="right") - 1, first_turn[dialogue])
     turns = global_turn - first_turn[dialogue]
-    headers = last_char < content_starts[global_turn]
+    headers = position < content_tokens[global_turn]
     if templated:
         # A BOS the template writes starts every window, like one the tokenizer adds.
         bos = tokenizer.bos_token_id
-        if bos is not None and total:
-            opening = starts[:-1][np.diff(starts) > 0]
+        opening = starts[:-1][np.diff(starts) > 0]
+        if bos is not None:
             turns[opening[ids[opening] == bos]] = -1
     else:
-        turns[special] = -1  # added by the tokenizer, not part of the text
-        headers[special] = False
+        # Special tokens here are only the ones the tokenizer added (BOS, an appended EOS): text that
+        # spells a special token was split into ordinary tokens.
+        added = _flat((e.special_tokens_mask for e in encoding.encodings), np.bool_, total)
+        turns[added] = -1
+        headers[added] = False
     return TokenBatch(ids, turns, headers, starts)
+
+
+def _token_at(encoding, char: int, end: int) -> int | None:
+    """The first token holding `char`, or the next held character's (a normalizer may drop characters,
+    e.g. spaces, that no token then holds)."""
+    while char < end:
+        token = encoding.char_to_token(char)
+        if token is not None:
+            return token
+        char += 1
+    return None
+
+
+def _turn_tokens(encoding, rendered: RenderedDialogue) -> tuple[list[int], list[int]]:
+    """Per turn, its first token and the first token of its content (a character split over several
+    byte tokens belongs, with all of them, to the turn of its first one)."""
+    end, after = len(rendered.text), len(encoding.ids)
+    turn_tokens = [_token_at(encoding, c, end) for c in rendered.turn_starts]
+    content_tokens = [_token_at(encoding, c, end) for c in rendered.content_starts]
+    return [after if t is None else t for t in turn_tokens], [after if t is None else t for t in content_tokens]
 
 
 def end_with_eos(tokens: TokenBatch, eos: int | None, turn_counts: np.ndarray, tokenizer_name: str) -> TokenBatch:
