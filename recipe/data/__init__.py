@@ -2,10 +2,12 @@
 
 One module per step, each usable on its own:
 
-- `formats`: `read_dialogues` parses a file (or a saved/Hub dataset) into dialogues of (speaker, text)
-  turns, keeping every turn in file order, and names the file, entry and fix of every bad one.
-- `encoding`: `encode_dialogue` renders `Speaker: text` lines + EOS, tokenizes, builds the labels and
-  splits long dialogues into windows at turn boundaries.
+- `sources`: records from JSON / JSON Lines text (line numbers, repeated keys kept), saved or Hub datasets.
+- `formats`: `read_dialogues` parses those records into dialogues of (speaker, text) turns, keeping
+  every turn in file order, and names the file, entry and fix of every bad one (`errors`).
+- `encoding`: `encode_batch` (a `datasets.map` function) renders `Speaker: text` lines + EOS, builds
+  the labels, splits long dialogues into windows at turn boundaries and counts what the loss sees;
+  `tokens` tokenizes a batch at once and places every token in its turn with numpy.
 - `templates`: `render_with_chat_template` renders with the tokenizer's chat template and locates each
   turn's header, content and end marker, so headers stay context.
 - `audit`: `label_audit` sums what the loss sees from per-row count columns; `check_label_audit` refuses
@@ -13,7 +15,7 @@ One module per step, each usable on its own:
 - `packing`: best-fit-decreasing packing into rows of `max_length` (positions restart per dialogue)
   and `DialogueCollator`, which pads and never puts padding in the loss.
 - `pipeline`: `split_dialogues`, `tokenize_dialogues` (through `datasets.map`, cached by fingerprint)
-  and `build_datasets`, the whole path training and evaluation use.
+  and `build_datasets`, the whole path training and evaluation use, cached whole by the files' SHA-256.
 - `report`: `data_report` and its printed summary.
 """
 
@@ -26,7 +28,8 @@ from .encoding import (
     render_dialogue,
     require_fast_tokenizer,
 )
-from .formats import Dialogue, DialogueDataError, DialogueFile, parse_dialogue, read_dialogues
+from .errors import DialogueDataError
+from .formats import Dialogue, DialogueFile, parse_dialogue, read_dialogues
 from .packing import DialogueCollator, best_fit_decreasing, get_data_collator, pack_batch
 from .pipeline import (
     DialogueSplits,

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from ..config import DataArguments
-from .formats import DialogueDataError
+from .errors import DialogueDataError
 
 logger = logging.getLogger(__name__)
 

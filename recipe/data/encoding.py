@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import DataArguments
-from .formats import Dialogue, DialogueDataError
+from .errors import DialogueDataError
+from .formats import Dialogue
 from .templates import RenderedDialogue, render_with_chat_template
 from .tokens import IGNORE_INDEX, TokenBatch, add_labels, end_with_eos, tokenize_batch
 

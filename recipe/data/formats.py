@@ -13,63 +13,31 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from ..config import DataArguments
-from ..hub import is_hub_id, require_hub
+from ..hub import is_hub_id
+from .errors import SHOWN_PROBLEMS, DialogueDataError
+from .sources import (
+    TOO_DEEP,
+    JsonObject,
+    UnreadableLine,
+    as_object,
+    json_records,
+    jsonl_records,
+    read_hub_dataset,
+    read_saved_dataset,
+    read_text,
+)
 
 logger = logging.getLogger(__name__)
-
-SHOWN_PROBLEMS = 5
-
-
-class DialogueDataError(ValueError):
-    """Input data that cannot be used; the message names the file, the entry and the fix."""
-
 
 class _BadDialogue(Exception):
     """One invalid dialogue; collected, then raised together or skipped with a count."""
 
 
-class _UnreadableLine:
-    """A .jsonl line that is not one JSON value: a bad dialogue like any other (listed, or skipped and counted)."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-
-class _Object(list):
-    """A JSON object as its (key, value) pairs in file order; repeated keys are kept."""
-
-    def keys(self) -> list[str]:
-        return [key for key, _ in self]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        for k, value in self:
-            if k == key:
-                return value
-        return default
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_Object)
-
-# Python's JSON parser recurses once per nesting level; past the recursion limit it raises RecursionError.
-TOO_DEEP = ("JSON nested too deeply (hundreds of levels of [ or {{); a dialogue needs at most 4 levels "
-            "(file, dialogue, turns, turn): {fix}")
-
-
-def _as_object(value: Any) -> Any:
-    """Rows of a `datasets` table arrive as dicts; give them the same shape as parsed JSON."""
-    if isinstance(value, dict):
-        return _Object((k, _as_object(v)) for k, v in value.items())
-    if isinstance(value, list) and not isinstance(value, _Object):
-        return [_as_object(v) for v in value]
-    return value
-
-
 def _kind(value: Any) -> str:
-    if isinstance(value, _Object):
+    if isinstance(value, JsonObject):
         return "an object"
     if isinstance(value, list):
         return "a list"
@@ -116,143 +84,37 @@ def read_dialogues(path: str, args: DataArguments, split: str | None = None) -> 
     """
     validation_rows = None
     if os.path.isdir(path):
-        rows, validation_rows = _read_saved_dataset(path, args, split)
-        records = ((f"{path} row {i}", _as_object(row)) for i, row in enumerate(rows))
+        rows, validation_rows = read_saved_dataset(path, args, split)
+        records = ((f"{path} row {i}", as_object(row)) for i, row in enumerate(rows))
     elif os.path.isfile(path):
-        text = _read_text(path)
+        text = read_text(path)
         if path.endswith(".jsonl"):
-            records = _jsonl_records(path, text)
+            records = jsonl_records(path, text)
         else:
-            records = _json_records(path, text, args)
+            records = json_records(path, text, lambda values: _is_one_dialogue(values, args))
     elif is_hub_id(path):
-        rows, validation_rows = _read_hub_dataset(path, args, split)
-        records = ((f"{path} row {i}", _as_object(row)) for i, row in enumerate(rows))
+        rows, validation_rows = read_hub_dataset(path, args, split)
+        records = ((f"{path} row {i}", as_object(row)) for i, row in enumerate(rows))
     else:
         raise DialogueDataError(f"{path}: no such file or directory (data_path / validation_path)")
 
     dialogues, skipped = _parse_records(path, records, args)
     result = DialogueFile(path=path, dialogues=dialogues, skipped=skipped)
     if validation_rows is not None:
-        val_records = ((f"{path} validation row {i}", _as_object(row)) for i, row in enumerate(validation_rows))
+        val_records = ((f"{path} validation row {i}", as_object(row)) for i, row in enumerate(validation_rows))
         result.validation_dialogues, val_skipped = _parse_records(path, val_records, args)
         result.skipped += val_skipped
     return result
 
 
-def _read_text(path: str) -> str:
-    raw = Path(path).read_bytes()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DialogueDataError(f"{path} is UTF-16 encoded; re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise DialogueDataError(
-            f"{path} is not valid UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start} (line {line}). "
-            "Re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in.json > out.json"
-        ) from None
-    if not text.strip():
-        raise DialogueDataError(
-            f"{path} is empty; expected a JSON array of dialogues (.json) or one dialogue per line (.jsonl)"
-        )
-    return text
-
-
-def _json_error(path: str, error: json.JSONDecodeError) -> DialogueDataError:
-    hint = "fix the JSON there"
-    if error.msg == "Extra data":
-        hint = "the file holds more than one JSON value; if it has one dialogue per line, name it .jsonl"
-    elif error.msg.startswith("Invalid control character"):
-        hint = "a string holds a raw control character (NUL, tab, line break); escape it (\\u0000, \\t, \\n) or remove it"
-    elif error.msg.startswith("Unterminated") or error.pos >= len(error.doc.rstrip()):
-        hint = "the file ends in the middle of a value: it was cut short; restore its end"
-    return DialogueDataError(f"{path} line {error.lineno} column {error.colno}: invalid JSON ({error.msg}); {hint}")
-
-
-def _json_records(path: str, text: str, args: DataArguments) -> Iterator[tuple[str, Any]]:
-    """Yield (where, value) for each dialogue of a .json file.
-
-    A top-level array is walked element by element so that each dialogue's line is known.
-    """
-    start = len(text) - len(text.lstrip())
-    if text[start] != "[":
-        try:
-            value, end = _DECODER.raw_decode(text, start)
-            if text[end:].strip():
-                raise json.JSONDecodeError("Extra data", text, end + len(text[end:]) - len(text[end:].lstrip()))
-        except json.JSONDecodeError as error:
-            raise _json_error(path, error) from None
-        except RecursionError:
-            raise DialogueDataError(f"{path}: " + TOO_DEEP.format(fix="fix the file's structure")) from None
-        yield f"{path}", value  # one dialogue: {"turns": [...]}, {"messages": [...]} or a speaker map
-        return
-    elements = list(_iter_json_array(path, text, start))
-    if not elements:
-        raise DialogueDataError(f"{path} holds an empty array; add dialogues to it")
-    if args.data_format != "speaker_map" and _is_turn_list([value for _, value in elements], args):
-        yield f"{path} (a bare list of turns, read as one dialogue)", [value for _, value in elements]
-        return
-    for index, (line, value) in enumerate(elements):
-        yield f"{path} entry [{index}] (line {line})", value
-
-
-def _iter_json_array(path: str, text: str, start: int) -> Iterator[tuple[int, Any]]:
-    position, whitespace, index = start + 1, " \t\r\n", 0
-    # Lines are counted as the walk goes (counting from the start for every entry is quadratic).
-    line, counted_to = 1 + text.count("\n", 0, position), position
-    try:
-        while True:
-            while position < len(text) and text[position] in whitespace:
-                position += 1
-            if position < len(text) and text[position] == "]":
-                position += 1
-                break
-            line += text.count("\n", counted_to, position)
-            counted_to = position
-            try:
-                value, position = _DECODER.raw_decode(text, position)
-            except RecursionError:
-                raise DialogueDataError(
-                    f"{path} entry [{index}] (line {line}): " + TOO_DEEP.format(fix="fix that entry")
-                ) from None
-            index += 1
-            yield line, value
-            while position < len(text) and text[position] in whitespace:
-                position += 1
-            if position < len(text) and text[position] == ",":
-                position += 1
-            elif position < len(text) and text[position] == "]":
-                position += 1
-                break
-            else:
-                raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
-        if text[position:].strip():
-            raise json.JSONDecodeError("Extra data", text, position + len(text[position:]) - len(text[position:].lstrip()))
-    except json.JSONDecodeError as error:
-        raise _json_error(path, error) from None
-
-
-def _jsonl_records(path: str, text: str) -> Iterator[tuple[str, Any]]:
-    """Yield (where, value) per non-blank line; a line that is not one JSON value is yielded as
-    `_UnreadableLine`, so that it is listed with the other bad dialogues (or skipped and counted)."""
-    hint = "each line of a .jsonl file must be one complete JSON value"
-    # Lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085 and other characters that
-    # JSON writers leave unescaped inside strings, splitting one dialogue into two invalid lines.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = _DECODER.decode(line)
-        except json.JSONDecodeError as error:
-            value = _UnreadableLine(f"column {error.colno}: invalid JSON ({error.msg}); {hint}")
-        except RecursionError:
-            value = _UnreadableLine(TOO_DEEP.format(fix=hint))
-        yield f"{path} line {number}", value
-
-
 def _turn_keys(args: DataArguments) -> set[str]:
     """The keys of a turn or a message: an object holding one of them is a turn, never a speaker map."""
     return {args.speaker_field, args.text_field, args.role_field, args.content_field}
+
+
+def _is_one_dialogue(values: list[Any], args: DataArguments) -> bool:
+    """A .json file's top-level array is one dialogue when it is a bare list of turns."""
+    return args.data_format != "speaker_map" and _is_turn_list(values, args)
 
 
 def _is_turn_list(values: list[Any], args: DataArguments) -> bool:
@@ -261,65 +123,8 @@ def _is_turn_list(values: list[Any], args: DataArguments) -> bool:
     ("turn 2 has no "text"") instead of the list being misread as dialogues."""
     turn_keys, dialogue_keys = _turn_keys(args), {args.turns_field, args.messages_field}
     return bool(values) and all(
-        isinstance(v, _Object) and turn_keys & set(v.keys()) and not dialogue_keys & set(v.keys()) for v in values
+        isinstance(v, JsonObject) and turn_keys & set(v.keys()) and not dialogue_keys & set(v.keys()) for v in values
     )
-
-
-def _read_saved_dataset(path: str, args: DataArguments, split: str | None):
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(path)
-    except FileNotFoundError as error:
-        raise DialogueDataError(
-            f"{path} is a directory but not one written by datasets' save_to_disk ({error}); "
-            "pass a .json/.jsonl file or a saved dataset directory"
-        ) from None
-    return _pick_splits(path, loaded, args, split)
-
-
-def _read_hub_dataset(path: str, args: DataArguments, split: str | None):
-    import datasets
-
-    require_hub(path, "dataset")
-    loaded = datasets.load_dataset(path, args.dataset_config_name)
-    return _pick_splits(path, loaded, args, split)
-
-
-def _pick_splits(path: str, loaded, args: DataArguments, split: str | None):
-    """(rows, validation rows or None) of a saved or Hub Dataset / DatasetDict.
-
-    `split` None reads data_path: its --dataset_train_split trains, and its validation split (the one
-    --dataset_validation_split names, else one called "validation") validates unless --validation_path is
-    set. `split` given reads validation_path: only that split, never the train split in its place. A
-    single Dataset has no splits: all its rows are the data.
-    """
-    import datasets
-
-    if isinstance(loaded, datasets.Dataset):
-        return loaded, None
-    if split is not None:
-        if split not in loaded:
-            raise DialogueDataError(
-                f"validation_path {path} has splits {list(loaded)}, none named {split!r}: set "
-                "--dataset_validation_split to the split to validate on (its train split is never used for that)"
-            )
-        return loaded[split], None
-    wanted = args.dataset_train_split
-    if wanted not in loaded:
-        raise DialogueDataError(
-            f"{path} has splits {list(loaded)}, not {wanted!r}; set --dataset_train_split to one of them"
-        )
-    if args.validation_path:
-        return loaded[wanted], None  # validation_path validates; --dataset_validation_split names its split
-    validation_split = args.dataset_validation_split
-    if validation_split is None and "validation" in loaded:
-        validation_split = "validation"
-    if validation_split is not None and validation_split not in loaded:
-        raise DialogueDataError(
-            f"{path} has splits {list(loaded)}, not {validation_split!r}; fix --dataset_validation_split"
-        )
-    return loaded[wanted], (loaded[validation_split] if validation_split else None)
 
 
 def _parse_records(
@@ -327,7 +132,7 @@ def _parse_records(
 ) -> tuple[list[Dialogue], list[tuple[str, str]]]:
     dialogues, bad = [], []
     for where, value in records:
-        if isinstance(value, _UnreadableLine):
+        if isinstance(value, UnreadableLine):
             bad.append((where, value.reason))
             continue
         try:
@@ -353,7 +158,7 @@ def _parse_records(
 def parse_dialogue(value: Any, where: str, args: DataArguments) -> Dialogue:
     """Validate one dialogue in any supported shape and return its turns."""
     try:
-        value = _as_object(value)
+        value = as_object(value)
     except RecursionError:
         raise _BadDialogue(TOO_DEEP.format(fix="fix that dialogue")) from None
     fmt = args.data_format if args.data_format != "auto" else _detect_format(value, args)
@@ -370,7 +175,7 @@ def parse_dialogue(value: Any, where: str, args: DataArguments) -> Dialogue:
 
 
 def _detect_format(value: Any, args: DataArguments) -> str:
-    if isinstance(value, _Object):
+    if isinstance(value, JsonObject):
         keys = value.keys()
         if args.turns_field in keys:
             return "turns"
@@ -384,7 +189,7 @@ def _detect_format(value: Any, args: DataArguments) -> str:
                 '{"Alex": "...", "Bob": "..."}, one per line in a .jsonl file (if a speaker is really named '
                 f"{json.dumps(turn_keys[0])}, pass --data_format speaker_map)"
             )
-        nested = [k for k, v in value if isinstance(v, (list, _Object))]
+        nested = [k for k, v in value if isinstance(v, (list, JsonObject))]
         if nested:
             raise _BadDialogue(
                 f"cannot tell its format: key {nested[0]!r} holds {_kind(value.get(nested[0]))}. Expected "
@@ -394,7 +199,7 @@ def _detect_format(value: Any, args: DataArguments) -> str:
         return "speaker_map"
     if isinstance(value, list):
         first = value[0] if value else None
-        if isinstance(first, _Object) and args.role_field in first.keys() and args.speaker_field not in first.keys():
+        if isinstance(first, JsonObject) and args.role_field in first.keys() and args.speaker_field not in first.keys():
             return "messages"
         return "turns"
     raise _BadDialogue(
@@ -404,14 +209,14 @@ def _detect_format(value: Any, args: DataArguments) -> str:
 
 
 def _field_list(value: Any, key: str, option: str) -> list:
-    if isinstance(value, list) and not isinstance(value, _Object):
+    if isinstance(value, list) and not isinstance(value, JsonObject):
         return value  # a bare list of turns/messages
-    if not isinstance(value, _Object):
+    if not isinstance(value, JsonObject):
         raise _BadDialogue(f"expected an object with {key!r}, found {_kind(value)}")
     if key not in value.keys():
         raise _BadDialogue(f"has no {key!r} key (keys: {value.keys()}); set --{option} or --data_format")
     items = value.get(key)
-    if not isinstance(items, list) or isinstance(items, _Object):
+    if not isinstance(items, list) or isinstance(items, JsonObject):
         raise _BadDialogue(f"{key!r} holds {_kind(items)}; expected a list")
     return items
 
@@ -425,7 +230,7 @@ def _check_text(text: Any, turn: int, speaker: str, field_name: str) -> str:
 
 
 def _parse_speaker_map(value: Any, args: DataArguments):
-    if not isinstance(value, _Object):
+    if not isinstance(value, JsonObject):
         raise _BadDialogue(f"expected an object of speaker: text pairs, found {_kind(value)}")
     speakers, texts = [], []
     for number, (speaker, text) in enumerate(value, start=1):
@@ -436,8 +241,8 @@ def _parse_speaker_map(value: Any, args: DataArguments):
     return speakers, texts, [None] * len(speakers)
 
 
-def _turn_object(turn: Any, number: int) -> _Object:
-    if not isinstance(turn, _Object):
+def _turn_object(turn: Any, number: int) -> JsonObject:
+    if not isinstance(turn, JsonObject):
         raise _BadDialogue(f"turn {number} is {_kind(turn)}; expected an object")
     repeated = [k for k, n in Counter(turn.keys()).items() if n > 1]
     if repeated:

@@ -20,7 +20,8 @@ from ..files import atomic_write_json, atomic_write_jsonl, file_sha256
 from ..run_dir import DATA_REPORT
 from .audit import check_label_audit, column_array, drop_masked_examples, label_audit
 from .encoding import ENCODING_VERSION, dialogue_table, encode_batch, require_fast_tokenizer
-from .formats import Dialogue, DialogueDataError, DialogueFile, read_dialogues
+from .errors import DialogueDataError
+from .formats import Dialogue, DialogueFile, read_dialogues
 from .packing import pack_batch
 from .report import data_report, encoding_options
 

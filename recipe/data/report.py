@@ -9,7 +9,7 @@ import numpy as np
 
 from ..config import DataArguments
 from .audit import SHOWN_SPEAKERS, column_array
-from .formats import SHOWN_PROBLEMS
+from .errors import SHOWN_PROBLEMS
 
 
 def encoding_options(args: DataArguments) -> dict[str, Any]:

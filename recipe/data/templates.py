@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .formats import DialogueDataError
+from .errors import DialogueDataError
 
 _MARKER = re.compile("\ue000(\\d+)\ue001")  # private-use characters: no template trims or escapes them
 

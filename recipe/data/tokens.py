@@ -15,7 +15,7 @@ from itertools import chain
 import numpy as np
 
 from ..config import DataArguments
-from .formats import DialogueDataError
+from .errors import DialogueDataError
 from .templates import RenderedDialogue
 
 IGNORE_INDEX = -100
@@ -72,6 +72,7 @@ def tokenize_batch(rendered: list[RenderedDialogue], tokenizer, templated: bool)
         split_special_tokens=not templated,
         return_attention_mask=False,
         return_token_type_ids=False,
+        verbose=False,  # no "longer than the maximum sequence length" warning: long dialogues are windowed
     )
     starts = _exclusive_cumsum(np.fromiter(map(len, encoding["input_ids"]), np.int64, len(rendered)))
     total = int(starts[-1])
