@@ -61,18 +61,8 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
         model_name=name,
     )
 
-    if lora:
-        what = (f"A LoRA adapter (r={config.get('lora_r')}, alpha={config.get('lora_alpha')}, on "
-                f"{_lora_targets(config)}) for `{base}`")
-    elif merged:
-        what = f"`{base}` with its LoRA adapter merged in (a full model)"
-    else:
-        what = f"`{base}`, fully fine-tuned"
-    if config.get("random_init"):
-        what += " (a randomly initialised model built from that config: a smoke-test model, not a useful one)"
-
-    lines = [f"# {name}", "", f"{what}, trained on multi-speaker dialogues with the dialogue-finetune recipe "
-             f"({mode}).", ""]
+    lines = [f"# {name}", "", f"{_what_it_is(config, base, lora, merged)}, trained on multi-speaker dialogues "
+             f"with the dialogue-finetune recipe ({mode}).", ""]
     lines += _data_section(report, data_path, dataset_on_hub)
     # The run's files (run_config.yaml among them) sit in the run directory, or in the adapter repo once pushed.
     replay = None if merged and hub_model_id else RunDir("MODEL_DIR" if hub_model_id else run_dir).replay_command()
@@ -83,6 +73,19 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
         lines += [f"Training curves: [Weights & Biases run]({wandb_record['url']}).", ""]
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
     return ModelCard(content)
+
+
+def _what_it_is(config: dict, base: str, lora: bool, merged: bool) -> str:
+    if lora:
+        what = (f"A LoRA adapter (r={config.get('lora_r')}, alpha={config.get('lora_alpha')}, on "
+                f"{_lora_targets(config)}) for `{base}`")
+    elif merged:
+        what = f"`{base}` with its LoRA adapter merged in (a full model)"
+    else:
+        what = f"`{base}`, fully fine-tuned"
+    if config.get("random_init"):
+        what += " (a randomly initialised model built from that config: a smoke-test model, not a useful one)"
+    return what
 
 
 def _data_section(report: dict, data_path: str, dataset_on_hub: bool) -> list[str]:
