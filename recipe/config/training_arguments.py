@@ -52,6 +52,13 @@ class DialogueTrainingArguments(TrainingArguments):
             "or a CPU with AMX / AVX-512 BF16); a GPU without bf16 gets fp16 instead; off elsewhere."
         },
     )
+    chunked_lm_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the LM head and cross-entropy only where a label exists, in chunks, never the full "
+            "logits (exact; less memory and time). Falls back to the model's own loss where it does not apply."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start over in an output_dir that holds checkpoints or a finished run (they are deleted)."},
