@@ -19,6 +19,7 @@ not whole outside the forward pass.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -49,6 +50,13 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+def _float_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """float32 log-softmax over the vocabulary, computed in place of a float32 copy of the logits: the fused
+    kernel keeps each row in cache, where logsumexp and separate passes would stream the chunk several times."""
+    logits = logits.float() if logits.dtype != torch.float32 else logits
+    return torch.log_softmax(logits, dim=-1, out=logits)
+
+
 def token_nll(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
               chunk_rows: int | None = None) -> torch.Tensor:
     """Negative log-likelihood of each target (N) given its hidden state (N x d); no gradients."""
@@ -60,8 +68,8 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         nll = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk_rows):
             end = min(start + chunk_rows, hidden.shape[0])
-            logits = F.linear(hidden[start:end].to(dtype), weight_c, bias_c).float()
-            nll[start:end] = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[start:end, None]).squeeze(1)
+            log_probs = _float_log_softmax(F.linear(hidden[start:end].to(dtype), weight_c, bias_c))
+            nll[start:end] = -log_probs.gather(1, targets[start:end, None]).squeeze(1)
         return nll
 
 
@@ -90,17 +98,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for start in range(0, hidden.shape[0], chunk_rows):
                 end = min(start + chunk_rows, hidden.shape[0])
                 chunk, target = hidden[start:end].to(dtype), targets[start:end]
-                logits = F.linear(chunk, weight_c, bias_c).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                nll[start:end] = lse - logits.gather(1, target[:, None]).squeeze(1)
-                grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                log_probs = _float_log_softmax(F.linear(chunk, weight_c, bias_c))
+                nll[start:end] = -log_probs.gather(1, target[:, None]).squeeze(1)
+                grad_logits = log_probs.exp_()  # softmax - onehot: the gradient of the chunk's summed loss
                 grad_logits[rows[: end - start], target] -= 1.0
                 if need_bias:
                     grad_bias += grad_logits.sum(0)
                 grad_logits = grad_logits.to(dtype)
                 if need_hidden:
                     grad_hidden[start:end] = grad_logits @ weight_c
-                if need_weight:
+                if need_weight and dtype == torch.float32:
+                    grad_weight.addmm_(grad_logits.t(), chunk)  # no V x d temporary
+                elif need_weight:
                     grad_weight += grad_logits.t() @ chunk
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -173,6 +182,27 @@ def fast_path_problem(model) -> str | None:
     return None
 
 
+def label_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    """NLL of each label given the tokens before it (batch x length-1; 0 where the label is -100), for
+    evaluation without gradients: from the last hidden state where the model allows it (no full logits),
+    else from the model's logits."""
+    shift = labels[:, 1:]
+    mask = shift != IGNORE_INDEX
+    nll = torch.zeros(shift.shape, dtype=torch.float32, device=labels.device)
+    with torch.no_grad():
+        if fast_path_problem(model) is None:
+            outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                            output_hidden_states=-1, logits_to_keep=1)
+            hidden = outputs.hidden_states[-1] if getattr(outputs, "hidden_states", None) else None
+            head = unwrap_model(model).get_output_embeddings()
+            if hidden is not None and _head_reproduces(head, hidden[:, -1], outputs.logits[:, -1]):
+                nll[mask] = token_nll(hidden[:, :-1][mask], head.weight, head.bias, shift[mask])
+                return nll
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+        nll[mask] = F.cross_entropy(logits[mask], shift[mask], reduction="none")
+    return nll
+
+
 class ChunkedCausalLMLoss:
     """The model's causal-LM loss, computed from its last hidden state (see the module docstring).
 
@@ -182,8 +212,12 @@ class ChunkedCausalLMLoss:
     with those logits; a model whose logits are computed otherwise falls back to its own loss.
     """
 
-    def __init__(self, chunk_rows: int | None = None):
+    def __init__(self, chunk_rows: int | None = None, autocast=contextlib.nullcontext):
+        """`autocast`: the mixed-precision context of the model's forward (the Trainer's
+        `accelerator.autocast`, which wraps only the model's forward), so that the head runs in the
+        same precision as it would inside the model."""
         self.chunk_rows = chunk_rows
+        self.autocast = autocast
         self.problem: str | None = None
         self.verified = False
 
@@ -221,16 +255,21 @@ class ChunkedCausalLMLoss:
             batch.pop(name, None)
         outputs = model(**batch, use_cache=False, output_hidden_states=-1, logits_to_keep=1)
         hidden = outputs.hidden_states[-1] if getattr(outputs, "hidden_states", None) else None
+        last_logits = outputs.logits[:, -1]
+        del outputs  # the other layers' hidden states, if the model returned them all
         head = unwrap_model(model).get_output_embeddings()
-        if not self.verified:
-            if hidden is None:
-                self._give_up("the model returned no hidden states")
-                return None
-            if not _head_reproduces(head, hidden[:, -1], outputs.logits[:, -1]):
-                self._give_up("its logits differ from its LM head applied to its last hidden state")
-                return None
-            self.verified = True
-        del outputs  # the other layers' hidden states, if the model returned them
+        with self.autocast():
+            if not self.verified:
+                if hidden is None:
+                    self._give_up("the model returned no hidden states")
+                    return None
+                if not _head_reproduces(head, hidden[:, -1], last_logits):
+                    self._give_up("its logits differ from its LM head applied to its last hidden state")
+                    return None
+                self.verified = True
+            return self._loss(hidden, head, shift, num_items_in_batch)
+
+    def _loss(self, hidden, head, shift, num_items_in_batch) -> ChunkedLossOutput:
         mask = shift != IGNORE_INDEX
         total, nll = linear_cross_entropy(hidden[mask], head.weight, head.bias, shift[mask], self.chunk_rows)
         if num_items_in_batch is not None:  # a sum over the whole (accumulated) batch, as the model does
@@ -243,7 +282,10 @@ class ChunkedCausalLMLoss:
 
 
 def _head_reproduces(head, last_hidden: torch.Tensor, logits: torch.Tensor) -> bool:
+    """Whether the model's logits are its head's output, up to the rounding of the logits' dtype (a bf16 matmul
+    of another shape may round differently); a scale on the logits is far outside that."""
     with torch.no_grad():
         expected = head(last_hidden).float()
-        scale = float(expected.abs().max().clamp(min=1.0))
-        return bool(torch.allclose(logits.float(), expected, rtol=1e-3, atol=1e-3 * scale))
+        dtype = _compute_dtype(last_hidden.device, head.weight.dtype)  # the logits may have been upcast since
+        tolerance = max(1e-4, 4 * torch.finfo(dtype).eps) * float(expected.abs().max().clamp(min=1.0))
+        return bool((logits.float() - expected).abs().max() <= tolerance)

@@ -123,7 +123,8 @@ class DialogueTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.real_tokens_trained = 0
         sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
-        self.lm_loss = ChunkedCausalLMLoss() if self.args.chunked_lm_loss and not sharded else None
+        chunked = self.args.chunked_lm_loss and not sharded
+        self.lm_loss = ChunkedCausalLMLoss(autocast=self.accelerator.autocast) if chunked else None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real_tokens = inputs.pop("num_real_tokens", None)

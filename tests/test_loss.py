@@ -158,3 +158,62 @@ def test_models_whose_logits_are_transformed_fall_back_to_their_own_loss(tokeniz
     with torch.no_grad():
         torch.testing.assert_close(loss, scaled(**batch, use_cache=False).loss)
     assert chunked.forward_for(scaled) is scaled  # the model's own path from then on
+
+
+def trainer_for(tmp_path, tokenizer, data_args, **options):
+    from recipe.config import DialogueTrainingArguments, ModelArguments
+    from recipe.data import build_datasets
+    from recipe.modeling import get_model
+    from recipe.training import build_trainer
+
+    from conftest import OFFLINE_MODEL
+
+    data = data_args(max_dialogues=60)
+    prepared = build_datasets(data, tokenizer)
+    torch.manual_seed(0)
+    model = get_model(ModelArguments(model_name_or_path=str(OFFLINE_MODEL), random_init=True), tokenizer)
+    args = DialogueTrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=2, learning_rate=3e-3,
+        eval_strategy="no", save_strategy="no", load_best_model_at_end=False, report_to="none", logging_steps=1,
+        disable_tqdm=True, seed=0, **options,
+    )
+    return build_trainer(model, tokenizer, prepared, data, args)
+
+
+def test_trainer_trains_and_evaluates_alike_with_either_loss(tmp_path, tokenizer, data_args):
+    results = {}
+    for chunked in (True, False):
+        trainer = trainer_for(tmp_path, tokenizer, data_args, bf16=False, chunked_lm_loss=chunked)
+        trainer.train()
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        results[chunked] = (losses, trainer.evaluate())
+        assert (trainer.lm_loss is not None and trainer.lm_loss.active) is chunked
+    (chunked_losses, chunked_eval), (own_losses, own_eval) = results[True], results[False]
+    assert len(chunked_losses) == 4
+    assert chunked_losses == pytest.approx(own_losses, rel=1e-5)
+    for key in ("eval_token_loss", "eval_num_tokens", "eval_loss"):
+        assert chunked_eval[key] == pytest.approx(own_eval[key], rel=1e-5), key
+
+
+def test_chunked_loss_runs_in_the_trainers_mixed_precision(tmp_path, tokenizer, data_args):
+    """The Trainer autocasts only the model's forward: the loss must run under the same autocast, or its
+    head would silently compute in float32 (and the logit check would fail)."""
+    trainer = trainer_for(tmp_path, tokenizer, data_args, bf16=True, use_cpu=True)
+    trainer.train()
+    assert trainer.lm_loss.active, trainer.lm_loss.problem
+
+
+@pytest.mark.parametrize("family", ["gpt2", "Gemma2Config"])  # the chunked path, and the fallback (soft-capping)
+def test_label_nll_for_evaluation_equals_the_logits_cross_entropy(family, tokenizer):
+    from recipe.loss import label_nll
+
+    model = tiny_model(family, len(tokenizer), **({"head_dim": 8} if family != "gpt2" else {}))
+    batch = packed_batch(tokenizer)
+    attention_mask = torch.ones_like(batch["input_ids"])
+    attention_mask[1, -3:] = 0  # the padding of the second row
+    nll = label_nll(model, batch["input_ids"], attention_mask, batch["labels"])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=attention_mask).logits
+    shift = batch["labels"][:, 1:]
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shift.clamp(min=0), reduction="none")
+    torch.testing.assert_close(nll, expected * (shift != -100), rtol=1e-5, atol=1e-5)
