@@ -7,7 +7,9 @@ init, the same seed; only ratios measured in one run compare across machines:
     python benchmarks/throughput.py                        # every row, distilgpt2's architecture
     python benchmarks/throughput.py --quick                # reference, default, own-loss default, LoRA, eval
     python benchmarks/throughput.py --steps 3 --model_config tiny     # smoke (run by the test suite)
-    python benchmarks/throughput.py --rows reference default --steps 50   # the 50-step loss-curve check
+    python benchmarks/throughput.py --rows default "default, model's own loss" --steps 50 --skip_eval
+                                                           # the 50-step loss-curve check
+    python benchmarks/throughput.py --rows default --profile --clock cpu --threads 1   # where the time goes
 
 Rows: `reference` is the report's loop (pad to 128 with pad = EOS, labels = input_ids, AdamW lr
 5e-5, fp32, batch 8); every other row is the recipe's own training path (recipe.training's
@@ -37,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from throughput_tools import (  # noqa: E402
     CLOCKS,
     PeakMemory,
+    StepProfiler,
     StepTimer,
     TokenCountingCollator,
     device_name,
@@ -110,10 +113,13 @@ def run_recipe_row(name: str, model_dir: Path, scratch: Path, args) -> tuple[dic
             model_args, data_args, lora_args, training_args, run, True
         )
         trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
-        counter = TokenCountingCollator(trainer.data_collator, args.device)
+        counter = TokenCountingCollator(trainer.data_collator)
         trainer.data_collator = counter
         timer = StepTimer(counter, args.device, CLOCKS[args.clock])
         trainer.add_callback(timer)
+        profiler = StepProfiler(args.warmup + 1) if args.profile and name == "default" else None
+        if profiler:
+            trainer.add_callback(profiler)
         trainer.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -132,6 +138,9 @@ def run_recipe_row(name: str, model_dir: Path, scratch: Path, args) -> tuple[dic
     }
     if name == "default":
         record["default"] = True
+    if profiler:
+        record["profile"] = profiler.shares
+        print(profiler.table)
     return record, trainer, prepared
 
 
@@ -226,11 +235,12 @@ def markdown(record: dict) -> str:
     for r in record["rows"]:
         memory = f"{r['peak_memory_mb']:,.0f}" if r["peak_memory_mb"] else "n/a"
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "n/a"
+        ratio = f"{r['ratio_to_reference']:.2f}" if "ratio_to_reference" in r else "n/a"
         lines.append(
             f"| {r['name']}{' (default)' if r.get('default') else ''} | {r['precision']} "
             f"| {'chunked' if r['chunked_lm_loss'] else 'model'} | {r['real_tokens_per_s']:,.0f} "
             f"| {r['processed_tokens_per_s']:,.0f} | {r['padding_share']:.1%} | {r['median_step_s']:.2f} | {memory} "
-            f"| {mfu} | {r.get('ratio_to_reference', float('nan')):.2f} |"
+            f"| {mfu} | {ratio} |"
         )
     if record.get("evaluation"):
         e, own = record["evaluation"], record["evaluation"][OWN_LOSS]
@@ -331,6 +341,8 @@ def parse_args(argv=None):
     parser.add_argument("--extra_row", nargs=2, action="append", default=[], metavar=("NAME", "FLAGS"),
                         help="one more row: a name and the recipe flags it adds, e.g. '4 rows' "
                         "'--per_device_train_batch_size 4'")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the default row's first step after warm-up (torch.profiler; in the record)")
     parser.add_argument("--skip_eval", action="store_true", help="no evaluation or generation measurement")
     parser.add_argument("--generation_prompts", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

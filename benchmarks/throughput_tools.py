@@ -165,6 +165,7 @@ class StepLog:
         return {
             "steps": len(self.seconds),
             "warmup_steps": warmup,
+            "warmup_s": round(sum(self.seconds[:warmup]), 2),  # torch.compile compiles here
             "median_step_s": round(statistics.median(self.seconds[warmup:]), 3),
             "real_tokens_per_s": round(real / seconds, 1),
             "processed_tokens_per_s": round(processed / seconds, 1),
@@ -177,8 +178,8 @@ class StepLog:
 class TokenCountingCollator:
     """Wraps the trainer's collator: real (num_real_tokens) and processed (padded) tokens of each batch."""
 
-    def __init__(self, collator, device: str):
-        self.collator, self.device = collator, device
+    def __init__(self, collator):
+        self.collator = collator
         self.batches: list[tuple[int, int]] = []
 
     def __call__(self, features):
@@ -210,6 +211,28 @@ class StepTimer(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.log.losses.append(float(logs["loss"]))
+
+
+class StepProfiler(TrainerCallback):
+    """torch.profiler over one optimizer step after warm-up: each operator's share of the step."""
+
+    def __init__(self, step: int):
+        self.step, self.table, self.shares = step, "", []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step - 1:
+            self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self._profile.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and hasattr(self, "_profile"):
+            self._profile.__exit__(None, None, None)
+            events = self._profile.key_averages()
+            total = sum(e.self_cpu_time_total for e in events)
+            self.shares = [{"op": e.key, "self_share": round(e.self_cpu_time_total / total, 4),
+                            "total_share": round(e.cpu_time_total / total, 4)}
+                           for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]]
+            self.table = events.table(sort_by="self_cpu_time_total", row_limit=20)
 
 
 def reference_batches(texts: list[str], tokenizer, batch_size: int, max_length: int, seed: int):

@@ -7,8 +7,9 @@ float upcast, the log-softmax and its gradient. Here at most one chunk of logits
 and positions without a label (padding, the turns of speakers left out by `train_on_speakers`)
 cost nothing. The maths is the model's own loss: the same shift, the same -100 labels, the same
 reduction (a mean over labelled tokens, or a sum divided by `num_items_in_batch`), the same
-precision (logits in the autocast dtype, then float32 for the softmax). Tests check the loss and
-every gradient against the model's own loss for each model family, with LoRA, and under DDP.
+precision (logits in the autocast dtype, then float32 for the softmax). tests/test_loss.py checks the
+loss and every gradient against the model's own for each model family, with LoRA and in bf16;
+tests/test_train_cli.py trains with it in two DDP processes.
 
 `ChunkedCausalLMLoss` falls back to the model's own loss (full logits) where it does not apply:
 logits that are more than `lm_head(last hidden state)` (soft-capping, scaling), an LM head that is

@@ -76,8 +76,8 @@ class DataArguments:
         default="error",
         metadata={"help": "error: stop at invalid dialogues; skip: leave them out, counted in data_report.json."},
     )
-    # 128: rows of 128 tokens make twice the optimizer steps per epoch of rows of 256, and a distilgpt2-shaped
-    # step ran as fast per token (benchmarks/epoch_quality.py, benchmarks/throughput.py; README Performance).
+    # 128: rows of 128 tokens make twice the optimizer steps per epoch of rows of 256 (which learned less per
+    # epoch than a plain loop), and trained a distilgpt2-shaped model faster per token (README Performance).
     max_length: int = field(
         default=128, metadata={"help": "Longest training example in tokens; also the row length when packing."}
     )
