@@ -213,12 +213,13 @@ class ChunkedCausalLMLoss:
     with those logits; a model whose logits are computed otherwise falls back to its own loss.
     """
 
-    def __init__(self, chunk_rows: int | None = None, autocast=contextlib.nullcontext):
+    def __init__(self, autocast=contextlib.nullcontext, log_warnings: bool = True, chunk_rows: int | None = None):
         """`autocast`: the mixed-precision context of the model's forward (the Trainer's
         `accelerator.autocast`, which wraps only the model's forward), so that the head runs in the
-        same precision as it would inside the model."""
-        self.chunk_rows = chunk_rows
+        same precision as it would inside the model. `log_warnings`: on the main process only."""
         self.autocast = autocast
+        self.log_warnings = log_warnings
+        self.chunk_rows = chunk_rows
         self.problem: str | None = None
         self.verified = False
 
@@ -243,7 +244,8 @@ class ChunkedCausalLMLoss:
     def _give_up(self, problem: str | None) -> None:
         if problem:
             self.problem = problem
-            logger.warning("chunked LM loss off: %s; using the model's own loss (full logits)", problem)
+            if self.log_warnings:
+                logger.warning("chunked LM loss off: %s; using the model's own loss (full logits)", problem)
 
     def __call__(self, model, batch: dict) -> ChunkedLossOutput | None:
         """Loss and per-sequence sums of a batch with labels; None when the model turns out not to fit."""

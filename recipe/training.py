@@ -122,9 +122,10 @@ class DialogueTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.real_tokens_trained = 0
-        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
-        chunked = self.args.chunked_lm_loss and not sharded
-        self.lm_loss = ChunkedCausalLMLoss(autocast=self.accelerator.autocast) if chunked else None
+        # Sharded weights are not whole outside the forward pass; a label smoother or compute_loss_func wants logits.
+        own_loss = self.is_fsdp_enabled or self.is_deepspeed_enabled or self.label_smoother or self.compute_loss_func
+        chunked = getattr(self.args, "chunked_lm_loss", True) and not own_loss
+        self.lm_loss = ChunkedCausalLMLoss(self.accelerator.autocast, self.is_world_process_zero()) if chunked else None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real_tokens = inputs.pop("num_real_tokens", None)
@@ -138,12 +139,13 @@ class DialogueTrainer(Trainer):
         if prediction_loss_only or "labels" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         inputs = self._prepare_inputs(inputs)
+        labels = inputs["labels"]  # compute_loss may pop them (label smoothing)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         sums = outputs.get("sequence_sums")
         if sums is None:  # the model's own loss ran: reduce its logits here
-            sums = sequence_nll(outputs["logits"], inputs["labels"])
-        return loss.detach().mean(), sums, inputs["labels"]
+            sums = sequence_nll(outputs["logits"], labels)
+        return loss.detach().mean(), sums, labels
 
     def total_real_tokens_trained(self) -> int:
         """Summed over processes (call on every process)."""

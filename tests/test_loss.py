@@ -217,3 +217,11 @@ def test_label_nll_for_evaluation_equals_the_logits_cross_entropy(family, tokeni
     shift = batch["labels"][:, 1:]
     expected = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shift.clamp(min=0), reduction="none")
     torch.testing.assert_close(nll, expected * (shift != -100), rtol=1e-5, atol=1e-5)
+
+
+def test_label_smoothing_keeps_the_models_own_loss(tmp_path, tokenizer, data_args):
+    """The Trainer's label smoother needs the logits: the chunked loss stands aside."""
+    trainer = trainer_for(tmp_path, tokenizer, data_args, bf16=False, label_smoothing_factor=0.1)
+    assert trainer.lm_loss is None
+    trainer.train()
+    assert trainer.evaluate()["eval_token_loss"] > 0
