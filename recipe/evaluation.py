@@ -19,7 +19,8 @@ from .data import IGNORE_INDEX, Dialogue, DialogueCollator, load_dialogue_splits
 from .files import file_sha256
 from .generation import generate_replies, prompts_from_dialogues, read_prompts_file, turn_end
 from .hub import is_hub_id
-from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures, sequence_nll
+from .loss import label_nll
+from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures
 from .run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, CHECKPOINT_PREFIX, EVALUATION, RunDir, read_json_file, weights_file
 from .tracking import POSTHOC_EVAL_PREFIX, log_evaluation_to_wandb, read_wandb_record
 
@@ -244,14 +245,10 @@ def perplexity_by_speaker(model, tokenizer, dialogues, data_args: DataArguments,
     for start in tqdm(range(0, len(sequences), batch_size), desc="Perplexity", unit="batch"):
         chunk = sequences[start : start + batch_size]
         batch = collator([{"input_ids": ids, "labels": labels} for ids, labels, _ in chunk])
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
         labels = batch["labels"].to(device)
-        sums = sequence_nll(logits, labels)
-        metric.add_batch(nll_sum=sums[:, 0].tolist(), num_tokens=sums[:, 1].long().tolist())
-        token_nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), labels[:, 1:].clamp(min=0), reduction="none"
-        )
+        token_nll = label_nll(model, batch["input_ids"].to(device), batch["attention_mask"].to(device), labels)
+        counts = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+        metric.add_batch(nll_sum=token_nll.sum(dim=1).tolist(), num_tokens=counts.tolist())
         for row, (_, row_labels, owners) in enumerate(chunk):
             row_nll = token_nll[row].tolist()
             for position in range(1, len(row_labels)):

