@@ -91,7 +91,7 @@ def test_lora_model_gets_the_same_adapter_gradients(tokenizer):
     from recipe.config import LoraArguments
     from recipe.modeling import apply_lora
 
-    model = apply_lora(tiny_model("gpt2", len(tokenizer)), LoraArguments(lora_r=4, lora_dropout=0.0))
+    model = apply_lora(tiny_model("gpt2", len(tokenizer)), LoraArguments(use_lora=True, lora_r=4, lora_dropout=0.0))
     with torch.no_grad():  # adapters start at zero; move them so that every gradient path is exercised
         for name, parameter in model.named_parameters():
             if "lora_B" in name:

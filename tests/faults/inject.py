@@ -8,7 +8,7 @@
 signal:NAME:STEP[:TIMES]  when step STEP begins, the main process sends the signal the way a cluster
                           or a terminal does: to the launcher (torchrun, which passes it on to every
                           worker), or, without one, to itself.
-nan:STEP                  the model's logits are NaN during step STEP (as after an overflow).
+nan:STEP                  the model's activations are NaN during step STEP (as after an overflow).
 """
 
 import os
@@ -35,7 +35,9 @@ class Fault(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.kind == "nan":
-            model.get_output_embeddings().register_forward_hook(self.poison)
+            # At the input embeddings, so every later layer and the loss see it, whichever way the loss is
+            # computed (the chunked loss reads the LM head's weight without calling its forward).
+            model.get_input_embeddings().register_forward_hook(self.poison)
 
     def poison(self, module, inputs, output):
         return output * float("nan") if self.poisoned and module.training else output
