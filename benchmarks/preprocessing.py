@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 from recipe.config import DataArguments, ModelArguments
 from recipe.data import build_datasets, read_dialogues, render_dialogue
+from recipe.environment import cpu_name
 from recipe.modeling import OFFLINE_MODEL_DIR, get_tokenizer
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_dialogues.json"
@@ -62,17 +62,6 @@ def time_build(data_args: DataArguments, tokenizer) -> tuple[float, dict]:
     start = time.perf_counter()
     prepared = build_datasets(data_args, tokenizer)
     return time.perf_counter() - start, prepared.report
-
-
-def cpu_name() -> str:
-    """The CPU's model name (platform.processor() is often empty or just the architecture on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(dialogues: int, max_length: int) -> dict:

@@ -9,7 +9,6 @@ import gc
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import threading
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+
+from recipe.environment import cpu_name
 
 HELLO_IDS = [15496, 11, 703, 389, 345, 30]  # "Hello, how are you?" in GPT-2's vocabulary
 DISTILGPT2 = {"n_layer": 6, "n_embd": 768, "n_head": 12, "n_positions": 1024}  # dropout 0.1 as distilgpt2
@@ -59,15 +60,7 @@ def write_model_dir(path: Path, model_config: str, tokenizer) -> Path:
 
 
 def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return torch.cuda.get_device_name(0) if device == "cuda" else cpu_name()
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

@@ -9,10 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +28,8 @@ from .config import (
     save_resolved_config,
 )
 from .data import PreparedData, build_datasets, format_report, get_data_collator
-from .files import atomic_write_json, file_sha256
+from .environment import environment_record, peak_memory_mb
+from .files import atomic_write_json
 from .loss import ChunkedCausalLMLoss
 from .metrics import compute_perplexity_metrics, sequence_nll
 from .modeling import (
@@ -47,7 +44,7 @@ from .modeling import (
 from .output_dir import OutputDirError  # noqa: F401 - re-exported: callers catch it from here
 from .output_dir import RunLock, check_disk_space, prepare_output_dir
 from .packing_check import check_packing_isolation, refuse_cache_with_packing
-from .redaction import redact_argv, redact_command
+from .redaction import redact_argv
 from .run_dir import RunDir
 from .safeguards import WatchesLoss, attach_training_guard, raise_if_stopped
 from .tracking import RunTracker, run_mode
@@ -146,71 +143,6 @@ def without_evaluation(training_args: DialogueTrainingArguments) -> DialogueTrai
     if training_args.early_stopping_patience is not None:
         raise ConfigError("early_stopping_patience needs validation data; set validation_split_ratio above 0")
     return dataclasses.replace(training_args, eval_strategy="no", load_best_model_at_end=False)
-
-
-# ----------------------------------------------------------------------------------------------
-# Records
-
-
-def git_commit() -> dict[str, Any] | None:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if commit.returncode != 0:
-        return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
-
-
-def device_description(training_args: DialogueTrainingArguments) -> dict[str, Any]:
-    device = {"type": training_args.device.type, "world_size": training_args.world_size}
-    if training_args.device.type == "cuda":
-        device["name"] = torch.cuda.get_device_name(training_args.device)
-        device["count"] = torch.cuda.device_count()
-    else:
-        device["name"] = platform.processor() or platform.machine()
-        device["cpu_count"] = os.cpu_count()
-        device["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    device["bf16"] = bool(training_args.bf16)
-    device["fp16"] = bool(training_args.fp16)
-    return device
-
-
-def environment_record(data_args: DataArguments, training_args: DialogueTrainingArguments) -> dict[str, Any]:
-    """What a reader needs to reproduce the numbers: versions, device, code and data identity."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    packages = {}
-    for name in ("torch", "transformers", "datasets", "accelerate", "peft", "evaluate", "wandb", "tokenizers"):
-        try:
-            packages[name] = version(name)
-        except PackageNotFoundError:
-            packages[name] = None
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "packages": packages,
-        "device": device_description(training_args),
-        "resolved_options": training_args.resolved_options(),  # run_config.yaml has them as asked
-        "git": git_commit(),
-        "data": {
-            "data_path": data_args.data_path,
-            "data_sha256": file_sha256(data_args.data_path),
-            "validation_path": data_args.validation_path,
-            "validation_sha256": file_sha256(data_args.validation_path),
-        },
-        "command": " ".join(redact_command(sys.argv)),  # no --hub_token: this file is pushed with the model
-    }
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from recipe.tracking import (
 from recipe.config import EvaluationArguments, GenerationArguments
 from recipe.evaluation import evaluate_model, log_results_to_wandb
 from recipe.redaction import redact_command
-from recipe.training import environment_record, run_training
+from recipe.environment import environment_record
+from recipe.training import run_training
 from test_training import smoke_args
 
 SMOKE_LORA = REPO / "recipe" / "configs" / "smoke-lora.yaml"
