@@ -250,17 +250,22 @@ def _turn_object(turn: Any, number: int) -> JsonObject:
     return turn
 
 
+def _required_name(item: JsonObject, key: str, what: str, option: str) -> str:
+    """The speaker or role of a turn or message: a non-empty string under `key`, else an error naming it."""
+    value = item.get(key)
+    if not isinstance(value, str) or not value.strip():
+        problem = "has no" if value is None else "has an empty or non-string"
+        raise _BadDialogue(
+            f'{what} {problem} "{key}" (keys: {item.keys()}); add it, or set --{option} to the key your file uses'
+        )
+    return value
+
+
 def _parse_turns(turns: list, args: DataArguments):
     speakers, texts = [], []
     for number, turn in enumerate(turns, start=1):
         turn = _turn_object(turn, number)
-        speaker = turn.get(args.speaker_field)
-        if not isinstance(speaker, str) or not speaker.strip():
-            problem = "has no" if speaker is None else "has an empty or non-string"
-            raise _BadDialogue(
-                f'turn {number} {problem} "{args.speaker_field}" (keys: {turn.keys()}); '
-                f"add it, or set --speaker_field to the key your file uses"
-            )
+        speaker = _required_name(turn, args.speaker_field, f"turn {number}", "speaker_field")
         if args.text_field not in turn.keys():
             raise _BadDialogue(
                 f'turn {number} ({speaker}) has no "{args.text_field}" (keys: {turn.keys()}); '
@@ -276,13 +281,7 @@ def _parse_messages(messages: list, args: DataArguments):
     speakers, texts, roles = [], [], []
     for number, message in enumerate(messages, start=1):
         message = _turn_object(message, number)
-        role = message.get(args.role_field)
-        if not isinstance(role, str) or not role.strip():
-            problem = "has no" if role is None else "has an empty or non-string"
-            raise _BadDialogue(
-                f'message {number} {problem} "{args.role_field}" (keys: {message.keys()}); '
-                "add it, or set --role_field to the key your file uses"
-            )
+        role = _required_name(message, args.role_field, f"message {number}", "role_field")
         name = message.get("name")
         speaker = name.strip() if isinstance(name, str) and name.strip() else role_map.get(role, role.capitalize())
         if args.content_field not in message.keys():
