@@ -1,6 +1,7 @@
-"""Dialogues -> token ids and labels, in separable steps: render the turns (`Speaker: text` lines or a
-chat template), tokenize, assign each token to a turn (header or content), end with EOS exactly once,
-build the labels, and split dialogues longer than `max_length` into windows at turn boundaries."""
+"""Dialogues -> training rows, in separable steps: render the turns (`Speaker: text` lines or a chat
+template); tokenize a whole batch, place each token in its turn (header or content), end with EOS exactly
+once and build the labels (`tokens.py`, numpy over the batch); split dialogues longer than `max_length`
+into windows at turn boundaries; and emit each row with the counts the report and the audit sum."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def encode_dialogue(dialogue: Dialogue, tokenizer, args: DataArguments) -> Encod
                            rows["turns_split_inside"][0])
 
 
-def fit_to_max_length(ids, labels, turns, is_header, n_turns, args: DataArguments) -> EncodedDialogue:
+def _fit_to_max_length(ids, labels, turns, is_header, n_turns, args: DataArguments) -> EncodedDialogue:
     """One window when the dialogue fits; else windows split at turn boundaries, or a truncated one."""
     leading = 0
     while leading < len(turns) and turns[leading] == -1:
@@ -238,7 +239,7 @@ def window_rows(tokens: TokenBatch, turn_counts: np.ndarray, args: DataArguments
     done = 0
     for d in np.flatnonzero(lengths > args.max_length):
         add_dialogues(done, d)
-        encoded = fit_to_max_length(*tokens.slice(d), int(turn_counts[d]), args)
+        encoded = _fit_to_max_length(*tokens.slice(d), int(turn_counts[d]), args)
         dropped[d], split_inside[d] = encoded.tokens_dropped, encoded.turns_split_inside
         for number, window in enumerate(encoded.windows):
             parts["ids"].append(np.asarray(window.input_ids, np.int64))
