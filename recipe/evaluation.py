@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from .config import ConfigError, DataArguments, GenerationArguments, ModelArguments
+from .config import ConfigError, DataArguments, GenerationArguments, ModelArguments, load_recipe_yaml
 from .data import IGNORE_INDEX, Dialogue, DialogueCollator, load_dialogue_splits, read_dialogues, tokenize_dialogues
 from .files import file_sha256
 from .generation import generate_replies, prompts_from_dialogues, read_prompts_file, turn_end
@@ -115,11 +114,7 @@ def load_model_for_evaluation(model_path: str, base_model: str | None = None, dt
 
 def evaluation_data_args(run_config: dict[str, Any] | None, data_config: str | None) -> DataArguments:
     """The data options of the run being evaluated (or of --data_config), so the split is the same."""
-    options: dict[str, Any] = {}
-    if data_config:
-        options = yaml.safe_load(Path(data_config).read_text(encoding="utf-8")) or {}
-    elif run_config:
-        options = run_config
+    options = load_recipe_yaml(data_config) if data_config else run_config or {}  # a missing or bad file is named
     return _options_from(DataArguments, options)
 
 
