@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
-IGNORE_INDEX = -100
+from .data import IGNORE_INDEX
+
 # Logits computed at once: 2**26 float32 values (256 MB), e.g. 1,335 rows of GPT-2's 50,257 tokens, where a
 # whole packed batch of 8 x 256 would take 400 MB: large enough for the matmuls to run at full speed.
 CHUNK_LOGITS = 2**26

@@ -13,7 +13,7 @@ from ..config import DataArguments
 from .errors import DialogueDataError
 from .formats import Dialogue
 from .templates import RenderedDialogue, render_with_chat_template
-from .tokens import IGNORE_INDEX, TokenBatch, add_labels, end_with_eos, tokenize_batch
+from .tokens import IGNORE_INDEX, TokenBatch, add_labels, end_with_eos, offsets_from_lengths, tokenize_batch
 
 # Bump when encoding logic changes, so that caches written by older code are not reused.
 ENCODING_VERSION = 3
@@ -251,7 +251,7 @@ def window_rows(tokens: TokenBatch, turn_counts: np.ndarray, args: DataArguments
         done = d + 1
     add_dialogues(done, count)
     joined = {name: np.concatenate(values) for name, values in parts.items()}
-    starts = np.concatenate([[0], np.cumsum(joined["lengths"])]).astype(np.int64)
+    starts = offsets_from_lengths(joined["lengths"])
     joined["labels"][starts[:-1]] = IGNORE_INDEX
     return WindowRows(joined["ids"], joined["labels"], joined["turns"], starts, joined["dialogue"],
                       joined["window"], lengths, dropped, split_inside)
@@ -308,7 +308,7 @@ def speaker_columns(rows: WindowRows, speakers: list[list[str]], in_loss: np.nda
     for d, n in enumerate(names):
         grid[d, : len(n)] = n
     turn_slot = [[n.index(name) for name in s] for s, n in zip(speakers, names)]
-    turn_start = np.concatenate([[0], np.cumsum(list(map(len, speakers)))]).astype(np.int64)
+    turn_start = offsets_from_lengths(list(map(len, speakers)))
     slot_of_turn = np.fromiter((k for slots in turn_slot for k in slots), np.int64, int(turn_start[-1]))
     dialogue_of_turn = np.repeat(np.arange(len(names)), np.diff(turn_start))
     turns = np.bincount(dialogue_of_turn * width + slot_of_turn, minlength=len(names) * width).reshape(-1, width)
@@ -320,7 +320,7 @@ def speaker_columns(rows: WindowRows, speakers: list[list[str]], in_loss: np.nda
     loss = np.bincount(row * width + slot, minlength=len(rows.dialogue) * width).reshape(-1, width)
 
     def lists(grid_values: np.ndarray, keep: np.ndarray):
-        offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+        offsets = offsets_from_lengths(keep.sum(axis=1), np.int32)
         values = grid_values[keep]
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.tolist() if values.dtype == object
                                                                        else values.astype(np.int64)))

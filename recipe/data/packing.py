@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import DataArguments
 from .encoding import IGNORE_INDEX
+from .tokens import offsets_from_lengths
 
 
 def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -51,10 +52,10 @@ def pack_batch(batch, max_length: int):
     rows = [sorted(row) for row in best_fit_decreasing(lengths.tolist(), max_length)]  # data order inside a row
     order = pa.array([i for row in rows for i in row], pa.int64())
     ordered = lengths[order.to_numpy()]
-    example_starts = np.concatenate([[0], np.cumsum(ordered)[:-1]]).astype(np.int64)
+    example_starts = offsets_from_lengths(ordered)[:-1]
     positions = np.arange(int(ordered.sum()), dtype=np.int64) - np.repeat(example_starts, ordered)
     row_sizes = np.fromiter((lengths[row].sum() for row in rows), np.int64, len(rows))
-    offsets = pa.array(np.concatenate([[0], np.cumsum(row_sizes)]).astype(np.int32))
+    offsets = pa.array(offsets_from_lengths(row_sizes, np.int32))
 
     def packed(column: str):
         values = pc.list_flatten(batch.column(column).combine_chunks().take(order))

@@ -49,8 +49,9 @@ def _flat(values, dtype, count: int) -> np.ndarray:
     return np.fromiter(chain.from_iterable(values), dtype=dtype, count=count)
 
 
-def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+def offsets_from_lengths(lengths, dtype=np.int64) -> np.ndarray:
+    """Where each of consecutive pieces of these lengths starts, and the end: [0, l0, l0 + l1, ...]."""
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(dtype)
 
 
 def tokenize_batch(rendered: list[RenderedDialogue], tokenizer, templated: bool) -> TokenBatch:
@@ -74,12 +75,12 @@ def tokenize_batch(rendered: list[RenderedDialogue], tokenizer, templated: bool)
         return_token_type_ids=False,
         verbose=False,  # no "longer than the maximum sequence length" warning: long dialogues are windowed
     )
-    starts = _exclusive_cumsum(np.fromiter(map(len, encoding["input_ids"]), np.int64, len(rendered)))
+    starts = offsets_from_lengths(np.fromiter(map(len, encoding["input_ids"]), np.int64, len(rendered)))
     total = int(starts[-1])
     ids = _flat(encoding["input_ids"], np.int64, total)
     places = [_turn_tokens(e, r) for e, r in zip(encoding.encodings, rendered)]
     turn_counts = np.fromiter((len(r.turn_starts) for r in rendered), np.int64, len(rendered))
-    first_turn = _exclusive_cumsum(turn_counts)
+    first_turn = offsets_from_lengths(turn_counts)
     base = np.repeat(starts[:-1], turn_counts)  # the batch's token axis: dialogue d starts at starts[d]
     turn_tokens = _flat((p[0] for p in places), np.int64, int(first_turn[-1])) + base
     content_tokens = _flat((p[1] for p in places), np.int64, int(first_turn[-1])) + base
@@ -142,7 +143,7 @@ def end_with_eos(tokens: TokenBatch, eos: int | None, turn_counts: np.ndarray, t
     tokens.ids = np.insert(tokens.ids, at, eos)
     tokens.turns = np.insert(tokens.turns, at, last_turn[missing])
     tokens.headers = np.insert(tokens.headers, at, False)
-    tokens.starts = tokens.starts + _exclusive_cumsum(missing.astype(np.int64))
+    tokens.starts = tokens.starts + offsets_from_lengths(missing.astype(np.int64))
     return tokens
 
 
@@ -159,7 +160,7 @@ def add_labels(tokens: TokenBatch, speakers: list[list[str]], args: DataArgument
         turn_counts = np.fromiter(map(len, speakers), np.int64, len(speakers))
         wanted_turn = np.fromiter((s in wanted for s in chain.from_iterable(speakers)), np.bool_,
                                   int(turn_counts.sum()))
-        first_turn = _exclusive_cumsum(turn_counts)[:-1]
+        first_turn = offsets_from_lengths(turn_counts)[:-1]
         dialogue = np.repeat(np.arange(len(speakers)), tokens.lengths())
         keep &= wanted_turn[first_turn[dialogue] + np.maximum(tokens.turns, 0)]
     tokens.labels = np.where(keep, tokens.ids, IGNORE_INDEX)
