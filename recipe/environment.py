@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .config import DataArguments, DialogueTrainingArguments
+from .config import DataArguments, DialogueTrainingArguments, ModelArguments
 from .files import file_sha256
 from .redaction import redact_command
 
@@ -54,12 +54,15 @@ def device_description(training_args: DialogueTrainingArguments) -> dict[str, An
     return device
 
 
-def environment_record(data_args: DataArguments, training_args: DialogueTrainingArguments) -> dict[str, Any]:
-    """What a reader needs to reproduce the numbers: versions, device, code and data identity."""
+def environment_record(data_args: DataArguments, training_args: DialogueTrainingArguments,
+                       model_args: ModelArguments | None = None) -> dict[str, Any]:
+    """What a reader needs to reproduce the numbers: versions, device, code, base model and data identity."""
+    from .gguf import base_model_record
+
     from importlib.metadata import PackageNotFoundError, version
 
     packages = {}
-    for name in ("torch", "transformers", "datasets", "accelerate", "peft", "evaluate", "wandb", "tokenizers"):
+    for name in ("torch", "transformers", "datasets", "accelerate", "peft", "evaluate", "wandb", "tokenizers", "gguf"):
         try:
             packages[name] = version(name)
         except PackageNotFoundError:
@@ -71,6 +74,8 @@ def environment_record(data_args: DataArguments, training_args: DialogueTraining
         "device": device_description(training_args),
         "resolved_options": training_args.resolved_options(),  # run_config.yaml has them as asked
         "git": git_commit(),
+        # Where the base's weights came from (a GGUF's file, SHA-256 and quantisation; a folder's provenance.json)
+        "base_model": base_model_record(model_args) if model_args is not None else None,
         "data": {
             "data_path": data_args.data_path,
             "data_sha256": file_sha256(data_args.data_path),

@@ -50,7 +50,8 @@ def _lora_base(adapter_dir: Path, base_model: str | None, run: RunDir | None) ->
     run_config = run.read_config() if run else {}
     configured = None if run_config.get("random_init") else run_config.get("model_name_or_path")
     candidates = [name for name in (recorded, configured) if name]
-    found = [name for name in candidates if os.path.isdir(name)] + [name for name in candidates if is_hub_id(name)]
+    local = [name for name in candidates if os.path.isdir(name) or name.lower().endswith(".gguf") and os.path.isfile(name)]
+    found = local + [name for name in candidates if is_hub_id(name)]
     if found:
         return found[0]
     raise ConfigError(f"cannot find the base model of the adapter in {adapter_dir} (its {ADAPTER_CONFIG} names "
@@ -75,6 +76,7 @@ def _loading_arguments(trained: ModelArguments, source: str, dtype: str | None) 
     return dataclasses.replace(
         trained, model_name_or_path=source, tokenizer_name_or_path=None, random_init=False,
         model_revision=trained.model_revision if same_source else "main", dtype=dtype or trained.dtype,
+        gguf_file=trained.gguf_file if same_source else None,
     )
 
 
@@ -108,7 +110,7 @@ def load_model_for_evaluation(model_path: str, base_model: str | None = None, dt
         kind = "checkpoint-full" if checkpoint else "base" if (run_dir is None or path.name == BASE_MODEL_DIR) else "full"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    weights = weights_file(path) if path.is_dir() else None
+    weights = weights_file(path) if path.is_dir() else path if path.is_file() else None  # a GGUF file is its weights
     return LoadedModel(model, tokenizer, kind, model_path, base, run_dir, file_sha256(weights), model_args.dtype)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, LoraArguments, ModelArguments
+from .gguf import with_gguf_dequantized
 from .hub import is_hub_id, require_hub
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def resolve_pretrained(
 
     A Hub id that is already in the local cache loads from it without touching the network.
     """
-    if os.path.isdir(name_or_path):
+    if os.path.isdir(name_or_path) or (os.path.isfile(name_or_path) and name_or_path.lower().endswith(".gguf")):
         return name_or_path, True
     if not is_hub_id(name_or_path):
         raise ConfigError(f"{what} {name_or_path!r} is neither a local directory nor a Hub id; check {option}")
@@ -47,6 +48,7 @@ def get_tokenizer(model_args: ModelArguments):
     """
     from transformers import AutoTokenizer
 
+    model_args = with_gguf_dequantized(model_args)
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     option = "--tokenizer_name_or_path" if model_args.tokenizer_name_or_path else "--model_name_or_path"
     source, local_only = resolve_pretrained(name, "tokenizer", model_args.model_revision, option)
@@ -71,6 +73,7 @@ def get_model(model_args: ModelArguments, tokenizer):
     """Load (or, with random_init, build from its config) the causal LM, matched to the tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    model_args = with_gguf_dequantized(model_args)
     source, local_only = resolve_pretrained(model_args.model_name_or_path, "model", model_args.model_revision)
     common = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
     if model_args.attn_implementation:
@@ -169,6 +172,7 @@ def adapter_base_reference(model_args: ModelArguments, saved_base_dir: str | os.
     """
     if model_args.random_init:
         return str(Path(saved_base_dir).resolve()), None
+    model_args = with_gguf_dequantized(model_args)  # a GGUF base: the float folder made from it
     if os.path.isdir(model_args.model_name_or_path):
         return str(Path(model_args.model_name_or_path).resolve()), None
     return model_args.model_name_or_path, model_args.model_revision

@@ -275,8 +275,8 @@ def write_run_records(run: RunDir, configs: tuple, resume: Path | None) -> None:
         header="# Every option of this run as asked (automatic ones stay automatic; environment.json has what this "
                f"machine chose).\n# Replay it, from the repository root: {run.replay_command()}\n",
     )
-    _, data_args, _, training_args, _ = configs
-    atomic_write_json(run.environment, environment_record(data_args, training_args))
+    model_args, data_args, _, training_args, _ = configs
+    atomic_write_json(run.environment, environment_record(data_args, training_args, model_args))
 
 
 def prepare_data_and_model(model_args, data_args, lora_args, training_args, run: RunDir, is_main: bool):

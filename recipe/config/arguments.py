@@ -14,7 +14,18 @@ class ModelArguments:
 
     model_name_or_path: str = field(
         default="distilgpt2",
-        metadata={"help": "Hub model id or local directory (config, weights, tokenizer)."},
+        metadata={"help": "Hub model id, local directory (config, weights, tokenizer), or a .gguf file "
+                  "(dequantized once to a float folder: see gguf_cache_dir)."},
+    )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={"help": "A GGUF file inside the model_name_or_path folder or Hub repo, used as the base "
+                  "(needs the gguf package: pip install -e '.[gguf]')."},
+    )
+    gguf_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where a GGUF base is kept dequantized, under its SHA-256 "
+                  "(default: $HF_HOME/dialogue_finetune/gguf)."},
     )
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer to use, when it differs from model_name_or_path."}

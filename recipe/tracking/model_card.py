@@ -63,6 +63,7 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
 
     lines = [f"# {name}", "", f"{_what_it_is(config, base, lora, merged)}, trained on multi-speaker dialogues "
              f"with the dialogue-finetune recipe ({mode}).", ""]
+    lines += _base_lines(environment.get("base_model") or {})
     lines += _data_section(report, data_path, dataset_on_hub)
     # The run's files (run_config.yaml among them) sit in the run directory, or in the adapter repo once pushed.
     replay = None if merged and hub_model_id else RunDir("MODEL_DIR" if hub_model_id else run_dir).replay_command()
@@ -86,6 +87,19 @@ def _what_it_is(config: dict, base: str, lora: bool, merged: bool) -> str:
     if config.get("random_init"):
         what += " (a randomly initialised model built from that config: a smoke-test model, not a useful one)"
     return what
+
+
+def _base_lines(record: dict) -> list[str]:
+    """Where the base's weights came from, when they are not simply a Hub model's: a GGUF file, or a folder
+    whose provenance.json says (scripts/get_base_model.py)."""
+    gguf = record if record.get("source") == "gguf" else record.get("provenance") or {}
+    if gguf.get("source") == "gguf":
+        original = f" ({gguf['hub_id']})" if gguf.get("hub_id") else ""
+        return [f"Base weights{original}: `{Path(gguf.get('gguf_file', '?')).name}` (GGUF, {gguf.get('quantization')}, "
+                f"SHA-256 `{gguf.get('gguf_sha256')}`), dequantized to {gguf.get('dequantized_to', 'float32')}.", ""]
+    if gguf.get("source") == "hub":
+        return [f"Base weights: `{gguf.get('hub_id')}` at revision `{gguf.get('revision')}`.", ""]
+    return []
 
 
 def _data_section(report: dict, data_path: str, dataset_on_hub: bool) -> list[str]:
