@@ -88,7 +88,14 @@ def main(args) -> dict:
         raise SystemExit(f"{grid_file}: no cells named {sorted(unknown)}")
     work_dir = Path(args.work_dir or REPO / "benchmarks" / "results" / "scratch" / f"grid-{name}")
     work_dir.mkdir(parents=True, exist_ok=True)
-    rows = [run_cell(grid, cell, work_dir) for cell in cells]
+    rows = []
+    while len(rows) < len(cells):  # the grid file is read again after each cell: cells can be added while it runs
+        rows.append(run_cell(grid, cells[len(rows)], work_dir))
+        grid = yaml.safe_load(grid_file.read_text())
+        done = {row["name"] for row in rows}
+        cells = [c for c in grid["cells"] if (not args.cells or c["name"] in args.cells)]
+        cells = [c for c in cells if c["name"] in done] + [c for c in cells if c["name"] not in done]
+        rows = [next(r for r in rows if r["name"] == c["name"]) for c in cells if c["name"] in done]
     date = datetime.date.today().isoformat()
     from recipe.environment import cpu_name
 
