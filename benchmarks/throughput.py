@@ -10,11 +10,16 @@ init, the same seed; only ratios measured in one run compare across machines:
     python benchmarks/throughput.py --rows default "default, model's own loss" --steps 50 --skip_eval
                                                            # the 50-step loss-curve check
     python benchmarks/throughput.py --rows default --profile --clock cpu --threads 1   # where the time goes
+    python benchmarks/throughput.py --base models/SmolLM2-135M-Instruct --quick   # a real model's shape and weights
 
 Rows: `reference` is the report's loop (pad to 128 with pad = EOS, labels = input_ids, AdamW lr
 5e-5, fp32, batch 8); every other row is the recipe's own training path (recipe.training's
 prepare_data_and_model and build_trainer) on `recipe/configs/distilgpt2-full.yaml`, with the
-overrides its name says. It writes benchmarks/results/<date>-<device>.json (and .md) and prints the
+overrides its name says. With `--base DIR` the rows run on that real model instead (its weights and
+tokenizer; smollm2-full.yaml and smollm2-lora.yaml, or --full_recipe / --lora_recipe), the reference on
+its architecture. Each recipe row also gets a tensor peak: the most bytes of live tensors (weights,
+gradients, optimizer states, activations) during one more step, counted by torch's MemTracker, which,
+unlike the process's RSS, leaves out what the allocator keeps. It writes benchmarks/results/<date>-<device>.json (and .md) and prints the
 table: real (non-padding) and processed tokens/s, padding share, median step time after warm-up,
 peak memory, MFU (6 x parameters per real token, against the matmul peak measured in this run for
 the row's precision) and the ratio to `reference`; then evaluation tokens/s, batched generation
@@ -48,6 +53,7 @@ from throughput_tools import (  # noqa: E402
     release_memory,
     run_reference,
     write_json,
+    tensor_peak_mb,
     write_model_dir,
 )
 
@@ -65,6 +71,8 @@ from recipe.training import build_trainer, environment_record, prepare_data_and_
 
 CONFIGS = REPO / "recipe" / "configs"
 FP32 = ["--bf16", "false"]
+FULL_RECIPE, LORA_RECIPE = CONFIGS / "distilgpt2-full.yaml", CONFIGS / "distilgpt2-lora.yaml"
+LORA = "LoRA (distilgpt2-lora.yaml)"
 # name -> recipe flags on top of distilgpt2-full.yaml. "default" runs the recipe as shipped (automatic precision).
 ROWS = {
     "default": [],
@@ -75,23 +83,39 @@ ROWS = {
     "default, model's own loss": ["--chunked_lm_loss", "false"],
     "default, unfused AdamW": ["--optim", "adamw_torch"],
     "default, torch.compile": ["--torch_compile", "true"],
-    "LoRA (distilgpt2-lora.yaml)": ["--config", str(CONFIGS / "distilgpt2-lora.yaml")],
+    LORA: ["--config", str(LORA_RECIPE)],
+    "LoRA, fp32": ["--config", str(LORA_RECIPE), *FP32],
+    "LoRA, no dropout": ["--config", str(LORA_RECIPE), "--lora_dropout", "0"],
     # the one equal to the default's max_length is left out: the default row is it
     **{f"max_length {length}": ["--max_length", str(length)] for length in (128, 256, 512, 1024)},
 }
 OWN_LOSS = "model's own loss"
-QUICK_ROWS = ["reference", "default", "default, model's own loss", "LoRA (distilgpt2-lora.yaml)"]
+QUICK_ROWS = ["reference", "default", "default, model's own loss", LORA]
+BASE_ROWS = ["reference", "default", "packing, fp32", LORA, "LoRA, fp32", "LoRA, no dropout"]  # --base --quick
 ALL_ROWS = ["reference", *ROWS]
+
+
+def use_recipes(full_recipe: Path, lora_recipe: Path) -> None:
+    """Point the rows at another recipe pair (--base): the LoRA rows are renamed after their recipe."""
+    global FULL_RECIPE, LORA_RECIPE, LORA, QUICK_ROWS, BASE_ROWS, ALL_ROWS
+    old, FULL_RECIPE, LORA_RECIPE = LORA, Path(full_recipe), Path(lora_recipe)
+    LORA = f"LoRA ({LORA_RECIPE.name})"
+    for name in list(ROWS):
+        flags = [str(LORA_RECIPE) if f.endswith("-lora.yaml") else f for f in ROWS.pop(name)]
+        ROWS[LORA if name == old else name] = flags
+    QUICK_ROWS = [LORA if r == old else r for r in QUICK_ROWS]
+    BASE_ROWS = [LORA if r == old else r for r in BASE_ROWS]
+    ALL_ROWS = ["reference", *ROWS]
 
 
 def recipe_options(model_dir: Path, scratch: Path, name: str, args) -> tuple:
     """The recipe's option dataclasses for a row: distilgpt2-full.yaml (or the row's recipe), then the row's flags."""
     flags = list(ROWS[name])
-    config = flags[flags.index("--config") + 1] if "--config" in flags else str(CONFIGS / "distilgpt2-full.yaml")
+    config = flags[flags.index("--config") + 1] if "--config" in flags else str(FULL_RECIPE)
     if "--config" in flags:
         del flags[flags.index("--config"):flags.index("--config") + 2]
     argv = [
-        "--config", config, "--model_name_or_path", str(model_dir), "--random_init", "true",
+        "--config", config, "--model_name_or_path", str(model_dir), "--random_init", str(args.base is None).lower(),
         "--data_path", args.data_path, "--output_dir", str(scratch / name.replace(" ", "_").replace("/", "_")),
         "--max_steps", str(args.steps), "--eval_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--report_to", "none", "--logging_steps", "1",
@@ -121,6 +145,7 @@ def run_recipe_row(name: str, model_dir: Path, scratch: Path, args) -> tuple[dic
         if profiler:
             trainer.add_callback(profiler)
         trainer.train()
+        tensor_peak = tensor_peak_mb(trainer) if args.device == "cpu" else None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     record = {
@@ -135,6 +160,7 @@ def run_recipe_row(name: str, model_dir: Path, scratch: Path, args) -> tuple[dic
         "trainable_parameters": trainable,
         **timer.log.summary(args.warmup),
         "peak_memory_mb": memory.mb,
+        "tensor_peak_mb": tensor_peak,
     }
     if name == "default":
         record["default"] = True
@@ -229,18 +255,19 @@ def markdown(record: dict) -> str:
         f"({record['warmup_steps']} warm-up), {record['clock']} clock",
         "",
         "| row | precision | loss | real tokens/s | processed tokens/s | padding | median step (s) | peak memory (MB) "
-        "| MFU | × reference |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| tensor peak (MB) | MFU | × reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
         memory = f"{r['peak_memory_mb']:,.0f}" if r["peak_memory_mb"] else "n/a"
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "n/a"
+        tensors = f"{r['tensor_peak_mb']:,.0f}" if r.get("tensor_peak_mb") else "n/a"
         ratio = f"{r['ratio_to_reference']:.2f}" if "ratio_to_reference" in r else "n/a"
         lines.append(
             f"| {r['name']}{' (default)' if r.get('default') else ''} | {r['precision']} "
             f"| {'chunked' if r['chunked_lm_loss'] else 'model'} | {r['real_tokens_per_s']:,.0f} "
             f"| {r['processed_tokens_per_s']:,.0f} | {r['padding_share']:.1%} | {r['median_step_s']:.2f} | {memory} "
-            f"| {mfu} | {ratio} |"
+            f"| {tensors} | {mfu} | {ratio} |"
         )
     if record.get("evaluation"):
         e, own = record["evaluation"], record["evaluation"][OWN_LOSS]
@@ -257,30 +284,40 @@ def markdown(record: dict) -> str:
                   f"over {c['steps']} steps"]
     if record.get("lora_vs_full"):
         lv = record["lora_vs_full"]
+        tensors = (f", tensor peak {lv['lora_tensor_peak_mb']:,.0f} MB vs {lv['full_tensor_peak_mb']:,.0f} MB"
+                   if lv.get("lora_tensor_peak_mb") and lv.get("full_tensor_peak_mb") else "")
         lines += [f"LoRA vs full: median step {lv['lora_step_s']:.2f} s vs {lv['full_step_s']:.2f} s, peak memory "
-                  f"{lv['lora_peak_memory_mb']:,.0f} MB vs {lv['full_peak_memory_mb']:,.0f} MB"]
+                  f"(RSS) {lv['lora_peak_memory_mb']:,.0f} MB vs {lv['full_peak_memory_mb']:,.0f} MB{tensors}"]
     return "\n".join(lines) + "\n"
 
 
 def lora_vs_full(rows: list[dict]) -> dict | None:
     by_name = {r["name"]: r for r in rows}
-    full, lora = by_name.get("default"), by_name.get("LoRA (distilgpt2-lora.yaml)")
+    full, lora = by_name.get("default"), by_name.get(LORA)
     if not full or not lora:
         return None
     return {"full_step_s": full["median_step_s"], "lora_step_s": lora["median_step_s"],
-            "full_peak_memory_mb": full["peak_memory_mb"], "lora_peak_memory_mb": lora["peak_memory_mb"]}
+            "full_peak_memory_mb": full["peak_memory_mb"], "lora_peak_memory_mb": lora["peak_memory_mb"],
+            "full_tensor_peak_mb": full.get("tensor_peak_mb"), "lora_tensor_peak_mb": lora.get("tensor_peak_mb")}
 
 
 def main(args) -> dict:
     started = datetime.datetime.now(datetime.timezone.utc)
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    rows_wanted = args.rows or (QUICK_ROWS if args.quick else ALL_ROWS)
+    if args.base:
+        use_recipes(args.full_recipe or CONFIGS / "smollm2-full.yaml", args.lora_recipe or CONFIGS / "smollm2-lora.yaml")
+    rows_wanted = args.rows or ((BASE_ROWS if args.base else QUICK_ROWS) if args.quick else ALL_ROWS)
     for name, flags in args.extra_row:
         ROWS[name] = flags.split()
         rows_wanted = [*rows_wanted, name]
     scratch = Path(tempfile.mkdtemp(prefix="throughput-", dir=args.scratch_dir))
-    tokenizer = gpt2_tokenizer()
-    model_dir = write_model_dir(scratch / "model", args.model_config, tokenizer)
+    if args.base:  # a real model: its own tokenizer and weights
+        from transformers import AutoTokenizer
+
+        tokenizer, model_dir = AutoTokenizer.from_pretrained(args.base), Path(args.base)
+    else:
+        tokenizer = gpt2_tokenizer()
+        model_dir = write_model_dir(scratch / "model", args.model_config, tokenizer)
     _, default_data, _, default_precision = recipe_options(model_dir, scratch, "default", args)
     fast_bf16 = bool(default_precision.bf16)
     clock = CLOCKS[args.clock]
@@ -306,7 +343,7 @@ def main(args) -> dict:
         "benchmark": "throughput",
         "date": started.isoformat(timespec="seconds"),
         "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
-        "model": args.model_config,
+        "model": args.base or args.model_config,
         "vocab_size": len(tokenizer),
         "steps": args.steps,
         "clock": args.clock,
@@ -333,11 +370,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_config", default="distilgpt2",
                         help="distilgpt2 (6 layers, width 768), tiny (2 layers, width 64) or a model config path")
+    parser.add_argument("--base", default=None, help="a real model folder (e.g. models/SmolLM2-135M-Instruct): its "
+                        "weights and tokenizer instead of a random model with GPT-2's vocabulary")
+    parser.add_argument("--full_recipe", default=None, help="with --base: the full recipe (default smollm2-full.yaml)")
+    parser.add_argument("--lora_recipe", default=None, help="with --base: the LoRA recipe (default smollm2-lora.yaml)")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per row")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timings")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_ROWS)}")
-    parser.add_argument("--rows", nargs="+", choices=ALL_ROWS, help="these rows only")
+    parser.add_argument("--rows", nargs="+", help="these rows only (names as in the table)")
     parser.add_argument("--extra_row", nargs=2, action="append", default=[], metavar=("NAME", "FLAGS"),
                         help="one more row: a name and the recipe flags it adds, e.g. '4 rows' "
                         "'--per_device_train_batch_size 4'")

@@ -33,5 +33,8 @@ def test_throughput_smoke_mode_writes_the_record_and_table(tmp_path):
     assert abs(evaluation["chunked"]["eval_token_loss"] - evaluation["model's own loss"]["eval_token_loss"]) < 1e-4
     assert record["generation"]["replies"] == 4
     assert record["lora_vs_full"]["lora_peak_memory_mb"] > 0
+    # live tensor bytes, counted per storage: LoRA holds no gradients or AdamW states for the frozen weights
+    assert all(row["tensor_peak_mb"] > 0 for row in record["rows"][1:])
+    assert record["lora_vs_full"]["lora_tensor_peak_mb"] < record["lora_vs_full"]["full_tensor_peak_mb"]
     table = record_path.with_suffix(".md").read_text()
-    assert "| reference | fp32 | model |" in table and "× reference" in table
+    assert "| reference | fp32 | model |" in table and "× reference" in table and "tensor peak (MB)" in table
