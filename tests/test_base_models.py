@@ -87,3 +87,30 @@ def test_a_recipe_whose_base_is_not_fetched_says_how_to_fetch_it(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "python scripts/get_base_model.py --name SmolLM2-135M-Instruct" in result.stderr
+
+
+def test_where_the_hub_answers_the_original_weights_come_from_it_at_a_pinned_revision(fake_index, tmp_path, monkeypatch):
+    import types
+
+    import huggingface_hub
+
+    from conftest import OFFLINE_MODEL
+
+    monkeypatch.setattr(base_models, "hub_reachable", lambda: True)
+    monkeypatch.setattr("recipe.hub.hub_reachable", lambda: True)
+    asked = {}
+
+    def snapshot_download(repo_id, revision, local_dir, allow_patterns):
+        asked.update(repo_id=repo_id, revision=revision)
+        import shutil
+
+        shutil.copytree(OFFLINE_MODEL, local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: types.SimpleNamespace(
+        model_info=lambda repo_id: types.SimpleNamespace(sha="abc123")))
+    folder = base_models.get_base_model("Tiny", tmp_path / "models" / "Tiny")
+    assert asked == {"repo_id": "someone/Tiny", "revision": "abc123"} and not fake_index["calls"]  # no pip
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["source"] == "hub" and provenance["revision"] == "abc123"
+    assert (folder / "config.json").is_file() and not (tmp_path / "models" / ".Tiny.partial").exists()
