@@ -241,3 +241,20 @@ def test_chat_history_is_trimmed_to_the_context(runs):
     assert len(loaded.tokenizer(prompt)["input_ids"]) <= 24
     assert "first message" not in prompt and "fourth one" in prompt and prompt.endswith("Bob:")
     assert evaluation_data_args(None, None).turn_separator == "\n"
+
+
+SCRIPT_NAMED_EVALUATE = """
+from recipe.metrics import DialoguePerplexity
+print(DialoguePerplexity().compute(nll_sum=[2.0, 4.0], num_tokens=[2, 4])["perplexity"])
+"""
+
+
+def test_the_evaluate_library_is_found_whatever_folder_holds_a_script_named_evaluate(tmp_path):
+    """After `pip install .` the package sits in site-packages, and scripts/evaluate.py runs from the checkout:
+    the folder of a running evaluate.py must be set aside wherever it is, not only the scripts/ beside the package."""
+    script = tmp_path / "elsewhere" / "evaluate.py"
+    script.parent.mkdir()
+    script.write_text(SCRIPT_NAMED_EVALUATE)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == repr(math.e)
