@@ -104,13 +104,21 @@ def check_max_length(model, max_length: int) -> None:
         )
 
 
-def align_generation_config(model, tokenizer) -> None:
-    """EOS and pad in the model and generation configs, so that generation stops at the end of a dialogue."""
+def align_generation_config(model, tokenizer, stop_token_ids: list[int] | tuple[int, ...] = ()) -> None:
+    """EOS and pad in the model and generation configs, so that generation stops at the end of a dialogue.
+
+    The generation config's stop list is a union, never a replacement: the tokenizer's EOS, `stop_token_ids`
+    (a chat template's end-of-turn token), and every id the base already stopped at (Llama-3 instruct
+    models list several), so stock `pipeline` stops where training taught the model to and where the base did.
+    """
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     generation = getattr(model, "generation_config", None)
     if generation is not None:
-        generation.eos_token_id = tokenizer.eos_token_id
+        before = generation.eos_token_id
+        before = [] if before is None else [before] if isinstance(before, int) else list(before)
+        stops = list(dict.fromkeys([tokenizer.eos_token_id, *stop_token_ids, *before]))
+        generation.eos_token_id = stops[0] if len(stops) == 1 else stops
         generation.pad_token_id = tokenizer.pad_token_id
 
 

@@ -29,6 +29,7 @@ from .config import (
 )
 from .data import PreparedData, build_datasets, format_report, get_data_collator
 from .environment import environment_record, peak_memory_mb
+from .generation import chat_template_turn_end_ids
 from .files import atomic_write_json
 from .loss import ChunkedCausalLMLoss
 from .metrics import compute_perplexity_metrics, sequence_nll
@@ -357,7 +358,7 @@ def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArgumen
     model = trainer.model
     base = model.get_base_model() if lora_args.use_lora else model
     base.config.use_cache = True  # the Trainer turned the KV cache off for training; generation wants it
-    align_generation_config(base, tokenizer)
+    align_generation_config(base, tokenizer, chat_template_turn_end_ids(tokenizer))  # + the template's turn end
     trainer.save_model(str(output_dir))  # the adapter alone for LoRA; main process only
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)

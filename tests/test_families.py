@@ -229,3 +229,34 @@ def test_a_model_that_mixes_packed_dialogues_is_refused_before_the_first_step(fa
     with pytest.raises(ConfigError, match=r"opt \(OPTForCausalLM\) does not keep packed dialogues apart.*--padding longest"):
         run_training(*parse(*smoke_args(tmp_path, "--model_name_or_path", str(family_dir("opt")))))
     assert not list((tmp_path / "run").glob("checkpoint-*")) and not (tmp_path / "run" / "trainer_state.json").exists()
+
+
+@pytest.mark.parametrize("family_name", ["llama3", "phi3"])
+def test_the_saved_generation_config_stops_at_eos_the_template_turn_end_and_every_base_stop(
+        family_name, family_dir, tmp_path):
+    """Stock `pipeline` reads generation_config.json: its stop list is EOS, the chat template's end of turn
+    (Phi-3's <|end|>) and whatever the base stopped at (Llama-3 instruct lists <|end_of_text|> and <|eot_id|>),
+    never the tokenizer's EOS alone."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    family = FAMILY_BY_NAME[family_name]
+    base = tmp_path / "base"
+    shutil.copytree(family_dir(family.name), base)
+    tokenizer = get_tokenizer(ModelArguments(model_name_or_path=str(base)))
+    config = json.loads((base / "config.json").read_text())
+    base_stops = [tokenizer.convert_tokens_to_ids("<|end_of_text|>"), tokenizer.eos_token_id] \
+        if family_name == "llama3" else [tokenizer.eos_token_id]
+    config["eos_token_id"] = base_stops
+    (base / "config.json").write_text(json.dumps(config))
+    run = run_training(*parse(*smoke_args(
+        tmp_path, "--model_name_or_path", str(base), "--use_chat_template", "true", "--role_to_speaker", *ROLES,
+        "--max_dialogues", "16", "--num_train_epochs", "1", "--save_strategy", "no", "--load_best_model_at_end",
+        "false", "--validation_split_ratio", "0",
+    )))
+    saved = GenerationConfig.from_pretrained(run.output_dir).eos_token_id
+    expected = {tokenizer.eos_token_id, *base_stops}
+    if family.turn_end:
+        expected.add(tokenizer.convert_tokens_to_ids(family.turn_end))
+    assert set(saved) == expected and saved[0] == tokenizer.eos_token_id
