@@ -260,3 +260,15 @@ def test_the_saved_generation_config_stops_at_eos_the_template_turn_end_and_ever
     if family.turn_end:
         expected.add(tokenizer.convert_tokens_to_ids(family.turn_end))
     assert set(saved) == expected and saved[0] == tokenizer.eos_token_id
+
+
+def test_the_packing_check_runs_when_no_two_dialogues_fit_one_row(family_dir, tmp_path):
+    """Long dialogues (no two of them fit one row) are the usual case; the check must not skip them: it probes
+    with slices of them, and OPT is still refused."""
+    data = tmp_path / "long.json"
+    turn = "we talked about the weather and the trains and the long way home again"
+    data.write_text(json.dumps([{"Alex": f"{turn} {i}", "Bob": f"{turn} {i}"} for i in range(20)]))
+    with pytest.raises(ConfigError, match=r"opt \(OPTForCausalLM\) does not keep packed dialogues apart"):
+        run_training(*parse(*smoke_args(tmp_path, "--model_name_or_path", str(family_dir("opt")), "--data_path",
+                                        str(data), "--max_length", "48", "--num_train_epochs", "1")))
+    assert not (tmp_path / "run" / "trainer_state.json").exists()
