@@ -48,6 +48,7 @@ from .packing_check import check_packing_isolation, refuse_cache_with_packing
 from .redaction import redact_argv
 from .run_dir import RunDir
 from .safeguards import WatchesLoss, attach_training_guard, raise_if_stopped
+from .timing import TimesPhases, train_timing
 from .tracking import RunTracker, run_mode
 
 logger = logging.getLogger(__name__)
@@ -62,10 +63,11 @@ def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> lis
 # Trainer
 
 
-class DialogueTrainer(WatchesLoss, Trainer):
+class DialogueTrainer(TimesPhases, WatchesLoss, Trainer):
     """The HF Trainer, plus a count of the real (non-padding) tokens it trained on, the LM loss computed
     without full logits (recipe/loss.py) unless `chunked_lm_loss` is off or the model is sharded, and,
-    through WatchesLoss, every micro-batch loss shown to the safeguards before the NaN filter hides it.
+    through WatchesLoss, every micro-batch loss shown to the safeguards before the NaN filter hides it, and,
+    through TimesPhases, the time of training steps, evaluation and checkpoints apart (recipe/timing.py).
 
     The collator sends `num_real_tokens` with each batch; it is taken out before the model sees
     the batch. (The Trainer's own non-padding count treats every pad-id token as padding, but for
@@ -193,8 +195,10 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
 
 def end_summary(output_dir, train_metrics, eval_metrics) -> str:
     lines = [
-        f"time: {train_metrics['train_runtime']:.1f} s, {train_metrics['train_real_tokens_per_second']:,.0f} tokens/s "
-        f"(real tokens, padding excluded), peak memory {train_metrics['peak_memory_mb']:,.0f} MB",
+        f"time: {train_metrics['train_runtime']:.1f} s (steps {train_metrics['train_steps_runtime']:.1f} s, evaluation "
+        f"{train_metrics['train_evaluation_runtime']:.1f} s, checkpoints {train_metrics['train_checkpoint_runtime']:.1f} s), "
+        f"{train_metrics['train_real_tokens_per_second']:,.0f} tokens/s in the steps (real tokens, padding excluded)",
+        f"peak memory {train_metrics['peak_memory_mb']:,.0f} MB",
         f"final train loss: {train_metrics.get('final_train_loss', float('nan')):.4f}",
     ]
     if eval_metrics:
@@ -321,14 +325,14 @@ def train_and_evaluate(trainer: DialogueTrainer, prepared: PreparedData, lora_ar
     runtime = time.perf_counter() - start
     raise_if_stopped(trainer)  # a signal or a non-finite loss: nothing final is written
     real_tokens = trainer.total_real_tokens_trained()
+    timing = train_timing(trainer, train_output.metrics, runtime, real_tokens)  # before the final evaluation
     eval_metrics = trainer.evaluate() if prepared.validation_dataset is not None else {}
     train_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     trainable, total = parameters
     train_metrics = dict(train_output.metrics)
     train_metrics.update(
-        train_runtime=round(runtime, 2),
+        **timing,  # train_runtime (the whole call), the steps, evaluation and checkpoints inside it; tokens/s
         train_real_tokens=real_tokens,
-        train_real_tokens_per_second=round(real_tokens / runtime, 1) if runtime > 0 else None,
         final_train_loss=train_losses[-1] if train_losses else None,
         peak_memory_mb=peak_memory_mb(trainer.args.device),
         trainable_parameters=trainable,

@@ -176,3 +176,28 @@ def test_early_stopping_needs_and_uses_evaluation(tmp_path):
     result = train(tmp_path, "--early_stopping_patience", "1", "--early_stopping_threshold", "10",
                    "--num_train_epochs", "4")
     assert result.train_metrics["global_step"] == 14  # stopped after epoch 2: epoch 2 did not improve by 10 nats
+
+
+def test_tokens_per_second_counts_training_steps_only(tmp_path, monkeypatch):
+    """Evaluation and checkpoints run inside trainer.train(): they are timed apart, and throughput divides the
+    real tokens by the steps' time alone. Here every evaluation is made 1 s slower than it is."""
+    import time
+
+    from transformers import Trainer
+
+    evaluate = Trainer.evaluate
+
+    def slow_evaluate(self, *args, **kwargs):
+        time.sleep(1.0)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
+    result = train(tmp_path)
+    metrics = json.loads((result.output_dir / "train_results.json").read_text())
+    assert metrics["train_evaluation_runtime"] >= 2.0  # two evaluations inside train(), the final one outside
+    assert metrics["train_checkpoint_runtime"] > 0
+    phases = metrics["train_steps_runtime"] + metrics["train_evaluation_runtime"] + metrics["train_checkpoint_runtime"]
+    assert 0 < metrics["train_steps_runtime"] and phases <= metrics["train_runtime"] + 0.05
+    assert metrics["train_real_tokens_per_second"] == pytest.approx(
+        metrics["train_real_tokens"] / metrics["train_steps_runtime"], rel=0.01)
+    assert metrics["train_steps_per_second"] == pytest.approx(14 / metrics["train_steps_runtime"], rel=0.01)
