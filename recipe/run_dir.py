@@ -28,6 +28,7 @@ TRAINER_STATE = "trainer_state.json"
 MODEL_CARD = "README.md"
 WANDB_RECORD = "wandb_run.json"  # id, project, entity, mode and local directory of the run's W&B run
 EVALUATION = "evaluation.json"  # written by scripts/evaluate.py
+RESUMES = "resumes.json"  # one entry per resume: when, from which checkpoint, the options that differed
 RUN_LOCK = ".run.lock"  # held (filelock) by the run writing this directory; hidden: never pushed, never counted as content
 RUN_HOLDER = ".run.holder"  # who holds the lock (pid, host, start), for the message a second run prints
 BASE_MODEL_DIR = "base_model"  # the random base of a LoRA run on a random_init model
@@ -132,6 +133,10 @@ class RunDir:
     @property
     def evaluation(self) -> Path:
         return self.path / EVALUATION
+
+    @property
+    def resumes(self) -> Path:
+        return self.path / RESUMES
 
     @property
     def lock(self) -> Path:

@@ -24,7 +24,6 @@ from .config import (
     LoraArguments,
     ModelArguments,
     TrackingArguments,
-    resolved_config,
     save_resolved_config,
 )
 from .data import PreparedData, build_datasets, format_report, get_data_collator
@@ -46,17 +45,13 @@ from .output_dir import OutputDirError  # noqa: F401 - re-exported: callers catc
 from .output_dir import RunLock, check_disk_space, prepare_output_dir
 from .packing_check import check_packing_isolation, refuse_cache_with_packing
 from .redaction import redact_argv
-from .run_dir import RunDir
+from .resume import check_resume, record_resume
+from .run_dir import RunDir, read_json_file
 from .safeguards import WatchesLoss, attach_training_guard, raise_if_stopped
 from .timing import TimesPhases, train_timing
 from .tracking import RunTracker, run_mode
 
 logger = logging.getLogger(__name__)
-
-
-def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    keys = sorted(set(previous) | set(current))
-    return [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in keys if previous.get(k) != current.get(k)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,9 +227,11 @@ def run_training(
     tracker = RunTracker(tracking_args, lora_args, run.path, state.is_main_process, training_args.push_to_hub)
 
     resume = prepare_output_dir(training_args, state)  # locked and decided by the main process, shared
+    configs = (model_args, data_args, lora_args, training_args, tracking_args)
+    resumed = check_resume(run, resume, configs, state)  # another recipe on these checkpoints is refused
     state.wait_for_everyone()
     if state.is_main_process:
-        write_run_records(run, (model_args, data_args, lora_args, training_args, tracking_args), resume)
+        write_run_records(run, configs, resumed)
 
     tokenizer, prepared, model, training_args = prepare_data_and_model(
         model_args, data_args, lora_args, training_args, run, state.is_main_process
@@ -268,17 +265,18 @@ def _set_recipe_log_level(training_args: DialogueTrainingArguments, is_main: boo
     logging.getLogger("recipe").setLevel(level)
 
 
-def write_run_records(run: RunDir, configs: tuple, resume: Path | None) -> None:
-    """run_config.yaml (every resolved option; warns when a resumed run changed some) and environment.json."""
+def write_run_records(run: RunDir, configs: tuple, resumed: dict[str, Any] | None) -> None:
+    """run_config.yaml (every resolved option), environment.json, and on a resume its entry in resumes.json
+    (check_resume let through only options that cannot change the steps, or that extend the run)."""
     run.path.mkdir(parents=True, exist_ok=True)
-    if resume and run.is_recipe_run():
-        changed = config_differences(run.read_config(), resolved_config(*configs))
-        if changed:
-            logger.warning("resuming with options that differ from the interrupted run: %s", "; ".join(changed))
+    record_resume(run, resumed)
+    extended = any((entry.get("changed") or {}) for entry in read_json_file(run.resumes) or [])
     save_resolved_config(
         run.run_config, *configs,
         header="# Every option of this run as asked (automatic ones stay automatic; environment.json has what this "
-               f"machine chose).\n# Replay it, from the repository root: {run.replay_command()}\n",
+               f"machine chose).\n# Replay it, from the repository root: {run.replay_command()}\n"
+               + (f"# It was resumed with other options ({run.resumes.name}): a replay runs these ones throughout.\n"
+                  if extended else ""),
     )
     _, data_args, _, training_args, _ = configs
     atomic_write_json(run.environment, environment_record(data_args, training_args))
