@@ -67,6 +67,15 @@ def get_tokenizer(model_args: ModelArguments):
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
+def get_model_config(model_args: ModelArguments):
+    """The model's config alone (a small JSON file): what can be checked before the weights load."""
+    from transformers import AutoConfig
+
+    source, local_only = resolve_pretrained(model_args.model_name_or_path, "model", model_args.model_revision)
+    return AutoConfig.from_pretrained(source, local_files_only=local_only, revision=model_args.model_revision,
+                                      trust_remote_code=model_args.trust_remote_code)
+
+
 def get_model(model_args: ModelArguments, tokenizer):
     """Load (or, with random_init, build from its config) the causal LM, matched to the tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -93,9 +102,10 @@ def get_model(model_args: ModelArguments, tokenizer):
     return model
 
 
-def check_max_length(model, max_length: int) -> None:
-    """A row longer than the model's position table fails deep inside the forward pass; say it up front."""
-    config = model.config
+def check_max_length(model_or_config, max_length: int) -> None:
+    """A row longer than the model's position table fails deep inside the forward pass; say it up front
+    (from the config, before the data is tokenized and the weights load)."""
+    config = getattr(model_or_config, "config", model_or_config)
     limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if limit is not None and max_length > limit:
         raise ConfigError(

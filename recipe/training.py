@@ -38,6 +38,7 @@ from .modeling import (
     check_max_length,
     count_parameters,
     get_model,
+    get_model_config,
     get_tokenizer,
     record_adapter_base,
 )
@@ -289,6 +290,7 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
     Returns the training arguments too: without validation data, evaluation is turned off.
     """
     refuse_cache_with_packing(data_args, training_args)
+    check_max_length(get_model_config(model_args), data_args.max_length)  # before data and weights
     set_seed(training_args.seed)
     tokenizer = get_tokenizer(model_args)
     prepared = build_datasets(
@@ -301,7 +303,6 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
 
     set_seed(training_args.seed)  # same initial weights whatever the data step consumed
     model = get_model(model_args, tokenizer)
-    check_max_length(model, data_args.max_length)
     if lora_args.use_lora:
         if model_args.random_init and is_main:
             # An adapter works only on its exact base, and a random base exists nowhere else: keep it.
