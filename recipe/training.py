@@ -28,8 +28,8 @@ from .config import (
 )
 from .data import PreparedData, build_datasets, format_report, get_data_collator
 from .environment import environment_record, peak_memory_mb
-from .generation import chat_template_turn_end_ids
 from .files import atomic_write_json
+from .generation import chat_template_turn_end_ids
 from .loss import ChunkedCausalLMLoss
 from .metrics import compute_perplexity_metrics, sequence_nll
 from .modeling import (
@@ -271,13 +271,12 @@ def write_run_records(run: RunDir, configs: tuple, resumed: dict[str, Any] | Non
     (check_resume let through only options that cannot change the steps, or that extend the run)."""
     run.path.mkdir(parents=True, exist_ok=True)
     record_resume(run, resumed)
-    extended = any((entry.get("changed") or {}) for entry in read_json_file(run.resumes) or [])
+    changed = any((entry.get("changed") or {}) for entry in read_json_file(run.resumes) or [])
+    note = f"# It was resumed with other options ({run.resumes.name}): a replay runs the options below from the start.\n"
     save_resolved_config(
         run.run_config, *configs,
         header="# Every option of this run as asked (automatic ones stay automatic; environment.json has what this "
-               f"machine chose).\n# Replay it, from the repository root: {run.replay_command()}\n"
-               + (f"# It was resumed with other options ({run.resumes.name}): a replay runs these ones throughout.\n"
-                  if extended else ""),
+               f"machine chose).\n# Replay it, from the repository root: {run.replay_command()}\n" + (note if changed else ""),
     )
     _, data_args, _, training_args, _ = configs
     atomic_write_json(run.environment, environment_record(data_args, training_args))
@@ -290,9 +289,9 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
     Returns the training arguments too: without validation data, evaluation is turned off.
     """
     refuse_cache_with_packing(data_args, training_args)
-    check_max_length(get_model_config(model_args), data_args.max_length)  # before data and weights
     set_seed(training_args.seed)
     tokenizer = get_tokenizer(model_args)
+    check_max_length(get_model_config(model_args), data_args.max_length)  # before data and weights
     prepared = build_datasets(
         data_args, tokenizer, main_process_first=lambda: training_args.main_process_first(desc="data preparation")
     )

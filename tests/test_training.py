@@ -250,4 +250,4 @@ def test_extending_a_run_and_changing_its_logging_resume_and_are_recorded(tmp_pa
     assert entry["changed"] == {"logging_steps": [10, 2], "num_train_epochs": [2.0, 3.0]}
     assert entry["machine_changed"] == {}  # same machine, same process count
     header = (run / "run_config.yaml").read_text().split("\n")[:3]
-    assert header[2] == "# It was resumed with other options (resumes.json): a replay runs these ones throughout."
+    assert header[2] == "# It was resumed with other options (resumes.json): a replay runs the options below from the start."
