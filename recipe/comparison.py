@@ -108,6 +108,10 @@ def comparison_rows(runs: list[RunSummary]) -> list[tuple[str, list[str]]]:
         name = f"`{run.config.get('model_name_or_path', 'n/a')}`"
         return name + (" (random init)" if run.config.get("random_init") else "")
 
+    def phases(run) -> str:  # older runs did not time them apart
+        keys = ("train_steps_runtime", "train_evaluation_runtime", "train_checkpoint_runtime")
+        return " / ".join(_fmt(run.train.get(k), ".1f") for k in keys)
+
     def quality(key: str):
         return lambda run: _fmt((run.quality or {}).get(key), ".3f")
 
@@ -118,7 +122,9 @@ def comparison_rows(runs: list[RunSummary]) -> list[tuple[str, list[str]]]:
         ("epochs / learning rate", per_run(lambda r: f"{r.config.get('num_train_epochs', 'n/a')} / "
                                                       f"{r.config.get('learning_rate', 'n/a')}")),
         ("wall time (s)", per_run(lambda r: _fmt(r.train.get("train_runtime"), ".1f"))),
-        ("tokens/s (real tokens)", per_run(lambda r: _fmt(r.train.get("train_real_tokens_per_second"), ",.0f"))),
+        ("of which steps / evaluation / checkpoints (s)", per_run(phases)),
+        ("tokens/s (real tokens, in the steps)",
+         per_run(lambda r: _fmt(r.train.get("train_real_tokens_per_second"), ",.0f"))),
         ("peak memory (MB)", per_run(lambda r: _fmt(r.train.get("peak_memory_mb"), ",.0f"))),
         ("final train loss", per_run(lambda r: _fmt(r.train.get("final_train_loss"), ".4f"))),
         ("eval loss (nats/token, exact)", per_run(lambda r: _fmt(r.evaluation.get("eval_token_loss"), ".4f"))),

@@ -89,6 +89,12 @@ def environment_record(data_args: DataArguments, training_args: DialogueTraining
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    import resource
+    try:
+        import resource
+    except ImportError:  # Windows: the peak working set (psutil comes with accelerate)
+        import psutil
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+        memory = psutil.Process().memory_info()
+        return round(getattr(memory, "peak_wset", memory.rss) / 2**20, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)  # macOS reports bytes, Linux KiB

@@ -175,6 +175,8 @@ def differences_from_training_eval(eval_args, data_args: DataArguments, loaded: 
     if eval_args.stride:
         reasons.append(f"a sliding window (stride {eval_args.stride}) instead of the training windows")
     environment = read_json_file(run.environment) or {}
+    if not eval_args.data_path and not eval_args.data_config:
+        reasons += _data_file_changes(environment, eval_args, data_args, run)
     used = environment.get("resolved_options") or environment.get("device") or {}
     autocast = "bf16" if used.get("bf16") else "fp16" if used.get("fp16") else None
     trained_dtype = run_model_arguments(run).dtype
@@ -182,6 +184,25 @@ def differences_from_training_eval(eval_args, data_args: DataArguments, loaded: 
         reasons.append(f"{loaded.dtype} weights without autocast; training evaluated {trained_dtype} weights"
                        + (f" under {autocast} autocast" if autocast else ""))
     return reasons
+
+
+def _data_file_changes(environment: dict[str, Any], eval_args, data_args: DataArguments, run) -> list[str]:
+    """The run's split is rebuilt from its data file: an edited file gives another split under the same name.
+    Compared with the SHA-256 that environment.json recorded at training time."""
+    own_validation = eval_args.split == "validation" and data_args.validation_path
+    option, key = ("validation_path", "validation_sha256") if own_validation else ("data_path", "data_sha256")
+    path = getattr(data_args, option)
+    now = file_sha256(path)
+    if now is None:  # a datasets folder or a Hub dataset: no file to hash (cached by fingerprint instead)
+        return []
+    recorded = environment.get("data") or {}
+    if key not in recorded:
+        return [f"{path} cannot be checked against the file the run trained on ({run.environment.name} records "
+                "no SHA-256 of it)"]
+    if recorded[key] != now:
+        return [f"{path} has changed since training (SHA-256 {str(recorded[key])[:12]} then, {now[:12]} now), so "
+                f"its {eval_args.split} split is not the one the run evaluated"]
+    return []
 
 
 @dataclass

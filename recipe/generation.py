@@ -64,16 +64,24 @@ def turn_end(data_args: DataArguments, tokenizer) -> tuple[str, list[int]]:
     """
     if not data_args.use_chat_template:
         return data_args.turn_separator, []
+    return "", chat_template_turn_end_ids(tokenizer)
+
+
+def chat_template_turn_end_ids(tokenizer) -> list[int]:
+    """The special token the tokenizer's chat template writes after an assistant message, when it is not EOS
+    (Phi-3's `<|end|>`); [] without a chat template, or when EOS ends a turn (ChatML, Llama-3)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
                 {"role": "user", "content": "Bye"}]
     try:
         rendered = render_with_chat_template(messages, tokenizer, "a user/assistant exchange")
     except DialogueDataError:
-        return "", []  # a template without an assistant role: EOS alone ends a reply
+        return []  # a template without an assistant role: EOS alone ends a reply
     marker = rendered.text[rendered.content_ends[1] : rendered.ends[1]]
     ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
     special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
-    return "", [i for i in ids if i in special and i != tokenizer.eos_token_id][:1]
+    return [i for i in ids if i in special and i != tokenizer.eos_token_id][:1]
 
 
 def read_prompts_file(path: str) -> list[Prompt]:

@@ -26,16 +26,17 @@ def _import_evaluate_library():
 
     Python puts the folder of the script it runs first on sys.path, so when a script of scripts/ runs,
     `import evaluate` would find scripts/evaluate.py (whose name is part of the recipe's interface)
-    instead of the library. That folder is set aside for this one import, here, where the clash is,
-    rather than edited out of sys.path for the whole process on `import recipe`.
+    instead of the library. Every folder on sys.path that holds a plain `evaluate.py` is set aside for
+    this one import, here, where the clash is. The folder is found by what it holds, not by where it sits
+    beside the package: after `pip install .` (not editable) the package lives in site-packages, far
+    from the repository's scripts/.
     """
     import importlib
     import os
     import sys
 
-    scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
     saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != scripts]
+    sys.path[:] = [p for p in sys.path if not os.path.isfile(os.path.join(p or os.curdir, "evaluate.py"))]
     try:
         return importlib.import_module("evaluate")
     finally:

@@ -76,6 +76,16 @@ def get_tokenizer(model_args: ModelArguments):
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
+def get_model_config(model_args: ModelArguments):
+    """The model's config alone (a small JSON file): what can be checked before the weights load."""
+    from transformers import AutoConfig
+
+    model_args = with_gguf_dequantized(model_args)
+    source, local_only = resolve_pretrained(model_args.model_name_or_path, "model", model_args.model_revision)
+    return AutoConfig.from_pretrained(source, local_files_only=local_only, revision=model_args.model_revision,
+                                      trust_remote_code=model_args.trust_remote_code)
+
+
 def get_model(model_args: ModelArguments, tokenizer):
     """Load (or, with random_init, build from its config) the causal LM, matched to the tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -103,9 +113,10 @@ def get_model(model_args: ModelArguments, tokenizer):
     return model
 
 
-def check_max_length(model, max_length: int) -> None:
-    """A row longer than the model's position table fails deep inside the forward pass; say it up front."""
-    config = model.config
+def check_max_length(model_or_config, max_length: int) -> None:
+    """A row longer than the model's position table fails deep inside the forward pass; say it up front
+    (from the config, before the data is tokenized and the weights load)."""
+    config = getattr(model_or_config, "config", model_or_config)
     limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if limit is not None and max_length > limit:
         raise ConfigError(
@@ -114,13 +125,21 @@ def check_max_length(model, max_length: int) -> None:
         )
 
 
-def align_generation_config(model, tokenizer) -> None:
-    """EOS and pad in the model and generation configs, so that generation stops at the end of a dialogue."""
+def align_generation_config(model, tokenizer, stop_token_ids: list[int] | tuple[int, ...] = ()) -> None:
+    """EOS and pad in the model and generation configs, so that generation stops at the end of a dialogue.
+
+    The generation config's stop list is a union, never a replacement: the tokenizer's EOS, `stop_token_ids`
+    (a chat template's end-of-turn token), and every id the base already stopped at (Llama-3 instruct
+    models list several), so stock `pipeline` stops where training taught the model to and where the base did.
+    """
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     generation = getattr(model, "generation_config", None)
     if generation is not None:
-        generation.eos_token_id = tokenizer.eos_token_id
+        before = generation.eos_token_id
+        before = [] if before is None else [before] if isinstance(before, int) else list(before)
+        stops = list(dict.fromkeys([tokenizer.eos_token_id, *stop_token_ids, *before]))
+        generation.eos_token_id = stops[0] if len(stops) == 1 else stops
         generation.pad_token_id = tokenizer.pad_token_id
 
 

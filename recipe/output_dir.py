@@ -1,8 +1,9 @@
 """How a run may use its output directory: one run at a time, decided once, writable, with room.
 
-- **One run at a time**: the main process holds an exclusive lock (`flock`) on `OUTPUT_DIR/.run.lock`
-  for the whole run; a second run on the same directory stops with a message naming the first. The
-  kernel drops the lock when its process dies, however it dies, so a killed run leaves none behind.
+- **One run at a time**: the main process holds an exclusive OS lock (through `filelock`: `flock` on
+  Linux and macOS, `msvcrt.locking` on Windows) on `OUTPUT_DIR/.run.lock` for the whole run; a second
+  run on the same directory stops with a message naming the first. The OS drops the lock when its
+  process dies, however it dies, so a killed run leaves none behind.
 - **Decided once**: only the main process inspects the directory (fresh start, resume, refuse,
   or delete with `overwrite_output_dir`); the other processes take its decision. Were each process
   to look for itself, one could see the directory half-deleted by another and refuse, leaving the
@@ -13,7 +14,7 @@
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ConfigError
-from .run_dir import INCOMPLETE_PREFIX, RUN_LOCK, RunDir, checkpoint_is_complete
+from .run_dir import INCOMPLETE_PREFIX, RUN_HOLDER, RUN_LOCK, RunDir, checkpoint_is_complete
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +109,11 @@ def _decide(args, run: RunDir) -> str | None:
 
 
 def _content(run: RunDir, hidden: bool = False) -> list[Path]:
-    """What output_dir holds, the lock aside; hidden files (atomic writes' temporaries) only when asked."""
+    """What output_dir holds, the lock and its holder aside; hidden files (atomic writes' temporaries) only when asked."""
     if not run.path.is_dir():
         return []
-    return [p for p in run.path.iterdir() if p.name != RUN_LOCK and (hidden or not p.name.startswith("."))]
+    return [p for p in run.path.iterdir()
+            if p.name not in (RUN_LOCK, RUN_HOLDER) and (hidden or not p.name.startswith("."))]
 
 
 def _refuse_foreign(run: RunDir) -> None:
@@ -127,48 +129,83 @@ def _refuse_foreign(run: RunDir) -> None:
 
 
 class RunLock:
-    """An exclusive `flock` on OUTPUT_DIR/.run.lock, held by the main process until the run ends or
-    the process dies. Taking it is also the check that output_dir can be written."""
+    """An exclusive lock on OUTPUT_DIR/.run.lock, held by the main process until the run ends or the process
+    dies; taking it is also the check that output_dir can be written.
 
-    _held: dict[Path, int] = {}  # per process: a second run_training in one process (tests, notebooks) reuses it
+    `filelock` takes an OS lock (`flock` on Linux and macOS, `msvcrt.locking` on Windows), which the OS drops
+    when its process dies, however it dies: a killed run leaves no stuck lock. A filesystem without such locks
+    is refused rather than given a lock file that a killed run would leave behind. Who holds the lock is
+    written beside it (.run.holder), since a locked file cannot be read on Windows.
+    """
+
+    _held: dict[Path, Any] = {}  # per process: a second run_training in one process (tests, notebooks) reuses it
 
     @classmethod
     def acquire(cls, run: RunDir) -> None:
+        from filelock import Timeout
+
         path = run.lock.resolve()
         if path in cls._held:
             return
         try:
             run.path.mkdir(parents=True, exist_ok=True)
-            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as error:
+            lock = _os_lock(path)
+            lock.acquire()
+        except Timeout:
             raise OutputDirError(
-                f"output_dir {run} cannot be written ({error.strerror}: {error.filename}); fix its permissions, "
-                "free space, or choose another --output_dir"
-            ) from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(handle, 1000).decode("utf-8", "replace").strip() or "another process"
-            os.close(handle)
-            raise OutputDirError(
-                f"output_dir {run} is in use by another training run ({holder}); wait for it to finish, "
+                f"output_dir {run} is in use by another training run ({_holder(run)}); wait for it to finish, "
                 "or choose another --output_dir"
             ) from None
+        except (NotImplementedError, OSError) as error:
+            raise _lock_error(run, error) from None
         try:
-            os.ftruncate(handle, 0)
-            os.write(handle, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                     .encode())
+            run.lock_holder.write_text(
+                f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n",
+                encoding="utf-8",
+            )
         except OSError as error:
-            os.close(handle)
+            lock.release()
             raise OutputDirError(f"output_dir {run} cannot be written ({error.strerror}); free space or fix "
                                  "its permissions, or choose another --output_dir") from None
-        cls._held[path] = handle
+        cls._held[path] = lock
 
     @classmethod
     def release(cls, run: RunDir) -> None:
-        handle = cls._held.pop(run.lock.resolve(), None)
-        if handle is not None:
-            os.close(handle)  # closing the descriptor drops the flock
+        lock = cls._held.pop(run.lock.resolve(), None)
+        if lock is not None:
+            lock.release()
+
+
+def _os_lock(path: Path):
+    """A non-blocking filelock that is an OS lock, never filelock's soft fallback (a plain file a killed run
+    would leave behind, blocking every later run)."""
+    from filelock import FileLock, SoftFileLock
+
+    if issubclass(FileLock, SoftFileLock):  # a platform with neither fcntl nor msvcrt
+        raise NotImplementedError("this platform has no OS file locks")
+    try:
+        return FileLock(path, timeout=0, thread_local=False, fallback_to_soft=False)
+    except TypeError:  # filelock 3.x has no soft fallback: without OS locks it raises NotImplementedError
+        return FileLock(path, timeout=0, thread_local=False)
+
+
+def _holder(run: RunDir) -> str:
+    try:
+        return run.lock_holder.read_text(encoding="utf-8").strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def _lock_error(run: RunDir, error: Exception) -> OutputDirError:
+    if isinstance(error, NotImplementedError) or getattr(error, "errno", None) == errno.ENOSYS:
+        return OutputDirError(
+            f"output_dir {run}: its filesystem does not support file locks ({error}), so a second run could write "
+            "into it at the same time; choose an --output_dir on a local disk"
+        )
+    return OutputDirError(
+        f"output_dir {run} cannot be written ({error.strerror}: {error.filename}); fix its permissions, "
+        "free space, or choose another --output_dir"
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ Packed rows carry `position_ids` that restart at 0 for each dialogue and no atte
 transformers turns that into a block-diagonal causal mask only when no KV cache is built, and only
 in models whose mask code reads the positions (OPT, for one, builds a plain causal mask: its packed
 dialogues would attend to each other). Hence two checks: `use_cache` with packing is refused, and,
-once at start-up, one packed row of two short dialogues is run through the model as the Trainer
-runs it (`model(**batch)`, the training collator, the config's `use_cache`) and compared with each
+once at start-up, one packed row of two short dialogues (slices of them when no two fit one row) is run
+through the model as the Trainer runs it (`model(**batch)`, the training collator, the config's `use_cache`) and compared with each
 dialogue alone. A model that leaks across dialogues is refused with the batching to use instead.
 """
 
@@ -20,7 +20,7 @@ from .data import get_data_collator, pack_batch
 
 logger = logging.getLogger(__name__)
 
-CANDIDATES = 64  # the check packs the two shortest of the first examples: a cheap forward
+CANDIDATES = 64  # the check packs two of the first examples (or slices of them): a cheap forward
 USE_INSTEAD = (
     "use --padding longest (add --train_sampling_strategy group_by_length to batch similar lengths together)"
 )
@@ -36,12 +36,21 @@ def refuse_cache_with_packing(data_args: DataArguments, training_args) -> None:
         )
 
 
-def two_short_examples(examples) -> list[dict[str, list[int]]]:
-    """Two of the first examples, the shortest ones with a target, in data order."""
+def probe_examples(examples, max_length: int) -> list[dict[str, list[int]]]:
+    """Two sequences that fit one packed row, from the first examples: the two shortest with a target, in data
+    order, or, when they do not fit together (long dialogues), the first max_length // 2 tokens of each (of
+    both halves of the only one). Any real token sequence shows whether attention crosses the boundary."""
     head = examples.select(range(min(CANDIDATES, len(examples))))
     lengths = head["num_tokens"]
     order = sorted((n, i) for i, n in enumerate(lengths) if n >= 2)[:2]
-    return [{"input_ids": head[i]["input_ids"], "labels": head[i]["labels"]} for _, i in sorted(order, key=lambda p: p[1])]
+    chosen = [head[i] for _, i in sorted(order, key=lambda p: p[1])]
+    pieces = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in chosen]
+    if len(pieces) == 1:
+        middle = len(pieces[0]["input_ids"]) // 2
+        pieces = [{k: v[:middle] for k, v in pieces[0].items()}, {k: v[middle:] for k, v in pieces[0].items()}]
+    if sum(len(p["input_ids"]) for p in pieces) > max_length:
+        pieces = [{k: v[: max_length // 2] for k, v in p.items()} for p in pieces]
+    return [p for p in pieces if len(p["input_ids"]) >= 2]
 
 
 def check_packing_isolation(model, tokenizer, train_examples, data_args: DataArguments, use_cache: bool) -> float | None:
@@ -53,9 +62,12 @@ def check_packing_isolation(model, tokenizer, train_examples, data_args: DataArg
     """
     if data_args.padding != "packing":
         return None
-    examples = two_short_examples(train_examples)
-    if len(examples) < 2 or sum(len(e["input_ids"]) for e in examples) > data_args.max_length:
-        logger.info("packing check skipped: fewer than two short examples")
+    examples = probe_examples(train_examples, data_args.max_length)
+    if len(examples) < 2:
+        logger.warning(
+            "PACKING ISOLATION NOT VERIFIED: no two sequences of 2 tokens or more fit one packed row (max_length %d, "
+            "%d training examples), so nothing checked that this model keeps packed dialogues apart. If it does not, "
+            "it trains on cross-talk; to be sure, %s", data_args.max_length, len(train_examples), USE_INSTEAD)
         return None
     collator = get_data_collator(data_args, tokenizer)
     import pyarrow as pa

@@ -28,7 +28,9 @@ TRAINER_STATE = "trainer_state.json"
 MODEL_CARD = "README.md"
 WANDB_RECORD = "wandb_run.json"  # id, project, entity, mode and local directory of the run's W&B run
 EVALUATION = "evaluation.json"  # written by scripts/evaluate.py
-RUN_LOCK = ".run.lock"  # held (flock) by the run writing this directory; hidden: never pushed, never counted as content
+RESUMES = "resumes.json"  # one entry per resume: when, from which checkpoint, the options that differed
+RUN_LOCK = ".run.lock"  # held (filelock) by the run writing this directory; hidden: never pushed, never counted as content
+RUN_HOLDER = ".run.holder"  # who holds the lock (pid, host, start), for the message a second run prints
 BASE_MODEL_DIR = "base_model"  # the random base of a LoRA run on a random_init model
 MERGED_DIR = "merged"  # a LoRA run's base + adapter merged (merge_lora)
 ADAPTER_CONFIG = "adapter_config.json"
@@ -133,8 +135,16 @@ class RunDir:
         return self.path / EVALUATION
 
     @property
+    def resumes(self) -> Path:
+        return self.path / RESUMES
+
+    @property
     def lock(self) -> Path:
         return self.path / RUN_LOCK
+
+    @property
+    def lock_holder(self) -> Path:
+        return self.path / RUN_HOLDER
 
     @property
     def base_model(self) -> Path:

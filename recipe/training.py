@@ -24,12 +24,12 @@ from .config import (
     LoraArguments,
     ModelArguments,
     TrackingArguments,
-    resolved_config,
     save_resolved_config,
 )
 from .data import PreparedData, build_datasets, format_report, get_data_collator
 from .environment import environment_record, peak_memory_mb
 from .files import atomic_write_json
+from .generation import chat_template_turn_end_ids
 from .loss import ChunkedCausalLMLoss
 from .metrics import compute_perplexity_metrics, sequence_nll
 from .modeling import (
@@ -38,6 +38,7 @@ from .modeling import (
     check_max_length,
     count_parameters,
     get_model,
+    get_model_config,
     get_tokenizer,
     record_adapter_base,
 )
@@ -45,26 +46,24 @@ from .output_dir import OutputDirError  # noqa: F401 - re-exported: callers catc
 from .output_dir import RunLock, check_disk_space, prepare_output_dir
 from .packing_check import check_packing_isolation, refuse_cache_with_packing
 from .redaction import redact_argv
-from .run_dir import RunDir
+from .resume import check_resume, record_resume
+from .run_dir import RunDir, read_json_file
 from .safeguards import WatchesLoss, attach_training_guard, raise_if_stopped
+from .timing import TimesPhases, train_timing
 from .tracking import RunTracker, run_mode
 
 logger = logging.getLogger(__name__)
-
-
-def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    keys = sorted(set(previous) | set(current))
-    return [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in keys if previous.get(k) != current.get(k)]
 
 
 # ----------------------------------------------------------------------------------------------
 # Trainer
 
 
-class DialogueTrainer(WatchesLoss, Trainer):
+class DialogueTrainer(TimesPhases, WatchesLoss, Trainer):
     """The HF Trainer, plus a count of the real (non-padding) tokens it trained on, the LM loss computed
     without full logits (recipe/loss.py) unless `chunked_lm_loss` is off or the model is sharded, and,
-    through WatchesLoss, every micro-batch loss shown to the safeguards before the NaN filter hides it.
+    through WatchesLoss, every micro-batch loss shown to the safeguards before the NaN filter hides it, and,
+    through TimesPhases, the time of training steps, evaluation and checkpoints apart (recipe/timing.py).
 
     The collator sends `num_real_tokens` with each batch; it is taken out before the model sees
     the batch. (The Trainer's own non-padding count treats every pad-id token as padding, but for
@@ -192,8 +191,10 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
 
 def end_summary(output_dir, train_metrics, eval_metrics) -> str:
     lines = [
-        f"time: {train_metrics['train_runtime']:.1f} s, {train_metrics['train_real_tokens_per_second']:,.0f} tokens/s "
-        f"(real tokens, padding excluded), peak memory {train_metrics['peak_memory_mb']:,.0f} MB",
+        f"time: {train_metrics['train_runtime']:.1f} s (steps {train_metrics['train_steps_runtime']:.1f} s, evaluation "
+        f"{train_metrics['train_evaluation_runtime']:.1f} s, checkpoints {train_metrics['train_checkpoint_runtime']:.1f} s), "
+        f"{train_metrics['train_real_tokens_per_second']:,.0f} tokens/s in the steps (real tokens, padding excluded)",
+        f"peak memory {train_metrics['peak_memory_mb']:,.0f} MB",
         f"final train loss: {train_metrics.get('final_train_loss', float('nan')):.4f}",
     ]
     if eval_metrics:
@@ -227,9 +228,11 @@ def run_training(
     tracker = RunTracker(tracking_args, lora_args, run.path, state.is_main_process, training_args.push_to_hub)
 
     resume = prepare_output_dir(training_args, state)  # locked and decided by the main process, shared
+    configs = (model_args, data_args, lora_args, training_args, tracking_args)
+    resumed = check_resume(run, resume, configs, state)  # another recipe on these checkpoints is refused
     state.wait_for_everyone()
     if state.is_main_process:
-        write_run_records(run, (model_args, data_args, lora_args, training_args, tracking_args), resume)
+        write_run_records(run, configs, resumed)
 
     tokenizer, prepared, model, training_args = prepare_data_and_model(
         model_args, data_args, lora_args, training_args, run, state.is_main_process
@@ -263,17 +266,17 @@ def _set_recipe_log_level(training_args: DialogueTrainingArguments, is_main: boo
     logging.getLogger("recipe").setLevel(level)
 
 
-def write_run_records(run: RunDir, configs: tuple, resume: Path | None) -> None:
-    """run_config.yaml (every resolved option; warns when a resumed run changed some) and environment.json."""
+def write_run_records(run: RunDir, configs: tuple, resumed: dict[str, Any] | None) -> None:
+    """run_config.yaml (every resolved option), environment.json, and on a resume its entry in resumes.json
+    (check_resume let through only options that cannot change the steps, or that extend the run)."""
     run.path.mkdir(parents=True, exist_ok=True)
-    if resume and run.is_recipe_run():
-        changed = config_differences(run.read_config(), resolved_config(*configs))
-        if changed:
-            logger.warning("resuming with options that differ from the interrupted run: %s", "; ".join(changed))
+    record_resume(run, resumed)
+    changed = any((entry.get("changed") or {}) for entry in read_json_file(run.resumes) or [])
+    note = f"# It was resumed with other options ({run.resumes.name}): a replay runs the options below from the start.\n"
     save_resolved_config(
         run.run_config, *configs,
         header="# Every option of this run as asked (automatic ones stay automatic; environment.json has what this "
-               f"machine chose).\n# Replay it, from the repository root: {run.replay_command()}\n",
+               f"machine chose).\n# Replay it, from the repository root: {run.replay_command()}\n" + (note if changed else ""),
     )
     model_args, data_args, _, training_args, _ = configs
     atomic_write_json(run.environment, environment_record(data_args, training_args, model_args))
@@ -288,6 +291,7 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
     refuse_cache_with_packing(data_args, training_args)
     set_seed(training_args.seed)
     tokenizer = get_tokenizer(model_args)
+    check_max_length(get_model_config(model_args), data_args.max_length)  # before data and weights
     prepared = build_datasets(
         data_args, tokenizer, main_process_first=lambda: training_args.main_process_first(desc="data preparation")
     )
@@ -298,7 +302,6 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
 
     set_seed(training_args.seed)  # same initial weights whatever the data step consumed
     model = get_model(model_args, tokenizer)
-    check_max_length(model, data_args.max_length)
     if lora_args.use_lora:
         if model_args.random_init and is_main:
             # An adapter works only on its exact base, and a random base exists nowhere else: keep it.
@@ -320,14 +323,14 @@ def train_and_evaluate(trainer: DialogueTrainer, prepared: PreparedData, lora_ar
     runtime = time.perf_counter() - start
     raise_if_stopped(trainer)  # a signal or a non-finite loss: nothing final is written
     real_tokens = trainer.total_real_tokens_trained()
+    timing = train_timing(trainer, train_output.metrics, runtime, real_tokens)  # before the final evaluation
     eval_metrics = trainer.evaluate() if prepared.validation_dataset is not None else {}
     train_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     trainable, total = parameters
     train_metrics = dict(train_output.metrics)
     train_metrics.update(
-        train_runtime=round(runtime, 2),
+        **timing,  # train_runtime (the whole call), the steps, evaluation and checkpoints inside it; tokens/s
         train_real_tokens=real_tokens,
-        train_real_tokens_per_second=round(real_tokens / runtime, 1) if runtime > 0 else None,
         final_train_loss=train_losses[-1] if train_losses else None,
         peak_memory_mb=peak_memory_mb(trainer.args.device),
         trainable_parameters=trainable,
@@ -357,7 +360,7 @@ def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArgumen
     model = trainer.model
     base = model.get_base_model() if lora_args.use_lora else model
     base.config.use_cache = True  # the Trainer turned the KV cache off for training; generation wants it
-    align_generation_config(base, tokenizer)
+    align_generation_config(base, tokenizer, chat_template_turn_end_ids(tokenizer))  # + the template's turn end
     trainer.save_model(str(output_dir))  # the adapter alone for LoRA; main process only
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)

@@ -1,7 +1,7 @@
 """Fine-tune a causal LM on dialogues: full fine-tuning or LoRA, one process or many.
 
     python scripts/train.py --config recipe/configs/smoke.yaml            # offline, under a minute on CPU
-    accelerate launch scripts/train.py --config recipe/configs/distilgpt2-lora.yaml
+    accelerate launch --config_file accelerate_config.yaml scripts/train.py --config recipe/configs/distilgpt2-lora.yaml
     python scripts/train.py --config recipe/configs/smoke.yaml --num_train_epochs 1 --output_dir outputs/try
 
 Without --config, runs recipe/configs/distilgpt2-full.yaml. Every option is listed by --help.

@@ -57,7 +57,7 @@ def test_report_puts_full_and_lora_side_by_side(runs, tmp_path):
         f"{r['trainable_parameters']:,} ({r['trainable_parameters'] / r['total_parameters']:.2%})" for r in results]
     assert row(report, "trainable parameters")[0].endswith("(100.00%)")
     assert row(report, "wall time (s)") == [f"{r['train_runtime']:.1f}" for r in results]
-    assert row(report, "tokens/s (real tokens)") == [f"{r['train_real_tokens_per_second']:,.0f}" for r in results]
+    assert row(report, "tokens/s (real tokens, in the steps)") == [f"{r['train_real_tokens_per_second']:,.0f}" for r in results]
     assert row(report, "peak memory (MB)") == [f"{r['peak_memory_mb']:,.0f}" for r in results]
     assert row(report, "final train loss") == [f"{r['final_train_loss']:.4f}" for r in results]
     assert row(report, "eval loss (nats/token, exact)") == [f"{e['eval_token_loss']:.4f}" for e in evals]

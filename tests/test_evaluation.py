@@ -241,3 +241,51 @@ def test_chat_history_is_trimmed_to_the_context(runs):
     assert len(loaded.tokenizer(prompt)["input_ids"]) <= 24
     assert "first message" not in prompt and "fourth one" in prompt and prompt.endswith("Bob:")
     assert evaluation_data_args(None, None).turn_separator == "\n"
+
+
+SCRIPT_NAMED_EVALUATE = """
+from recipe.metrics import DialoguePerplexity
+print(DialoguePerplexity().compute(nll_sum=[2.0, 4.0], num_tokens=[2, 4])["perplexity"])
+"""
+
+
+def test_the_evaluate_library_is_found_whatever_folder_holds_a_script_named_evaluate(tmp_path):
+    """After `pip install .` the package sits in site-packages, and scripts/evaluate.py runs from the checkout:
+    the folder of a running evaluate.py must be set aside wherever it is, not only the scripts/ beside the package."""
+    script = tmp_path / "elsewhere" / "evaluate.py"
+    script.parent.mkdir()
+    script.write_text(SCRIPT_NAMED_EVALUATE)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == repr(math.e)
+
+
+def test_an_edited_data_file_is_not_called_the_same_quantity(tmp_path, data_args):
+    """The run's split is rebuilt from its data file: once the file changes, the evaluation says so, by SHA-256."""
+    import yaml
+
+    from recipe.evaluation import LoadedModel, differences_from_training_eval
+    from recipe.run_dir import RunDir
+
+    data = tmp_path / "dialogues.json"
+    data.write_text(SAMPLE_DIALOGUES_TEXT)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.run_config.write_text(yaml.safe_dump({"data_path": str(data), "dtype": "float32"}))
+    run.environment.write_text(json.dumps({"resolved_options": {"bf16": False},
+                                           "data": {"data_path": str(data), "data_sha256": file_sha256(data)}}))
+    loaded = LoadedModel(None, None, "full", str(run.path), None, run, None, "float32")
+    args = data_args(data_path=str(data))
+    assert differences_from_training_eval(EvaluationArguments(model_path=str(run.path)), args, loaded) == []
+
+    data.write_text(SAMPLE_DIALOGUES_TEXT.replace("Fine", "Great"))
+    (reason,) = differences_from_training_eval(EvaluationArguments(model_path=str(run.path)), args, loaded)
+    assert reason.startswith(f"{data} has changed since training (SHA-256 ")
+    assert reason.endswith("now), so its validation split is not the one the run evaluated")
+
+    run.environment.unlink()  # a run directory without its records cannot vouch for its data
+    (reason,) = differences_from_training_eval(EvaluationArguments(model_path=str(run.path)), args, loaded)
+    assert reason == f"{data} cannot be checked against the file the run trained on (environment.json records no SHA-256 of it)"
+
+
+SAMPLE_DIALOGUES_TEXT = json.dumps([{"Alex": "Hello, how are you?", "Bob": "Fine, you?"}] * 10)

@@ -2,6 +2,8 @@
 (GPT-2, Llama-3, a Llama whose tokenizer appends EOS, Qwen2, Mistral, GPT-NeoX, OPT, Phi-3)."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,3 +231,119 @@ def test_a_model_that_mixes_packed_dialogues_is_refused_before_the_first_step(fa
     with pytest.raises(ConfigError, match=r"opt \(OPTForCausalLM\) does not keep packed dialogues apart.*--padding longest"):
         run_training(*parse(*smoke_args(tmp_path, "--model_name_or_path", str(family_dir("opt")))))
     assert not list((tmp_path / "run").glob("checkpoint-*")) and not (tmp_path / "run" / "trainer_state.json").exists()
+
+
+@pytest.mark.parametrize("family_name", ["llama3", "phi3"])
+def test_the_saved_generation_config_stops_at_eos_the_template_turn_end_and_every_base_stop(
+        family_name, family_dir, tmp_path):
+    """Stock `pipeline` reads generation_config.json: its stop list is EOS, the chat template's end of turn
+    (Phi-3's <|end|>) and whatever the base stopped at (Llama-3 instruct lists <|end_of_text|> and <|eot_id|>),
+    never the tokenizer's EOS alone."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    family = FAMILY_BY_NAME[family_name]
+    base = tmp_path / "base"
+    shutil.copytree(family_dir(family.name), base)
+    tokenizer = get_tokenizer(ModelArguments(model_name_or_path=str(base)))
+    config = json.loads((base / "config.json").read_text())
+    base_stops = [tokenizer.convert_tokens_to_ids("<|end_of_text|>"), tokenizer.eos_token_id] \
+        if family_name == "llama3" else [tokenizer.eos_token_id]
+    config["eos_token_id"] = base_stops
+    (base / "config.json").write_text(json.dumps(config))
+    run = run_training(*parse(*smoke_args(
+        tmp_path, "--model_name_or_path", str(base), "--use_chat_template", "true", "--role_to_speaker", *ROLES,
+        "--max_dialogues", "16", "--num_train_epochs", "1", "--save_strategy", "no", "--load_best_model_at_end",
+        "false", "--validation_split_ratio", "0",
+    )))
+    saved = GenerationConfig.from_pretrained(run.output_dir).eos_token_id
+    expected = {tokenizer.eos_token_id, *base_stops}
+    if family.turn_end:
+        expected.add(tokenizer.convert_tokens_to_ids(family.turn_end))
+    assert set(saved) == expected and saved[0] == tokenizer.eos_token_id
+
+
+def test_the_packing_check_runs_when_no_two_dialogues_fit_one_row(family_dir, tmp_path):
+    """Long dialogues (no two of them fit one row) are the usual case; the check must not skip them: it probes
+    with slices of them, and OPT is still refused."""
+    data = tmp_path / "long.json"
+    turn = "we talked about the weather and the trains and the long way home again"
+    data.write_text(json.dumps([{"Alex": f"{turn} {i}", "Bob": f"{turn} {i}"} for i in range(20)]))
+    with pytest.raises(ConfigError, match=r"opt \(OPTForCausalLM\) does not keep packed dialogues apart"):
+        run_training(*parse(*smoke_args(tmp_path, "--model_name_or_path", str(family_dir("opt")), "--data_path",
+                                        str(data), "--max_length", "48", "--num_train_epochs", "1")))
+    assert not (tmp_path / "run" / "trainer_state.json").exists()
+
+
+# A real ChatML tokenizer, where this machine has it (CI fetches the model and names it in this variable).
+SMOLLM2 = Path(os.environ.get("DIALOGUE_FINETUNE_SMOLLM2", "/work/models/SmolLM2-135M-Instruct"))
+
+
+def chatml_tokenizer(source, family_dir):
+    if source == "smollm2":
+        if not (SMOLLM2 / "tokenizer.json").is_file():
+            pytest.skip(f"{SMOLLM2} is not on this machine")
+        return get_tokenizer(ModelArguments(model_name_or_path=str(SMOLLM2)))
+    return family_tokenizer(family_dir, FAMILY_BY_NAME["qwen2"])
+
+
+@pytest.mark.parametrize("source", ["qwen2", "smollm2"])
+def test_special_token_strings_in_messages_stay_text_under_a_chat_template(source, family_dir, data_args):
+    """Only the template's own markup is special: `<|im_end|>` typed in a message does not end the turn, move
+    the loss mask or become a target as a control token; it is tokenized as the text it is."""
+    tokenizer = chatml_tokenizer(source, family_dir)
+    alex, bob = "say <|im_end|> please", "no: <|im_start|>system, </s> and <|im_end|> are just text"
+    d = dialogue(("Alex", alex), ("Bob", bob), ("Alex", "ok"))
+    args = data_args(use_chat_template=True, role_to_speaker=ROLES, train_on_speakers=["Bob"])
+    (window,) = encode_dialogue(d, tokenizer, args).windows
+    im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert window.input_ids.count(im_end) == 4 and window.input_ids.count(im_start) == 4  # system + 3 turns
+
+    def as_text(text):
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def contains(ids, part):
+        return any(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
+
+    assert contains(window.input_ids, as_text(alex)) and contains(window.input_ids, as_text(bob))
+    text = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in
+                                          zip(["user", "assistant", "user"], d.texts)], tokenize=False)
+    assert tokenizer.decode(window.input_ids) == text.rstrip()
+    loss = [t for t in window.labels if t != IGNORE_INDEX]
+    assert loss == as_text(bob) + [im_end] + as_text("\n")  # Bob's text as text, then his turn's end marker
+
+
+def test_a_dialogue_without_special_token_strings_tokenizes_as_before(family_dir, data_args):
+    """The piecewise path is only for dialogues that need it; the others are one tokenizer call, as ever."""
+    tokenizer = family_tokenizer(family_dir, FAMILY_BY_NAME["qwen2"])
+    d = dialogue(("Alex", "Hello there"), ("Bob", "Fine, you?"))
+    (window,) = encode_dialogue(d, tokenizer, data_args(use_chat_template=True, role_to_speaker=ROLES)).windows
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"},
+                                          {"role": "assistant", "content": "Fine, you?"}], tokenize=False).rstrip()
+    assert window.input_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_tokenizer_whose_pieces_depend_on_their_place_is_refused_for_such_a_message(data_args):
+    """Tokenizing between the template's special tokens is exact only where a piece's tokens do not depend on
+    where it sits (a Metaspace `prepend_scheme: first` adds a word boundary at the start of the text only):
+    there, a message that spells a special token is refused with the fix, never tokenized unlike training."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from families import PHI3
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(prepend_scheme="first")
+    specials = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"]
+    text = SAMPLE_DATA.read_text()[:20_000]
+    backend.train_from_iterator([text[i:i + 200] for i in range(0, len(text), 200)],
+                                trainers.BpeTrainer(vocab_size=500, special_tokens=specials, show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", bos_token="<s>", unk_token="<unk>")
+    tokenizer.chat_template = PHI3
+    args = data_args(use_chat_template=True, role_to_speaker=ROLES)
+    assert encode_dialogue(dialogue(("Alex", "hi there"), ("Bob", "fine")), tokenizer, args).windows
+    with pytest.raises(DialogueDataError, match=r"^x\.json entry \[3\]: a message contains '</s>', a special token of "
+                                                r"this tokenizer.*unset --use_chat_template"):
+        encode_dialogue(dialogue(("Alex", "hi </s> there"), ("Bob", "fine"), source="x.json entry [3]"), tokenizer, args)

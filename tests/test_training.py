@@ -176,3 +176,78 @@ def test_early_stopping_needs_and_uses_evaluation(tmp_path):
     result = train(tmp_path, "--early_stopping_patience", "1", "--early_stopping_threshold", "10",
                    "--num_train_epochs", "4")
     assert result.train_metrics["global_step"] == 14  # stopped after epoch 2: epoch 2 did not improve by 10 nats
+
+
+def test_tokens_per_second_counts_training_steps_only(tmp_path, monkeypatch):
+    """Evaluation and checkpoints run inside trainer.train(): they are timed apart, and throughput divides the
+    real tokens by the steps' time alone. Here every evaluation is made 1 s slower than it is."""
+    import time
+
+    from transformers import Trainer
+
+    evaluate = Trainer.evaluate
+
+    def slow_evaluate(self, *args, **kwargs):
+        time.sleep(1.0)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
+    result = train(tmp_path)
+    metrics = json.loads((result.output_dir / "train_results.json").read_text())
+    assert metrics["train_evaluation_runtime"] >= 2.0  # two evaluations inside train(), the final one outside
+    assert metrics["train_checkpoint_runtime"] > 0
+    phases = metrics["train_steps_runtime"] + metrics["train_evaluation_runtime"] + metrics["train_checkpoint_runtime"]
+    assert 0 < metrics["train_steps_runtime"] and phases <= metrics["train_runtime"] + 0.05
+    assert metrics["train_real_tokens_per_second"] == pytest.approx(
+        metrics["train_real_tokens"] / metrics["train_steps_runtime"], rel=0.01)
+    assert metrics["train_steps_per_second"] == pytest.approx(14 / metrics["train_steps_runtime"], rel=0.01)
+
+
+@pytest.fixture
+def interrupted(tmp_path):
+    """What a run of 2 epochs leaves when stopped after epoch 1: its records and checkpoint-7, on a copy of the data."""
+    data = tmp_path / "dialogues.json"
+    shutil.copy(REPO / "data" / "sample_dialogues.json", data)
+    finished = train(tmp_path, "--data_path", str(data), output="finished")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(finished.output_dir / "environment.json", run)
+    (run / "run_config.yaml").write_text((finished.output_dir / "run_config.yaml").read_text().replace(
+        str(finished.output_dir), str(run)))
+    shutil.copytree(finished.output_dir / "checkpoint-7", run / "checkpoint-7")
+    return run, data
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--learning_rate", "0.001"], r"learning_rate 0\.006 -> 0\.001"),
+    (["--max_length", "64", "--use_lora", "true"], r"max_length 128 -> 64; use_lora False -> True"),
+    (["--num_train_epochs", "1"], r"num_train_epochs 2\.0 -> 1\.0"),  # shortened: not an extension
+])
+def test_resuming_with_other_options_is_refused_before_any_work(tmp_path, interrupted, flags, named):
+    run, data = interrupted
+    before = (run / "run_config.yaml").read_text()
+    with pytest.raises(OutputDirError, match=rf"output_dir {run} holds an interrupted run \(last checkpoint "
+                                             rf"checkpoint-7\) with other options than these: {named}\. .*"
+                                             r"--output_dir NEW, or replace this one with --overwrite_output_dir true"):
+        train(tmp_path, "--data_path", str(data), *flags)
+    assert (run / "run_config.yaml").read_text() == before  # the records still describe the interrupted run
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-7"] and not (run / "resumes.json").exists()
+
+
+def test_resuming_with_an_edited_data_file_is_refused(tmp_path, interrupted):
+    run, data = interrupted
+    data.write_text(data.read_text().replace('"Hello', '"Hi', 1))
+    with pytest.raises(OutputDirError, match=rf"other options than these: data_path {data} \(its content, SHA-256\) "):
+        train(tmp_path, "--data_path", str(data))
+
+
+def test_extending_a_run_and_changing_its_logging_resume_and_are_recorded(tmp_path, interrupted):
+    run, data = interrupted
+    result = train(tmp_path, "--data_path", str(data), "--num_train_epochs", "3", "--logging_steps", "2")
+    assert result.train_metrics["resumed_from"] == str(run / "checkpoint-7") and result.train_metrics["global_step"] == 21
+    (entry,) = json.loads((run / "resumes.json").read_text())
+    assert entry["checkpoint"] == str(run / "checkpoint-7") and entry["compared"] is True
+    assert entry["changed"] == {"logging_steps": [10, 2], "num_train_epochs": [2.0, 3.0]}
+    assert entry["machine_changed"] == {}  # same machine, same process count
+    header = (run / "run_config.yaml").read_text().split("\n")[:3]
+    assert header[2] == "# It was resumed with other options (resumes.json): a replay runs the options below from the start."

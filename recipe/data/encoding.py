@@ -16,7 +16,7 @@ from .templates import RenderedDialogue, render_with_chat_template
 from .tokens import IGNORE_INDEX, TokenBatch, add_labels, end_with_eos, offsets_from_lengths, tokenize_batch
 
 # Bump when encoding logic changes, so that caches written by older code are not reused.
-ENCODING_VERSION = 3
+ENCODING_VERSION = 4
 
 
 def render_dialogue(
@@ -198,7 +198,7 @@ def encode_batch(batch, tokenizer, args: DataArguments, with_token_turns: bool =
                                        batch.column("roles").to_pylist(), sources)
     ]
     turn_counts = np.fromiter(map(len, speakers), np.int64, len(speakers))
-    tokens = tokenize_batch(rendered, tokenizer, args.use_chat_template)
+    tokens = tokenize_batch(rendered, tokenizer, args.use_chat_template, sources)
     tokens = add_labels(end_with_eos(tokens, tokenizer.eos_token_id, turn_counts, tokenizer.name_or_path),
                         speakers, args)
     rows = window_rows(tokens, turn_counts, args)

@@ -15,6 +15,7 @@ from itertools import chain
 import numpy as np
 
 from ..config import DataArguments
+from .content_specials import keep_content_specials_as_text
 from .errors import DialogueDataError
 from .templates import RenderedDialogue
 
@@ -54,7 +55,8 @@ def offsets_from_lengths(lengths, dtype=np.int64) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)]).astype(dtype)
 
 
-def tokenize_batch(rendered: list[RenderedDialogue], tokenizer, templated: bool) -> TokenBatch:
+def tokenize_batch(rendered: list[RenderedDialogue], tokenizer, templated: bool,
+                   sources: list[str] | None = None) -> TokenBatch:
     """Tokenize every text in one call and place each token in a turn.
 
     A token belongs where its last character is (byte-level BPE glues a word to the space before it,
@@ -65,7 +67,8 @@ def tokenize_batch(rendered: list[RenderedDialogue], tokenizer, templated: bool)
 
     Turn-template text gets the tokenizer's own special tokens (BOS, an appended EOS), and any
     special-token string inside the dialogue stays text. A chat template writes its own special
-    tokens, so nothing is added and they are read as special tokens.
+    tokens, so nothing is added and they are read as special tokens; a message that spells one keeps
+    it as text too (content_specials.py; `sources` name the dialogues in its error).
     """
     encoding = tokenizer(
         [r.text for r in rendered],
@@ -75,10 +78,18 @@ def tokenize_batch(rendered: list[RenderedDialogue], tokenizer, templated: bool)
         return_token_type_ids=False,
         verbose=False,  # no "longer than the maximum sequence length" warning: long dialogues are windowed
     )
-    starts = offsets_from_lengths(np.fromiter(map(len, encoding["input_ids"]), np.int64, len(rendered)))
+    ids_lists, encodings = encoding["input_ids"], encoding.encodings
+    starts = offsets_from_lengths(np.fromiter(map(len, ids_lists), np.int64, len(rendered)))
+    ids = _flat(ids_lists, np.int64, int(starts[-1]))
+    if templated:
+        again = keep_content_specials_as_text(rendered, ids, starts, encodings, tokenizer, sources)
+        if again:
+            ids_lists = [again[d].ids if d in again else i for d, i in enumerate(ids_lists)]
+            encodings = [again.get(d, e) for d, e in enumerate(encodings)]
+            starts = offsets_from_lengths(np.fromiter(map(len, ids_lists), np.int64, len(rendered)))
+            ids = _flat(ids_lists, np.int64, int(starts[-1]))
     total = int(starts[-1])
-    ids = _flat(encoding["input_ids"], np.int64, total)
-    places = [_turn_tokens(e, r) for e, r in zip(encoding.encodings, rendered)]
+    places = [_turn_tokens(e, r) for e, r in zip(encodings, rendered)]
     turn_counts = np.fromiter((len(r.turn_starts) for r in rendered), np.int64, len(rendered))
     first_turn = offsets_from_lengths(turn_counts)
     base = np.repeat(starts[:-1], turn_counts)  # the batch's token axis: dialogue d starts at starts[d]

@@ -178,7 +178,8 @@ def _results_section(train: dict, evaluation: dict, quality: dict, run_dir: Path
         ("eval tokens", _number(evaluation.get("eval_num_tokens"), ",")),
         ("final train loss", _number(train.get("final_train_loss"), ".4f")),
         ("train runtime (s)", _number(train.get("train_runtime"), ".1f")),
-        ("train tokens/s (real tokens)", _number(train.get("train_real_tokens_per_second"), ",.0f")),
+        ("of which training steps (s)", _number(train.get("train_steps_runtime"), ".1f")),
+        ("train tokens/s (real tokens, in the steps)", _number(train.get("train_real_tokens_per_second"), ",.0f")),
         ("peak memory (MB)", _number(train.get("peak_memory_mb"), ",.0f")),
         ("trainable parameters", f"{_number(trainable, ',')}{share}"),
     ]

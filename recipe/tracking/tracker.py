@@ -136,7 +136,9 @@ class RunTracker:
     def _finish_wandb(self, train_metrics: dict[str, Any], eval_metrics: dict[str, Any]) -> None:
         if self.wandb_run is None:
             return
-        names = {"train_runtime": "train/runtime", "train_real_tokens": "train/real_tokens",
+        names = {"train_runtime": "train/runtime", "train_steps_runtime": "train/steps_runtime",
+                 "train_evaluation_runtime": "train/evaluation_runtime",
+                 "train_checkpoint_runtime": "train/checkpoint_runtime", "train_real_tokens": "train/real_tokens",
                  "train_real_tokens_per_second": "train/real_tokens_per_second", "final_train_loss": "train/final_loss",
                  "peak_memory_mb": "train/peak_memory_mb", "trainable_parameters": "train/trainable_parameters",
                  "total_parameters": "train/total_parameters"}

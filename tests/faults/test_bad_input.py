@@ -111,6 +111,25 @@ def test_a_10_mb_turn_is_kept_whole(tmp_path, data_args):
     assert dialogue.texts == [text, "ok"] and len(text) > 9_999_000
 
 
+def test_a_10_mb_turn_is_tokenized_and_trained(tmp_path):
+    """Not only read: the turn is cut into windows that fit max_length (its speaker label repeated as context),
+    every token of it is counted, and training steps run on its rows."""
+    from fault_runs import train
+
+    text = ("all work and no play makes jack a dull boy " * 240_000)[:10_000_000].strip()
+    data = write(tmp_path / "big.json", json.dumps([{"Alex": text, "Bob": "ok"}, {"Alex": "hi", "Bob": "hello"}]))
+    out = tmp_path / "run"
+    result = train(out, "--data_path", data, "--validation_split_ratio", "0", "--max_steps", "2",
+                   "--save_strategy", "no", "--load_best_model_at_end", "false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "data_report.json").read_text())["train"]
+    assert report["dialogues"] == 2 and report["truncation"]["tokens_dropped"] == 0
+    assert report["windows"]["turns_split_inside"] == 1
+    assert report["windows"]["windows_created"] > 10_000_000 // (8 * 128)  # a few characters a token, 128 a window
+    assert report["tokens"] > 10_000_000 // 8
+    assert json.loads((out / "train_results.json").read_text())["global_step"] == 2
+
+
 # --- properties ----------------------------------------------------------------------------------
 
 # Any printable text, letters of every script, and characters that look like blanks but are not

@@ -75,3 +75,26 @@ def test_max_length_beyond_the_model_positions_names_the_limit(tiny_model):
 
     with pytest.raises(ConfigError, match=r"max_length 1024 is longer than gpt2's 512 positions; set --max_length 512"):
         check_max_length(tiny_model, 1024)
+
+
+def test_max_length_beyond_the_positions_is_refused_before_the_weights_load_in_a_real_run(tmp_path):
+    """A real run: the limit comes from config.json, before the data is tokenized and the weights are read.
+    The model folder's weights here are garbage, so reading them would fail with another error."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import OFFLINE_MODEL
+    from fault_runs import smoke_args
+
+    model = tmp_path / "model"
+    shutil.copytree(OFFLINE_MODEL, model)
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")
+    args = smoke_args(tmp_path / "run", "--model_name_or_path", str(model), "--random_init", "false",
+                      "--max_length", "1024")
+    result = subprocess.run([sys.executable, "scripts/train.py", *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: max_length 1024 is longer than gpt2's 512 positions; set --max_length 512 or less" in result.stderr
+    assert "safetensors" not in result.stderr and "Traceback" not in result.stderr
+    assert "data:" not in result.stderr  # refused before the data summary: nothing was tokenized

@@ -1,7 +1,7 @@
 """SIGTERM (a cluster preempting the job) and Ctrl-C: the current step finishes, a complete checkpoint is
 saved, the command that resumes is printed, the exit status is 128 + the signal; the printed command
-resumes to the same losses as an uninterrupted run, in one process and under torchrun with 2 CPU
-processes. A second Ctrl-C exits at once."""
+resumes to the same losses as an uninterrupted run: Ctrl-C and SIGTERM to one process, SIGTERM under
+torchrun with 2 CPU processes. A second Ctrl-C exits at once."""
 
 import shlex
 import subprocess
@@ -47,6 +47,24 @@ def test_ctrl_c_saves_a_checkpoint_and_the_printed_command_resumes_to_the_same_l
     resumed = run_printed_command(stopped.stderr)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"(resuming from {out / 'checkpoint-5'})" in resumed.stderr
+    assert step_losses(out) == pytest.approx(step_losses(uninterrupted), rel=1e-5)
+    assert eval_loss(out) == pytest.approx(eval_loss(uninterrupted), rel=1e-5)
+
+
+def test_sigterm_to_a_single_process_saves_a_checkpoint_and_resumes_to_the_same_loss(tmp_path, uninterrupted):
+    """A cluster preempting `python scripts/train.py` (no launcher) sends SIGTERM to the process itself."""
+    out = tmp_path / "run"
+    stopped = train(out, "--per_device_train_batch_size", "2", fault="signal:SIGTERM:4")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "SIGTERM received: finishing this step, then saving a checkpoint" in stopped.stderr
+    assert f"training stopped by SIGTERM after step 4; checkpoint saved: {out / 'checkpoint-4'}" in stopped.stderr
+    assert f"Resume with: python scripts/train.py --config {out / 'run_config.yaml'}" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert checkpoint_is_complete(out / "checkpoint-4") and not (out / "train_results.json").exists()
+
+    resumed = run_printed_command(stopped.stderr)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"(resuming from {out / 'checkpoint-4'})" in resumed.stderr
     assert step_losses(out) == pytest.approx(step_losses(uninterrupted), rel=1e-5)
     assert eval_loss(out) == pytest.approx(eval_loss(uninterrupted), rel=1e-5)
 

@@ -3,6 +3,7 @@ time (a lock that a dead run does not leave stuck), writable, and with room for 
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -66,16 +67,16 @@ def test_overwrite_is_decided_by_the_main_process_and_shared(tmp_path):
     results = torch.multiprocessing.Manager().dict()
     torch.multiprocessing.spawn(decide_as_rank, args=(free_port(), str(run), results), nprocs=2)
     assert dict(results) == {0: ("resume", None), 1: ("resume", None)}  # both start fresh; none refused
-    assert [p.name for p in run.iterdir()] == [".run.lock"]
+    assert sorted(p.name for p in run.iterdir()) == [".run.holder", ".run.lock"]
 
 
 # --- one run at a time -------------------------------------------------------------------------------
 
 HOLD_LOCK = textwrap.dedent("""
-    import fcntl, os, sys, time
-    handle = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    os.write(handle, b"pid %d on a node, since a while" % os.getpid())
+    import sys, time
+    from recipe.output_dir import RunLock
+    from recipe.run_dir import RunDir
+    RunLock.acquire(RunDir(sys.argv[1]))
     print("locked", flush=True)
     time.sleep(120)
 """)
@@ -85,12 +86,13 @@ def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_run_leaves_no_lo
     out = tmp_path / "run"
     out.mkdir()
     # The first run: anything holding the lock the way a run does (a training run, stopped in its middle).
-    first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / ".run.lock")], stdout=subprocess.PIPE, text=True)
+    first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert first.stdout.readline().strip() == "locked"
         second = train(out)
         assert second.returncode == 2, second.stderr[-3000:]
-        assert f"error: output_dir {out} is in use by another training run (pid {first.pid} on a node" in second.stderr
+        assert f"error: output_dir {out} is in use by another training run (pid {first.pid} on {socket.gethostname()}, " \
+               "since " in second.stderr
         assert not (out / "run_config.yaml").exists()  # it wrote nothing
     finally:
         first.kill()  # SIGKILL: the first run dies without cleaning up
@@ -98,6 +100,30 @@ def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_run_leaves_no_lo
     args = DialogueTrainingArguments(output_dir=str(out), bf16=False)
     assert prepare_output_dir(args, OneProcess()) is None  # the kernel dropped the dead run's lock
     RunLock.release(RunDir(out))
+
+
+NO_FCNTL = textwrap.dedent("""
+    import sys
+    sys.modules["fcntl"] = None  # as on Windows: `import fcntl` fails
+    import recipe.training  # every script imports it
+    from recipe.output_dir import OutputDirError, RunLock
+    from recipe.run_dir import RunDir
+    try:
+        RunLock.acquire(RunDir(sys.argv[1]))
+    except OutputDirError as error:
+        print(error)
+""")
+
+
+def test_without_fcntl_the_recipe_imports_and_a_lockless_filesystem_is_refused(tmp_path):
+    """Windows has no fcntl: importing the recipe must not need it. Here flock is then missing too, so the
+    lock cannot be an OS lock: the run is refused instead of getting a lock that a killed run would leave."""
+    result = subprocess.run([sys.executable, "-c", NO_FCNTL, str(tmp_path / "run")], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"output_dir {tmp_path / 'run'}: its filesystem does not support file locks" in result.stdout
+    assert "choose an --output_dir on a local disk" in result.stdout
+    assert not (tmp_path / "run" / ".run.holder").exists()
 
 
 # --- writable, with room -------------------------------------------------------------------------
