@@ -71,7 +71,8 @@ def row(label: str, epoch: float, results: dict) -> dict:
 def run_figures(run_dir: Path) -> dict:
     train = json.loads((run_dir / "train_results.json").read_text())
     config_epochs = float(train.get("epoch") or 0) or len(checkpoints(run_dir))
-    return {"train_runtime_s": train["train_runtime"], "seconds_per_epoch": train["train_runtime"] / config_epochs,
+    steps = train.get("train_steps_runtime", train["train_runtime"])  # the training steps, evaluation apart
+    return {"train_runtime_s": train["train_runtime"], "train_steps_s": steps, "seconds_per_epoch": steps / config_epochs,
             "real_tokens_per_second": train["train_real_tokens_per_second"],
             "peak_memory_mb": train["peak_memory_mb"], "trainable_parameters": train["trainable_parameters"],
             "total_parameters": train["total_parameters"], "mode": train["mode"]}
@@ -129,7 +130,7 @@ def markdown(record: dict, samples_shown: int) -> str:
             r["model"], str(r["epoch"]), f"{r['perplexity']:.2f}", *[_f(r["per_speaker"].get(s), ".2f") for s in speakers],
             _f(r["clean_ends"] and 100 * r["clean_ends"], ".1f") + "%", _f(r["distinct_1"], ".3f"),
             _f(r["distinct_2"], ".3f"), _f(r["token_f1"], ".3f"), _f(r["mean_reply_words"], ".1f")]) + " |")
-    lines += ["", "| run | trainable parameters | train time per epoch (s) | real tokens/s | peak memory (MB) |",
+    lines += ["", "| run | trainable parameters | training steps per epoch (s) | real tokens/s | peak memory (MB) |",
               "|---|---|---|---|---|"]
     for mode, figures in record["runs"].items():
         share = figures["trainable_parameters"] / figures["total_parameters"]
