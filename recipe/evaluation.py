@@ -16,7 +16,7 @@ import torch
 from .config import ConfigError, DataArguments, GenerationArguments, ModelArguments, load_recipe_yaml
 from .data import IGNORE_INDEX, Dialogue, DialogueCollator, load_dialogue_splits, read_dialogues, tokenize_dialogues
 from .files import file_sha256
-from .generation import generate_replies, prompts_from_dialogues, read_prompts_file, turn_end
+from .generation import prompts_from_dialogues, read_prompts_file, reply_samples
 from .hub import is_hub_id
 from .loss import label_nll
 from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures
@@ -291,17 +291,7 @@ def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
             dialogues, data_args, loaded.tokenizer, eval_args.num_samples, eval_args.context_turns
         )
         prompts_source = f"first {eval_args.context_turns} turn(s) of {len(prompts)} evaluation dialogues"
-    separator, turn_end_ids = turn_end(data_args, loaded.tokenizer)
-    replies = generate_replies(
-        loaded.model, loaded.tokenizer, [p.prompt for p in prompts], gen_args, separator,
-        eval_args.batch_size, add_special_tokens=not data_args.use_chat_template, turn_end_ids=turn_end_ids,
-    )
-    samples = [
-        {"prompt": p.prompt, "reply": r.text, "reference": p.reference, "speaker": p.speaker, "ended_by": r.ended_by,
-         "new_tokens": r.new_tokens}
-        for p, group in zip(prompts, replies)
-        for r in group
-    ]
+    samples = reply_samples(loaded.model, loaded.tokenizer, prompts, data_args, gen_args, eval_args.batch_size)
     return {
         "model": {
             "path": eval_args.model_path,

@@ -28,6 +28,7 @@ TRAINER_STATE = "trainer_state.json"
 MODEL_CARD = "README.md"
 WANDB_RECORD = "wandb_run.json"  # id, project, entity, mode and local directory of the run's W&B run
 EVALUATION = "evaluation.json"  # written by scripts/evaluate.py
+SAMPLES = "samples.jsonl"  # replies to the same validation prompts at every evaluation during training
 RUN_LOCK = ".run.lock"  # held (flock) by the run writing this directory; hidden: never pushed, never counted as content
 BASE_MODEL_DIR = "base_model"  # the random base of a LoRA run on a random_init model
 MERGED_DIR = "merged"  # a LoRA run's base + adapter merged (merge_lora)
@@ -131,6 +132,10 @@ class RunDir:
     @property
     def evaluation(self) -> Path:
         return self.path / EVALUATION
+
+    @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES
 
     @property
     def lock(self) -> Path:
