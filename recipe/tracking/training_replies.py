@@ -104,7 +104,7 @@ class TrainingReplies(TrainerCallback):
         self.log_to_wandb(new_rows, state.global_step)
         logger.info("replies to %d validation prompts at step %d in %.2f s: %s", len(new_rows), state.global_step,
                     seconds, self.path)
-        self.trainer.log({SECONDS_METRIC: round(seconds, 3)})  # trainer_state.json and W&B (eval/samples_seconds)
+        self.trainer.log({SECONDS_METRIC: round(seconds, 3)})  # trainer_state.json and W&B (eval/replies_seconds)
 
     def reply(self, model, state) -> list[dict[str, Any]]:
         was_training = model.training

@@ -45,7 +45,7 @@ def comparison_fields(config: dict[str, Any], environment: dict[str, Any],
         "data_sha256": (environment.get("data") or {}).get("data_sha256"),
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "trainable_share": round(trainable / total, 6) if trainable and total else None,
+        "trainable_share": trainable / total if trainable and total else None,
     }
 
 
