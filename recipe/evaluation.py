@@ -21,7 +21,7 @@ from .hub import is_hub_id
 from .loss import label_nll
 from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures
 from .run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, CHECKPOINT_PREFIX, EVALUATION, RunDir, read_json_file, weights_file
-from .tracking import POSTHOC_EVAL_PREFIX, log_evaluation_to_wandb, read_wandb_record
+from .tracking import POSTHOC_EVAL_PREFIX, log_evaluation_to_wandb, read_wandb_record, refresh_model_cards
 
 
 @dataclass
@@ -261,6 +261,15 @@ def default_output_file(model_path: str) -> Path:
     if path.is_dir():
         return path / EVALUATION
     return Path(f"evaluation-{model_path.replace('/', '--')}.json")
+
+
+def refresh_run_card(model_path: str, output_file: str | os.PathLike) -> list[Path]:
+    """Write the run's model card again, with this evaluation's figures in its model-index, when the run's
+    final model was evaluated into the run's own evaluation.json (the file the card reads)."""
+    run = RunDir(model_path)
+    if not run.is_finished() or Path(output_file).resolve() != run.evaluation.resolve():
+        return []
+    return refresh_model_cards(run.path)
 
 
 def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:

@@ -8,7 +8,7 @@
 """
 
 from .hub_push import HubPushError, push_run_dir, push_run_to_hub, retry_command
-from .model_card import CARD_TAG, build_model_card, write_model_card
+from .model_card import CARD_TAG, build_model_card, refresh_model_cards, write_model_card
 from .tracker import RunTracker
 from .training_replies import SAMPLES_KEY, read_samples
 from .wandb_run import (
@@ -33,6 +33,7 @@ __all__ = [
     "push_run_dir",
     "push_run_to_hub",
     "read_samples",
+    "refresh_model_cards",
     "read_wandb_record",
     "retry_command",
     "run_mode",

@@ -1,6 +1,6 @@
 """The model card (README.md of a run directory and of its merged/ model), built from the run's own files:
-metadata the Hub reads (base_model, library_name, tags, datasets), data summary, recipe, results,
-and how to load, chat with and evaluate the model."""
+metadata the Hub reads (base_model, library_name, tags, datasets, model-index with the exact figures), data
+summary, recipe, results per epoch, and how to load, chat with and evaluate the model."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..config import ConfigError
 from ..files import atomic_write_text
 from ..hub import is_hub_id
 from ..run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, MERGED_DIR, MODEL_CARD, RUN_CONFIG, RunDir, read_json_file
+from .card_results import card_eval_results, epoch_table
 from .wandb_run import read_wandb_record, run_mode
 
 CARD_TAG = "dialogue-finetune"  # marks a model card as ours (push.py regenerates ours, never a hand-written one)
@@ -38,8 +39,11 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     train = read_json_file(run.train_results) or {}
     evaluation = read_json_file(run.eval_results) or {}
     report = read_json_file(run.data_report) or {}
-    quality = ((read_json_file(run.evaluation) or {}).get("quality")) or {}
+    posthoc = read_json_file(run.evaluation) or {}
+    quality = posthoc.get("quality") or {}
     environment = read_json_file(run.environment) or {}
+    history = (read_json_file(run.trainer_state) or {}).get("log_history") or []
+    adapter = read_json_file(run.path / ADAPTER_CONFIG) or {}
     wandb_record = read_wandb_record(run_dir) or {}
 
     lora = bool(config.get("use_lora")) and not merged
@@ -59,15 +63,18 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
         tags=tags,
         datasets=[data_path] if dataset_on_hub else None,
         model_name=name,
+        eval_results=card_eval_results(config, environment, evaluation, posthoc) or None,
     )
 
-    lines = [f"# {name}", "", f"{_what_it_is(config, base, lora, merged)}, trained on multi-speaker dialogues "
-             f"with the dialogue-finetune recipe ({mode}).", ""]
+    what = _what_it_is(config, adapter, base, lora, merged)
+    lines = [f"# {name}", "", f"{what}, trained on multi-speaker dialogues with the dialogue-finetune recipe ({mode}).",
+             ""]
     lines += _data_section(report, data_path, dataset_on_hub)
     # The run's files (run_config.yaml among them) sit in the run directory, or in the adapter repo once pushed.
     replay = None if merged and hub_model_id else RunDir("MODEL_DIR" if hub_model_id else run_dir).replay_command()
-    lines += _recipe_section(config, environment, replay)
+    lines += _recipe_section(config, environment, replay, adapter)
     lines += _results_section(train, evaluation, quality, run_dir)
+    lines += epoch_table(history, train.get("best_checkpoint"), bool(config.get("load_best_model_at_end")))
     lines += _usage_section(run, hub_model_id, config, report, lora, merged)
     if wandb_record.get("url"):
         lines += [f"Training curves: [Weights & Biases run]({wandb_record['url']}).", ""]
@@ -75,10 +82,10 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     return ModelCard(content)
 
 
-def _what_it_is(config: dict, base: str, lora: bool, merged: bool) -> str:
+def _what_it_is(config: dict, adapter: dict, base: str, lora: bool, merged: bool) -> str:
     if lora:
         what = (f"A LoRA adapter (r={config.get('lora_r')}, alpha={config.get('lora_alpha')}, on "
-                f"{_lora_targets(config)}) for `{base}`")
+                f"{_lora_targets(config, adapter)}) for `{base}`")
     elif merged:
         what = f"`{base}` with its LoRA adapter merged in (a full model)"
     else:
@@ -115,7 +122,7 @@ def _data_section(report: dict, data_path: str, dataset_on_hub: bool) -> list[st
     return lines + [""]
 
 
-def _recipe_section(config: dict, environment: dict, replay: str | None) -> list[str]:
+def _recipe_section(config: dict, environment: dict, replay: str | None, adapter: dict) -> list[str]:
     world_size = ((environment.get("device") or {}).get("world_size")) or 1
     batch = (config.get("per_device_train_batch_size") or 0) * (config.get("gradient_accumulation_steps") or 1)
     # run_config.yaml keeps the precision as asked (None: automatic); environment.json has what was used.
@@ -137,7 +144,7 @@ def _recipe_section(config: dict, environment: dict, replay: str | None) -> list
     ]
     if config.get("use_lora"):
         rows.insert(1, ("LoRA", f"r {config.get('lora_r')}, alpha {config.get('lora_alpha')}, dropout "
-                                f"{config.get('lora_dropout')}, modules {_lora_targets(config)}"))
+                                f"{config.get('lora_dropout')}, modules {_lora_targets(config, adapter)}"))
     packages = environment.get("packages") or {}
     device = environment.get("device") or {}
     lines = ["## Training recipe", "", "| option | value |", "|---|---|"]
@@ -267,7 +274,35 @@ def write_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     return atomic_write_text(target, str(card))
 
 
-def _lora_targets(config: dict) -> str:
-    """The adapted modules as asked; unset means the recipe's default for the model."""
+def refresh_model_cards(run_dir: str | os.PathLike) -> list[Path]:
+    """Write the cards of a finished run again (README.md, and merged/README.md when there is one), e.g.
+    once scripts/evaluate.py has added its figures; a card that is not ours is left alone. A run trained
+    with push_to_hub keeps its repo in the card (scripts/push.py sends the new card)."""
+    from huggingface_hub import ModelCard
+
+    run = RunDir(run_dir)
+    config = run.read_config()
+    repo = config.get("hub_model_id") if config.get("push_to_hub") else None
+    written = []
+    for merged, folder in ((False, run.path), (True, run.merged)):
+        card = folder / MODEL_CARD
+        if merged and not folder.is_dir():
+            continue
+        try:
+            ours = not card.is_file() or CARD_TAG in (ModelCard.load(card).data.tags or [])
+        except Exception:  # noqa: BLE001 - an unreadable card is not one we wrote
+            ours = False
+        if ours:
+            hub_id = (config.get("hub_merged_model_id") if merged else repo) if repo else None
+            written.append(write_model_card(run.path, hub_model_id=hub_id, merged=merged))
+    return written
+
+
+def _lora_targets(config: dict, adapter: dict | None = None) -> str:
+    """The adapted modules as PEFT resolved them (adapter_config.json), else as asked; unset means the
+    recipe's default for the model."""
+    resolved = (adapter or {}).get("target_modules")
+    if resolved:
+        return ", ".join(sorted(resolved)) if isinstance(resolved, (list, tuple, set)) else str(resolved)
     targets = config.get("lora_target_modules")
     return ", ".join(targets) if targets else "the default modules (GPT-2's c_attn, c_proj, c_fc, else all linear layers)"

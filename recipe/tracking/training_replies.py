@@ -127,8 +127,8 @@ class TrainingReplies(TrainerCallback):
             def table(rows):
                 return wandb.Table(columns=TABLE_COLUMNS, data=[[row.get(c) for c in TABLE_COLUMNS] for row in rows])
 
-            self.wandb_run.log({f"{SAMPLES_KEY}/step_{step:06d}": table(new_rows), f"{SAMPLES_KEY}/all": table(self.rows),
-                                "train/global_step": step})
+            self.wandb_run.log({f"{SAMPLES_KEY}/step_{step:06d}": table(new_rows),
+                                f"{SAMPLES_KEY}/all": table(self.rows), "train/global_step": step})
         except Exception as error:  # noqa: BLE001 - W&B never stops training; samples.jsonl still gets every row
             self.wandb_run = None
             logger.warning("logging replies to W&B failed (%s); they still go to %s", error, self.path)

@@ -1,19 +1,23 @@
-"""Replies during training and the W&B comparison of full and LoRA runs, read back from offline W&B run files:
-the same validation prompts answered at every evaluation (samples.jsonl, a W&B table per evaluation and a
-cumulative one), the filter fields at the top of the W&B config, and training left exactly as it was."""
+"""What a user deciding between full fine-tuning and LoRA reads, checked on a smoke pair: replies during training
+(samples.jsonl, a W&B table per evaluation and a cumulative one, training left exactly as it was), the filter
+fields at the top of the W&B config (read back from offline W&B run files), and the figures in the model cards
+(model-index, loaded by huggingface_hub's own card loader)."""
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from recipe.config import ConfigError, EvaluationArguments, GenerationArguments, TrackingArguments
-from recipe.evaluation import evaluate_model
+from recipe.data import load_dialogue_splits
+from recipe.evaluation import evaluate_model, evaluation_data_args, run_model_arguments
+from recipe.files import file_sha256
 from recipe.generation import prompts_from_dialogues
 from recipe.modeling import get_tokenizer
-from recipe.evaluation import evaluation_data_args, run_model_arguments
-from recipe.data import load_dialogue_splits
 from recipe.run_dir import RunDir
 from recipe.tracking import read_samples
 from recipe.tracking.training_replies import TABLE_COLUMNS
@@ -163,3 +167,88 @@ def test_reply_options_are_checked():
         TrackingArguments(eval_samples=-1)
     with pytest.raises(ConfigError, match="eval_sample_max_new_tokens is 0; use at least 1"):
         TrackingArguments(eval_sample_max_new_tokens=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures in the model cards
+
+
+def load_card(path):
+    """The card through huggingface_hub's own loader, which refuses metadata the Hub would not take."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(path, ignore_metadata_errors=False)
+
+
+def test_card_metadata_holds_the_exact_validation_figures(pair):
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    for run_dir in pair:
+        card = load_card(run_dir / "README.md")
+        evaluation = read_json(run_dir / "eval_results.json")
+        results = card.data.eval_results
+        assert [(r.metric_type, r.metric_value) for r in results] == [
+            ("perplexity", evaluation["eval_perplexity"]), ("loss", evaluation["eval_token_loss"])]  # exact, not rounded
+        for result in results:
+            assert (result.task_type, result.dataset_name, result.dataset_split) == (
+                "text-generation", "sample_dialogues.json", "validation")
+            assert result.dataset_revision == file_sha256(REPO / "data" / "sample_dialogues.json")
+            assert result.dataset_args == {"validation_split_ratio": 0.2, "split_seed": 42, "max_dialogues": 80,
+                                           "data_path": "data/sample_dialogues.json"}
+        model_index = card.data.to_dict()["model-index"]
+        assert model_index[0]["name"] == run_dir.name and len(model_index[0]["results"]) == 1  # one dataset, 2 metrics
+        assert model_index_to_eval_results(model_index)[1] == results
+
+
+def test_card_body_shows_each_epoch_and_the_adapter(pair):
+    full, lora = pair
+    for run_dir in pair:
+        text = load_card(run_dir / "README.md").text
+        history = read_json(run_dir / "trainer_state.json")["log_history"]
+        evals = [e for e in history if "eval_token_loss" in e]
+        steps = sorted({e["step"] for e in evals})
+        for step in steps:
+            entry = next(e for e in evals if e["step"] == step)
+            train_loss = [e["loss"] for e in history if "loss" in e and e["step"] <= step][-1]
+            best = " best |" if read_json(run_dir / "train_results.json")["best_checkpoint"].endswith(f"-{step}") else "  |"
+            assert (f"| {entry['epoch']:g} | {step} | {train_loss:.4f} | {entry['eval_token_loss']:.4f} | "
+                    f"{entry['eval_perplexity']:.2f} |{best}") in text
+        assert "The weights here are the best checkpoint's" in text
+    adapter = read_json(lora / "adapter_config.json")
+    targets = ", ".join(sorted(adapter["target_modules"]))
+    assert sorted(adapter["target_modules"]) == ["c_attn", "c_fc", "c_proj"]  # GPT-2's defaults, as PEFT resolved them
+    text = load_card(lora / "README.md").text
+    assert f"| LoRA | r 8, alpha 16, dropout 0.05, modules {targets} |" in text
+    assert f"A LoRA adapter (r=8, alpha=16, on {targets})" in text
+
+
+def test_evaluating_the_run_puts_its_figures_in_the_card(pair, tmp_path):
+    run_dir = Path(shutil.copytree(pair[1], tmp_path / "smoke-lora", ignore=shutil.ignore_patterns("checkpoint-*")))
+    result = subprocess.run([sys.executable, "scripts/evaluate.py", "--model_path", str(run_dir), "--num_samples", "4",
+                             "--max_new_tokens", "8", "--wandb", "off"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"model card: {run_dir / 'README.md'}" in result.stdout
+    evaluation = read_json(run_dir / "evaluation.json")
+    results = load_card(run_dir / "README.md").data.eval_results
+    training, posthoc = results[:2], results[2:]
+    assert [r.metric_value for r in training] == [read_json(run_dir / "eval_results.json")[k]
+                                                  for k in ("eval_perplexity", "eval_token_loss")]
+    speakers = evaluation["perplexity"]["per_speaker"]
+    assert [(r.metric_type, r.metric_value) for r in posthoc] == [
+        ("perplexity", evaluation["perplexity"]["perplexity"]), ("loss", evaluation["perplexity"]["token_loss"]),
+        *[("perplexity", speakers[name]["perplexity"]) for name in speakers],
+        ("distinct-2", evaluation["quality"]["distinct_2"]), ("clean_end_share", evaluation["quality"]["clean_end_share"])]
+    assert [r.metric_name for r in posthoc[2:4]] == [f"Perplexity of {name}'s turns (scripts/evaluate.py)"
+                                                     for name in ("Alex", "Bob")]
+    assert {(r.dataset_name, r.dataset_split, r.dataset_revision) for r in posthoc} == {
+        ("sample_dialogues.json", "validation", evaluation["data"]["data_sha256"])}
+
+    # A checkpoint's evaluation goes to its own folder and leaves the run's card alone.
+    card_before = (pair[0] / "README.md").read_text()
+    checkpoint = pair[0] / "checkpoint-7"
+    result = subprocess.run([sys.executable, "scripts/evaluate.py", "--model_path", str(checkpoint), "--num_samples",
+                             "1", "--max_new_tokens", "2", "--wandb", "off", "--output_file",
+                             str(tmp_path / "checkpoint.json")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "model card:" not in result.stdout
+    assert (pair[0] / "README.md").read_text() == card_before
