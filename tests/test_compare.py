@@ -44,7 +44,7 @@ def test_report_puts_full_and_lora_side_by_side(runs, tmp_path):
                   "quality": {"distinct_1": 0.25, "distinct_2": 0.7125, "repeat_share": 0.1, "clean_end_share": 1.0}}
     (full / "evaluation.json").write_text(json.dumps(evaluation))
 
-    report_path, plot_path = compare_runs([full, lora], tmp_path / "out" / "report.md")
+    report_path, plot_path, _ = compare_runs([full, lora], tmp_path / "out" / "report.md")
     report = report_path.read_text()
     assert plot_path == tmp_path / "out" / "report.png" and "![Train and eval loss per epoch](report.png)" in report
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot_path.stat().st_size > 10_000
