@@ -43,8 +43,10 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     quality = posthoc.get("quality") or {}
     environment = read_json_file(run.environment) or {}
     history = (read_json_file(run.trainer_state) or {}).get("log_history") or []
-    adapter = read_json_file(run.path / ADAPTER_CONFIG) or {}
     wandb_record = read_wandb_record(run_dir) or {}
+    resolved = (read_json_file(run.path / ADAPTER_CONFIG) or {}).get("target_modules")
+    if resolved:  # the adapted modules as PEFT resolved them (all-linear, a family's default), not as asked
+        config["lora_target_modules"] = sorted(resolved) if isinstance(resolved, list) else [resolved]
 
     lora = bool(config.get("use_lora")) and not merged
     base = config.get("model_name_or_path", "unknown")
@@ -66,13 +68,12 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
         eval_results=card_eval_results(config, environment, evaluation, posthoc) or None,
     )
 
-    what = _what_it_is(config, adapter, base, lora, merged)
-    lines = [f"# {name}", "", f"{what}, trained on multi-speaker dialogues with the dialogue-finetune recipe ({mode}).",
-             ""]
+    lines = [f"# {name}", "", f"{_what_it_is(config, base, lora, merged)}, trained on multi-speaker dialogues "
+             f"with the dialogue-finetune recipe ({mode}).", ""]
     lines += _data_section(report, data_path, dataset_on_hub)
     # The run's files (run_config.yaml among them) sit in the run directory, or in the adapter repo once pushed.
     replay = None if merged and hub_model_id else RunDir("MODEL_DIR" if hub_model_id else run_dir).replay_command()
-    lines += _recipe_section(config, environment, replay, adapter)
+    lines += _recipe_section(config, environment, replay)
     lines += _results_section(train, evaluation, quality, run_dir)
     lines += epoch_table(history, train.get("best_checkpoint"), bool(config.get("load_best_model_at_end")))
     lines += _usage_section(run, hub_model_id, config, report, lora, merged)
@@ -82,10 +83,10 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     return ModelCard(content)
 
 
-def _what_it_is(config: dict, adapter: dict, base: str, lora: bool, merged: bool) -> str:
+def _what_it_is(config: dict, base: str, lora: bool, merged: bool) -> str:
     if lora:
         what = (f"A LoRA adapter (r={config.get('lora_r')}, alpha={config.get('lora_alpha')}, on "
-                f"{_lora_targets(config, adapter)}) for `{base}`")
+                f"{_lora_targets(config)}) for `{base}`")
     elif merged:
         what = f"`{base}` with its LoRA adapter merged in (a full model)"
     else:
@@ -122,7 +123,7 @@ def _data_section(report: dict, data_path: str, dataset_on_hub: bool) -> list[st
     return lines + [""]
 
 
-def _recipe_section(config: dict, environment: dict, replay: str | None, adapter: dict) -> list[str]:
+def _recipe_section(config: dict, environment: dict, replay: str | None) -> list[str]:
     world_size = ((environment.get("device") or {}).get("world_size")) or 1
     batch = (config.get("per_device_train_batch_size") or 0) * (config.get("gradient_accumulation_steps") or 1)
     # run_config.yaml keeps the precision as asked (None: automatic); environment.json has what was used.
@@ -144,7 +145,7 @@ def _recipe_section(config: dict, environment: dict, replay: str | None, adapter
     ]
     if config.get("use_lora"):
         rows.insert(1, ("LoRA", f"r {config.get('lora_r')}, alpha {config.get('lora_alpha')}, dropout "
-                                f"{config.get('lora_dropout')}, modules {_lora_targets(config, adapter)}"))
+                                f"{config.get('lora_dropout')}, modules {_lora_targets(config)}"))
     packages = environment.get("packages") or {}
     device = environment.get("device") or {}
     lines = ["## Training recipe", "", "| option | value |", "|---|---|"]
@@ -298,11 +299,7 @@ def refresh_model_cards(run_dir: str | os.PathLike) -> list[Path]:
     return written
 
 
-def _lora_targets(config: dict, adapter: dict | None = None) -> str:
-    """The adapted modules as PEFT resolved them (adapter_config.json), else as asked; unset means the
-    recipe's default for the model."""
-    resolved = (adapter or {}).get("target_modules")
-    if resolved:
-        return ", ".join(sorted(resolved)) if isinstance(resolved, (list, tuple, set)) else str(resolved)
+def _lora_targets(config: dict) -> str:
+    """The adapted modules as asked; unset means the recipe's default for the model."""
     targets = config.get("lora_target_modules")
     return ", ".join(targets) if targets else "the default modules (GPT-2's c_attn, c_proj, c_fc, else all linear layers)"
