@@ -128,8 +128,8 @@ def grid_cells(args: SweepArguments) -> list[Cell]:
                 rate = float(_recipe_value(recipe, DialogueTrainingArguments, "learning_rate"))
                 options["learning_rate"] = f"{rate * float(values['learning_rate_scale']):.6g}"
             if "lora_r" in values and values["lora_r"].isdigit() and alpha_follows_rank:
-                ratio = _recipe_value(recipe, LoraArguments, "lora_alpha") / _recipe_value(recipe, LoraArguments, "lora_r")
-                options["lora_alpha"] = str(max(1, round(int(values["lora_r"]) * ratio)))
+                alpha, rank = (_recipe_value(recipe, LoraArguments, name) for name in ("lora_alpha", "lora_r"))
+                options["lora_alpha"] = str(max(1, round(int(values["lora_r"]) * alpha / rank)))
             name = _cell_name(mode, values)
             cells.setdefault(name, Cell(name, mode, recipes[mode], options, values))
     return list(cells.values())
@@ -240,7 +240,8 @@ class Sweep:
         for cell in self.cells:  # a cell's folder is kept only if it was trained as this grid asks (W&B aside)
             recorded = self.status(cell).get("train_arguments")
             wanted = train_arguments(self.args, cell, self.dir / cell.name, self.name)
-            if recorded and _training_part(recorded) != _training_part(wanted) and RunDir(self.dir / cell.name).is_recipe_run():
+            trained = RunDir(self.dir / cell.name).is_recipe_run()
+            if recorded and trained and _training_part(recorded) != _training_part(wanted):
                 raise ConfigError(
                     f"{self.dir / cell.name} was trained by this sweep with other options ({shlex.join(recorded)}); "
                     f"now: {shlex.join(wanted)}. Use another --sweep_dir, or delete that folder to train it again")
@@ -251,7 +252,9 @@ class Sweep:
         failed = []
         for index, cell in enumerate(self.cells, start=1):
             logger.info("== [%d/%d] %s (%s)", index, len(self.cells), cell.name, self.dir / cell.name)
-            if not self.train(cell) or not self.evaluate(cell):
+            if self.train(cell):
+                self.evaluate(cell)
+            else:
                 failed.append(cell)
         return failed
 
@@ -279,10 +282,11 @@ class Sweep:
             logger.warning("   %s failed (exit %s); the sweep goes on with the next cell", cell.name, code)
         return status["status"] == "finished"
 
-    def evaluate(self, cell: Cell) -> bool:
+    def evaluate(self, cell: Cell) -> None:
+        """scripts/evaluate.py on a finished cell that has no evaluation.json; a failure leaves n/a in the report."""
         run, status = RunDir(self.dir / cell.name), self.status(cell)
         if not self.args.evaluate or run.evaluation.is_file():
-            return True
+            return
         command = [sys.executable, EVALUATE_SCRIPT, "--model_path", str(run.path),
                    *shlex.split(self.args.evaluate_options)]
         code = run_child(command)
@@ -293,7 +297,6 @@ class Sweep:
                                    f"run the same command to resume: {self.command_line}")
         if code != 0:
             logger.warning("   evaluating %s failed (exit %s): its per-speaker figures show n/a", cell.name, code)
-        return True  # a run without its evaluation is still in the report
 
     def report(self, failed: list[Cell]) -> Path:
         from .comparison import compare_runs

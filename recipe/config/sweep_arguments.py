@@ -72,7 +72,8 @@ class SweepArguments:
                           "--nproc_per_node 2' (default: this Python)."},
     )
     train_script: str = field(
-        default="scripts/train.py", metadata={"help": "The training script each run calls (or a wrapper with its options)."}
+        default="scripts/train.py",
+        metadata={"help": "The training script each run calls (or a wrapper taking the same options)."},
     )
     retry_failed: bool = field(
         default=False,
