@@ -84,8 +84,11 @@ class TrainingReplies(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
-        # A resumed run keeps the rows up to its checkpoint; evaluations after it are run (and sampled) again.
-        kept = [row for row in read_samples(self.path) if row.get("step", 0) <= state.global_step]
+        # A resumed run keeps the rows up to its checkpoint; evaluations after it are run (and sampled) again, and
+        # so is the one at its step with eval_on_start. A fresh start (step 0) keeps none.
+        step = state.global_step
+        kept = [row for row in read_samples(self.path)
+                if row.get("step", 0) < step or (row.get("step") == step and step > 0 and not args.eval_on_start)]
         self.rows = kept
         if self.path.is_file():
             atomic_write_jsonl(self.path, kept)
