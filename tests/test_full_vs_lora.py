@@ -188,7 +188,7 @@ def test_card_metadata_holds_the_exact_validation_figures(pair):
         evaluation = read_json(run_dir / "eval_results.json")
         results = card.data.eval_results
         assert [(r.metric_type, r.metric_value) for r in results] == [
-            ("perplexity", evaluation["eval_perplexity"]), ("loss", evaluation["eval_token_loss"])]  # exact, not rounded
+            ("perplexity", evaluation["eval_perplexity"]), ("loss", evaluation["eval_token_loss"])]  # exact values
         for result in results:
             assert (result.task_type, result.dataset_name, result.dataset_split) == (
                 "text-generation", "sample_dialogues.json", "validation")
@@ -210,7 +210,8 @@ def test_card_body_shows_each_epoch_and_the_adapter(pair):
         for step in steps:
             entry = next(e for e in evals if e["step"] == step)
             train_loss = [e["loss"] for e in history if "loss" in e and e["step"] <= step][-1]
-            best = " best |" if read_json(run_dir / "train_results.json")["best_checkpoint"].endswith(f"-{step}") else "  |"
+            best_checkpoint = read_json(run_dir / "train_results.json")["best_checkpoint"]
+            best = " best |" if best_checkpoint.endswith(f"-{step}") else "  |"
             assert (f"| {entry['epoch']:g} | {step} | {train_loss:.4f} | {entry['eval_token_loss']:.4f} | "
                     f"{entry['eval_perplexity']:.2f} |{best}") in text
         assert "The weights here are the best checkpoint's" in text
@@ -238,7 +239,8 @@ def test_evaluating_the_run_puts_its_figures_in_the_card(pair, tmp_path):
     assert [(r.metric_type, r.metric_value) for r in posthoc] == [
         ("perplexity", evaluation["perplexity"]["perplexity"]), ("loss", evaluation["perplexity"]["token_loss"]),
         *[("perplexity", speakers[name]["perplexity"]) for name in speakers],
-        ("distinct-2", evaluation["quality"]["distinct_2"]), ("clean_end_share", evaluation["quality"]["clean_end_share"])]
+        ("distinct-2", evaluation["quality"]["distinct_2"]),
+        ("clean_end_share", evaluation["quality"]["clean_end_share"])]
     assert [r.metric_name for r in posthoc[2:4]] == [f"Perplexity of {name}'s turns (scripts/evaluate.py)"
                                                      for name in ("Alex", "Bob")]
     assert {(r.dataset_name, r.dataset_split, r.dataset_revision) for r in posthoc} == {

@@ -112,7 +112,8 @@ def test_an_interrupted_sweep_resumes_where_it_stopped_and_ends_in_a_report(tmp_
         record = read_json(cell / "wandb_run.json")
         run_record, config, _, _ = read_offline_run(record["run_dir"])
         assert run_record.run_group == "smoke-test" and run_record.display_name == cell.name
-        assert {f"cell:{cell.name}", "sweep:smoke-test", "learning_rate_scale=1", config["mode"]} <= set(run_record.tags)
+        tags = set(run_record.tags)
+        assert {f"cell:{cell.name}", "sweep:smoke-test", "learning_rate_scale=1", config["mode"]} <= tags
         assert config["lora_rank"] == (8 if cell == lora else None)
 
     report = (sweep / "report.md").read_text()
