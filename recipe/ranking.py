@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .comparison import RunSummary
+from .comparison import RunSummary, _fmt
 
 # The costs a front is drawn against: (title, unit, value of a run); lower is better, as for perplexity.
 COSTS: dict[str, tuple[str, Callable[[RunSummary], float | None]]] = {
@@ -21,10 +21,6 @@ COSTS: dict[str, tuple[str, Callable[[RunSummary], float | None]]] = {
 }
 # A LoRA run whose perplexity is within this share of full fine-tuning's counts as matching it.
 MATCH_TOLERANCE = 0.02
-
-
-def _fmt(value, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def ranked(runs: list[RunSummary]) -> list[RunSummary]:
