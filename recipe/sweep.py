@@ -39,6 +39,7 @@ from .config import (
     parse_axis,
 )
 from .files import atomic_write_json
+from .redaction import redact_command
 from .run_dir import RunDir, read_json_file
 
 logger = logging.getLogger(__name__)
@@ -238,8 +239,8 @@ class Sweep:
                 raise ConfigError(f"{script} not found: run the sweep from the recipe's repository root")
         check_cells(self.args, self.cells, self.dir, self.name)
         for cell in self.cells:  # a cell's folder is kept only if it was trained as this grid asks (W&B aside)
-            recorded = self.status(cell).get("train_arguments")
-            wanted = train_arguments(self.args, cell, self.dir / cell.name, self.name)
+            recorded = self.status(cell).get("train_arguments")  # as recorded: secrets masked
+            wanted = redact_command(train_arguments(self.args, cell, self.dir / cell.name, self.name))
             trained = RunDir(self.dir / cell.name).is_recipe_run()
             if recorded and trained and _training_part(recorded) != _training_part(wanted):
                 raise ConfigError(
@@ -268,7 +269,7 @@ class Sweep:
                            status.get("exit_code"))
             return False
         arguments = train_arguments(self.args, cell, run.path, self.name)
-        status.update(mode=cell.mode, axes=cell.axes, options=cell.options, train_arguments=arguments,
+        status.update(mode=cell.mode, axes=cell.axes, options=cell.options, train_arguments=redact_command(arguments),
                       status="running", exit_code=None)
         self.save()
         code = run_child([*self.launcher, self.args.train_script, *arguments])
@@ -309,7 +310,7 @@ class Sweep:
                                                                   grid_axes(self.args.grid).items())
                  + f"; run again (resumes, then writes this report) with `{self.command_line}`."]
         if self.args.train_options:
-            notes.append(f"Every run also had `{shlex.join(self.args.train_options)}`.")
+            notes.append(f"Every run also had `{shlex.join(redact_command(self.args.train_options))}`.")
         if failed:
             notes.append("Not in the tables (no finished run): " + ", ".join(
                 f"{cell.name} (exit {self.status(cell).get('exit_code')})" for cell in failed) + ".")
@@ -323,14 +324,15 @@ def describe_cells(sweep: Sweep) -> str:
     lines = [f"{len(sweep.cells)} cells in {sweep.dir}:"]
     for cell in sweep.cells:
         arguments = train_arguments(sweep.args, cell, sweep.dir / cell.name, sweep.name)
-        lines.append(f"  {cell.name}: {shlex.join([*sweep.launcher, sweep.args.train_script, *arguments])}")
+        command = redact_command([*sweep.launcher, sweep.args.train_script, *arguments])
+        lines.append(f"  {cell.name}: {shlex.join(command)}")
     return "\n".join(lines)
 
 
 def run_sweep(args: SweepArguments, command_line: str | None = None) -> tuple[Path | None, list[Cell]]:
     """Run (or resume) the sweep, then write its report; returns (report, failed cells). With dry_run,
     prints the cells and runs nothing."""
-    sweep = Sweep(args, command_line or shlex.join([sys.executable, *sys.argv]))
+    sweep = Sweep(args, command_line or shlex.join(redact_command([sys.executable, *sys.argv])))  # no --hub_token
     if args.dry_run:
         sweep.check()
         print(describe_cells(sweep))

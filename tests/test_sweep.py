@@ -147,13 +147,17 @@ def test_a_failed_cell_stays_failed_until_asked_and_the_report_names_it(tmp_path
         return 1
 
     monkeypatch.setattr(recipe.sweep, "run_child", child)
+    secret = "hf_" + "s3cr3t" * 6
     args = SweepArguments(sweep_dir=str(tmp_path / "sweep"), grid=["lora_r=8", "learning_rate_scale=1"],
-                          evaluate=False)
+                          evaluate=False, train_options=["--hub_token", secret])
     report, failed = run_sweep(args, "python scripts/sweep.py ...")
     assert [cell.name for cell in failed] == ["lora-r8-lrx1"] and len(calls) == 2
     text = report.read_text()
     assert "Not in the tables (no finished run): lora-r8-lrx1 (exit 1)." in text and "| 1 | full-lrx1 |" in text
     assert "| 2 |" not in text
+    assert secret in calls[0]  # the cell gets its token; nothing the sweep writes holds it
+    for written in (report, Path(args.sweep_dir) / "sweep.json"):
+        assert secret not in written.read_text() and "***" in written.read_text()  # masked, as run records mask it
 
     calls.clear()
     finished = Path(args.sweep_dir) / "full-lrx1" / "train_results.json"
@@ -166,7 +170,8 @@ def test_a_failed_cell_stays_failed_until_asked_and_the_report_names_it(tmp_path
     # Other training options over the same folders are refused, naming the cell and what to do (W&B aside).
     with pytest.raises(ConfigError, match="full-lrx1 was trained by this sweep with other options .* Use another "
                                           "--sweep_dir, or delete that folder"):
-        run_sweep(SweepArguments(**dict(args.__dict__, train_options=["--logging_steps", "5"])), "...")
+        run_sweep(SweepArguments(**dict(args.__dict__, train_options=["--hub_token", secret, "--logging_steps", "5"])),
+                  "...")
     calls.clear()
     run_sweep(SweepArguments(**dict(args.__dict__, use_wandb=True)), "...")
     assert len(calls) == 0
