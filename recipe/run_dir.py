@@ -25,10 +25,10 @@ DATA_REPORT = "data_report.json"
 TRAIN_RESULTS = "train_results.json"  # written last: its presence means the run finished
 EVAL_RESULTS = "eval_results.json"
 TRAINER_STATE = "trainer_state.json"
+SAMPLES = "samples.jsonl"  # replies to the same validation prompts at every evaluation during training
 MODEL_CARD = "README.md"
 WANDB_RECORD = "wandb_run.json"  # id, project, entity, mode and local directory of the run's W&B run
 EVALUATION = "evaluation.json"  # written by scripts/evaluate.py
-SAMPLES = "samples.jsonl"  # replies to the same validation prompts at every evaluation during training
 RUN_LOCK = ".run.lock"  # held (flock) by the run writing this directory; hidden: never pushed, never counted as content
 BASE_MODEL_DIR = "base_model"  # the random base of a LoRA run on a random_init model
 MERGED_DIR = "merged"  # a LoRA run's base + adapter merged (merge_lora)
@@ -122,6 +122,10 @@ class RunDir:
         return self.path / TRAINER_STATE
 
     @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES
+
+    @property
     def model_card(self) -> Path:
         return self.path / MODEL_CARD
 
@@ -132,10 +136,6 @@ class RunDir:
     @property
     def evaluation(self) -> Path:
         return self.path / EVALUATION
-
-    @property
-    def samples(self) -> Path:
-        return self.path / SAMPLES
 
     @property
     def lock(self) -> Path:

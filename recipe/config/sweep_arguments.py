@@ -68,8 +68,8 @@ class SweepArguments:
     )
     launcher: str | None = field(
         default=None,
-        metadata={"help": "The command that runs the training script, e.g. 'accelerate launch' or 'torchrun "
-                          "--nproc_per_node 2' (default: this Python)."},
+        metadata={"help": "The command that runs the training script, e.g. 'accelerate launch --config_file "
+                          "accelerate_configs/multi_gpu.yaml' or 'torchrun --nproc_per_node 2' (default: this Python)."},
     )
     train_script: str = field(
         default="scripts/train.py",
