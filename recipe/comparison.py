@@ -33,11 +33,20 @@ class RunSummary:
     device: str | None
     train_curve: list[tuple[float, float]] = field(default_factory=list)
     eval_curve: list[tuple[float, float]] = field(default_factory=list)
+    per_speaker: dict[str, float] = field(default_factory=dict)  # perplexity per speaker, from evaluation.json
 
     @property
     def mode(self) -> str:
         mode = self.train.get("mode") or ("lora" if self.config.get("use_lora") else "full")
         return "LoRA" if mode == "lora" else "full"
+
+    @property
+    def lora_rank(self) -> int | None:
+        return self.config.get("lora_r") if self.mode == "LoRA" else None
+
+    @property
+    def perplexity(self) -> float | None:
+        return self.evaluation.get("eval_perplexity")
 
 
 def _problem(run_dir: Path) -> str | None:
@@ -67,16 +76,19 @@ def read_run(run_dir: str | os.PathLike, label: str | None = None) -> RunSummary
             eval_epochs.add(entry["epoch"])
             eval_curve.append((float(entry["epoch"]), float(entry["eval_token_loss"])))
     device = ((read_json_file(run.environment) or {}).get("device")) or {}
+    posthoc = read_json_file(run.evaluation) or {}
+    per_speaker = ((posthoc.get("perplexity") or {}).get("per_speaker")) or {}
     return RunSummary(
         run_dir=run.path,
         label=label or run.path.name,
         config=run.read_config(),
         train=read_json_file(run.train_results) or {},
         evaluation=read_json_file(run.eval_results) or {},
-        quality=(read_json_file(run.evaluation) or {}).get("quality"),
+        quality=posthoc.get("quality"),
         device=" ".join(str(v) for v in (device.get("type"), device.get("name")) if v) or None,
         train_curve=train_curve,
         eval_curve=eval_curve,
+        per_speaker={name: figures["perplexity"] for name, figures in per_speaker.items()},
     )
 
 
@@ -135,14 +147,27 @@ def comparison_rows(runs: list[RunSummary]) -> list[tuple[str, list[str]]]:
     ]
 
 
-def comparison_markdown(runs: list[RunSummary], plot_name: str | None) -> str:
-    header = "| | " + " | ".join(run.label for run in runs) + " |"
-    title = "# Run comparison: " + " vs ".join(run.label for run in runs)
-    lines = [title, "", header, "|---" * (len(runs) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in comparison_rows(runs)]
-    lines.append("")
+# Beyond this many runs the side-by-side table (one column per run) is too wide to read; the ranking stays.
+SIDE_BY_SIDE_MAX_RUNS = 4
+
+
+def comparison_markdown(runs: list[RunSummary], plot_name: str | None, pareto_plot_name: str | None = None,
+                        title: str | None = None, notes: list[str] = ()) -> str:
+    """The report: the side-by-side table (up to SIDE_BY_SIDE_MAX_RUNS runs), the runs ranked by eval perplexity,
+    the Pareto fronts, the best full and LoRA runs, the plots, then what each figure is."""
+    from .ranking import decision_markdown, pareto_markdown, ranking_markdown
+
+    lines = [title or "# Run comparison: " + " vs ".join(run.label for run in runs), ""]
+    if len(runs) <= SIDE_BY_SIDE_MAX_RUNS:
+        lines += ["| | " + " | ".join(run.label for run in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in comparison_rows(runs)]
+        lines.append("")
+    lines += ["## Ranked by eval perplexity", "", *ranking_markdown(runs), "", "## Pareto fronts", "",
+              *pareto_markdown(runs), "", "## Full fine-tuning against LoRA", "", *decision_markdown(runs), ""]
     if plot_name:
         lines += [f"![Train and eval loss per epoch]({plot_name})", ""]
+    if pareto_plot_name:
+        lines += [f"![Eval perplexity against wall time and trainable parameters]({pareto_plot_name})", ""]
     lines += [
         "- Runs: " + ", ".join(f"{run.label} = `{run.run_dir}`" for run in runs) + ".",
         "- Eval loss is `eval_token_loss`: the validation set's total negative log-likelihood over its predicted "
@@ -150,6 +175,9 @@ def comparison_markdown(runs: list[RunSummary], plot_name: str | None) -> str:
         "Trainer's mean over its last logging window.",
         "- Tokens/s counts real tokens (padding excluded). Peak memory is the process's peak resident memory on "
         "CPU, and peak allocated GPU memory on CUDA: compare runs of one device only.",
+        "- A run is on a Pareto front when no other run has both a lower (or equal) perplexity and a lower (or "
+        "equal) cost. Per-speaker perplexity, clean ends and distinct-2 come from scripts/evaluate.py "
+        "(evaluation.json: every speaker's tokens, float32 weights).",
     ]
     missing = [run for run in runs if run.quality is None]
     if missing:
@@ -159,29 +187,31 @@ def comparison_markdown(runs: list[RunSummary], plot_name: str | None) -> str:
     else:
         lines.append("- Distinct-1/2: share of distinct words / word pairs in the replies sampled by "
                      "scripts/evaluate.py (evaluation.json).")
+    lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
 def plot_loss_curves(runs: list[RunSummary], path: str | os.PathLike) -> Path:
-    """Train and eval loss of every run on shared axes (x: epoch); one colour per run."""
+    """Train loss (left) and eval loss (right) of every run per epoch, one colour per run, in one figure."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, (train_axes, eval_axes) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
     for index, run in enumerate(runs):
-        color = colors[index % len(colors)]
+        color = palette(index % palette.N)
         if run.train_curve:
-            axes.plot(*zip(*run.train_curve), color=color, linewidth=1.2, marker=".", label=f"{run.label} train")
+            train_axes.plot(*zip(*run.train_curve), color=color, linewidth=1.2, marker=".", label=run.label)
         if run.eval_curve:
-            axes.plot(*zip(*run.eval_curve), color=color, linestyle="--", marker="o", label=f"{run.label} eval")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("loss (nats per token)")
-    axes.set_title("Train and eval loss")
-    axes.grid(alpha=0.3)
-    axes.legend()
+            eval_axes.plot(*zip(*run.eval_curve), color=color, linestyle="--", marker="o", label=run.label)
+    for axes, title in ((train_axes, "Train loss"), (eval_axes, "Eval loss (exact, per token)")):
+        axes.set_xlabel("epoch")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+    train_axes.set_ylabel("loss (nats per token)")
+    eval_axes.legend(fontsize=8 if len(runs) > 4 else 10, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,12 +220,16 @@ def plot_loss_curves(runs: list[RunSummary], path: str | os.PathLike) -> Path:
     return path
 
 
-def compare_runs(run_dirs: list[str | os.PathLike], output: str | os.PathLike) -> tuple[Path, Path]:
-    """Write the Markdown report to `output` and its plot next to it (same name, .png); return both paths."""
+def compare_runs(run_dirs: list[str | os.PathLike], output: str | os.PathLike, title: str | None = None,
+                 notes: list[str] = ()) -> tuple[Path, Path, Path]:
+    """Write the Markdown report to `output`, the loss plot next to it (same name, .png) and the Pareto plot
+    (NAME-pareto.png); return the three paths."""
     from .files import atomic_write_text
+    from .ranking import plot_pareto
 
     runs = read_runs(run_dirs)
     output = Path(output)
     plot = plot_loss_curves(runs, output.with_suffix(".png"))
-    atomic_write_text(output, comparison_markdown(runs, plot.name))
-    return output, plot
+    pareto = plot_pareto(runs, output.with_name(f"{output.stem}-pareto.png"))
+    atomic_write_text(output, comparison_markdown(runs, plot.name, pareto.name, title, notes))
+    return output, plot, pareto

@@ -16,12 +16,12 @@ import torch
 from .config import ConfigError, DataArguments, GenerationArguments, ModelArguments, load_recipe_yaml
 from .data import IGNORE_INDEX, Dialogue, DialogueCollator, load_dialogue_splits, read_dialogues, tokenize_dialogues
 from .files import file_sha256
-from .generation import generate_replies, prompts_from_dialogues, read_prompts_file, turn_end
+from .generation import prompts_from_dialogues, read_prompts_file, reply_samples
 from .hub import is_hub_id
 from .loss import label_nll
 from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures
 from .run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, CHECKPOINT_PREFIX, EVALUATION, RunDir, read_json_file, weights_file
-from .tracking import POSTHOC_EVAL_PREFIX, log_evaluation_to_wandb, read_wandb_record
+from .tracking import POSTHOC_EVAL_PREFIX, log_evaluation_to_wandb, read_wandb_record, refresh_model_cards
 
 
 @dataclass
@@ -286,6 +286,15 @@ def default_output_file(model_path: str) -> Path:
     return Path(f"evaluation-{model_path.replace('/', '--')}.json")
 
 
+def refresh_run_card(model_path: str, output_file: str | os.PathLike) -> list[Path]:
+    """Write the run's model card again, with this evaluation's figures in its model-index, when the run's
+    final model was evaluated into the run's own evaluation.json (the file the card reads)."""
+    run = RunDir(model_path)
+    if not run.is_finished() or Path(output_file).resolve() != run.evaluation.resolve():
+        return []
+    return refresh_model_cards(run.path)
+
+
 def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
     """Perplexity on the run's validation split (or a file), samples, quality measures: the content of evaluation.json."""
     started = time.time()
@@ -314,17 +323,7 @@ def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
             dialogues, data_args, loaded.tokenizer, eval_args.num_samples, eval_args.context_turns
         )
         prompts_source = f"first {eval_args.context_turns} turn(s) of {len(prompts)} evaluation dialogues"
-    separator, turn_end_ids = turn_end(data_args, loaded.tokenizer)
-    replies = generate_replies(
-        loaded.model, loaded.tokenizer, [p.prompt for p in prompts], gen_args, separator,
-        eval_args.batch_size, add_special_tokens=not data_args.use_chat_template, turn_end_ids=turn_end_ids,
-    )
-    samples = [
-        {"prompt": p.prompt, "reply": r.text, "reference": p.reference, "speaker": p.speaker, "ended_by": r.ended_by,
-         "new_tokens": r.new_tokens}
-        for p, group in zip(prompts, replies)
-        for r in group
-    ]
+    samples = reply_samples(loaded.model, loaded.tokenizer, prompts, data_args, gen_args, eval_args.batch_size)
     return {
         "model": {
             "path": eval_args.model_path,

@@ -160,6 +160,23 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
     return replies
 
 
+def reply_samples(model, tokenizer, prompts: list[Prompt], data_args: DataArguments, gen_args: GenerationArguments,
+                  batch_size: int = 8) -> list[dict[str, Any]]:
+    """Replies to prompts, one record each as evaluation.json and samples.jsonl hold them: prompt, reply,
+    reference, speaker, how it ended (eos, turn_end or max_new_tokens) and the tokens generated."""
+    separator, turn_end_ids = turn_end(data_args, tokenizer)
+    replies = generate_replies(
+        model, tokenizer, [p.prompt for p in prompts], gen_args, separator, batch_size,
+        add_special_tokens=not data_args.use_chat_template, turn_end_ids=turn_end_ids,
+    )
+    return [
+        {"prompt": p.prompt, "reply": r.text, "reference": p.reference, "speaker": p.speaker, "ended_by": r.ended_by,
+         "new_tokens": r.new_tokens}
+        for p, group in zip(prompts, replies)
+        for r in group
+    ]
+
+
 def prompt_ids(tokenizer, prompt: str, add_special_tokens: bool) -> list[int]:
     """Token ids of a prompt as training wrote its text: with the tokenizer's BOS, but without an EOS
     that the tokenizer appends (some Llama tokenizers do), which would end the dialogue before the reply."""

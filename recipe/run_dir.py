@@ -25,6 +25,7 @@ DATA_REPORT = "data_report.json"
 TRAIN_RESULTS = "train_results.json"  # written last: its presence means the run finished
 EVAL_RESULTS = "eval_results.json"
 TRAINER_STATE = "trainer_state.json"
+SAMPLES = "samples.jsonl"  # replies to the same validation prompts at every evaluation during training
 MODEL_CARD = "README.md"
 WANDB_RECORD = "wandb_run.json"  # id, project, entity, mode and local directory of the run's W&B run
 EVALUATION = "evaluation.json"  # written by scripts/evaluate.py
@@ -121,6 +122,10 @@ class RunDir:
     @property
     def trainer_state(self) -> Path:
         return self.path / TRAINER_STATE
+
+    @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES
 
     @property
     def model_card(self) -> Path:

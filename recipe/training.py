@@ -243,10 +243,10 @@ def run_training(
     check_disk_space(run, model, training_args, lora_args, total_steps(len(prepared.train_dataset), training_args),
                      resume, state)
 
-    training_args = tracker.configure(training_args, resume)  # W&B run started; Hub pushes off if unreachable
+    training_args = tracker.configure(training_args, resume, parameters)  # W&B started; Hub off if unreachable
     trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
     attach_training_guard(trainer, run)  # stop and save on SIGTERM / Ctrl-C; stop on a non-finite loss
-    tracker.attach(trainer)
+    tracker.attach(trainer, prepared, data_args)  # with replies to validation prompts at each evaluation
     train_metrics, eval_metrics = train_and_evaluate(trainer, prepared, lora_args, parameters, resume)
 
     save_final_model(trainer, tokenizer, lora_args, run.path)

@@ -1,11 +1,14 @@
-"""Compare finished runs side by side (full fine-tuning against LoRA): a Markdown table and a loss plot.
+"""Compare finished runs (full fine-tuning against LoRA, or a whole sweep): tables, a loss plot, Pareto fronts.
 
     python scripts/compare.py outputs/smoke-full outputs/smoke-lora
     python scripts/compare.py outputs/distilgpt2-full outputs/distilgpt2-lora --output outputs/comparison.md
+    python scripts/compare.py outputs/sweep-smoke/*/ --output outputs/sweep-smoke/report.md
 
-Writes the report (default comparison.md) and, next to it, the plot of train and eval loss per epoch
-(same name, .png). Reads only the run directories: works offline, without W&B. Diversity (distinct-1/2)
-needs evaluation.json: python scripts/evaluate.py --model_path RUN_DIR.
+Writes the report (default comparison.md): the runs side by side (up to four), ranked by eval perplexity,
+the Pareto fronts of perplexity against wall time and trainable parameters, the best full and LoRA runs;
+next to it the plot of train and eval loss per epoch (same name, .png) and the Pareto plot (NAME-pareto.png).
+Reads only the run directories: works offline, without W&B. Per-speaker perplexity and diversity
+(distinct-1/2) need evaluation.json: python scripts/evaluate.py --model_path RUN_DIR.
 """
 
 import argparse
@@ -15,9 +18,9 @@ from recipe.comparison import compare_runs
 
 
 def main(run_dirs: list[str], output: str) -> None:
-    report, plot = compare_runs(run_dirs, output)
+    report, plot, pareto = compare_runs(run_dirs, output)
     print(report.read_text(encoding="utf-8"))
-    print(f"report: {report}\nplot: {plot}")
+    print(f"report: {report}\nplots: {plot}, {pareto}")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ and their quality. By default on the validation split of the run that produced t
     python scripts/evaluate.py --model_path distilgpt2 --data_config outputs/distilgpt2-full/run_config.yaml
 
 Writes MODEL_DIR/evaluation.json (or --output_file) and prints a table; logs to W&B when the
-training run did (see --wandb).
+training run did (see --wandb). Evaluating a run's final model also writes its model card again, with
+these figures in its metadata (model-index).
 """
 
 from recipe.cli import setup_logging, user_errors
 from recipe.config import EvaluationArguments, GenerationArguments, RecipeParser
-from recipe.evaluation import default_output_file, evaluate_model, format_results, log_results_to_wandb
+from recipe.evaluation import default_output_file, evaluate_model, format_results, log_results_to_wandb, refresh_run_card
 from recipe.files import atomic_write_json
 
 
@@ -22,6 +23,8 @@ def main(eval_args: EvaluationArguments, gen_args: GenerationArguments) -> dict:
     atomic_write_json(output_file, results)
     print(format_results(results))
     print(f"results: {output_file}")
+    for card in refresh_run_card(eval_args.model_path, output_file):
+        print(f"model card: {card}")
     if eval_args.wandb != "off":
         log_results_to_wandb(eval_args, results)
     return results

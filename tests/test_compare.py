@@ -1,4 +1,5 @@
-"""scripts/compare.py and scripts/run_comparison.sh: full and LoRA runs side by side, from their files alone."""
+"""scripts/compare.py and scripts/run_comparison.sh: full and LoRA runs side by side, and N runs ranked with their
+Pareto fronts, from their files alone."""
 
 import json
 import os
@@ -44,7 +45,7 @@ def test_report_puts_full_and_lora_side_by_side(runs, tmp_path):
                   "quality": {"distinct_1": 0.25, "distinct_2": 0.7125, "repeat_share": 0.1, "clean_end_share": 1.0}}
     (full / "evaluation.json").write_text(json.dumps(evaluation))
 
-    report_path, plot_path = compare_runs([full, lora], tmp_path / "out" / "report.md")
+    report_path, plot_path, _ = compare_runs([full, lora], tmp_path / "out" / "report.md")
     report = report_path.read_text()
     assert plot_path == tmp_path / "out" / "report.png" and "![Train and eval loss per epoch](report.png)" in report
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot_path.stat().st_size > 10_000
@@ -118,3 +119,48 @@ def test_run_comparison_trains_both_reruns_over_finished_runs_and_compares(runs,
 def test_run_comparison_rejects_an_unknown_recipe():
     result = subprocess.run(["bash", "scripts/run_comparison.sh", "gpt5"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "unknown comparison 'gpt5'; use smoke or distilgpt2" in result.stderr
+
+
+def make_run(source, target, perplexity, runtime, trainable):
+    """A copy of a finished run with the figures the ranking reads set to known values."""
+    run_dir = copy_run(source, target)
+    for name, updates in (("eval_results.json", {"eval_perplexity": perplexity}),
+                          ("train_results.json", {"train_runtime": runtime, "trainable_parameters": trainable})):
+        (run_dir / name).write_text(json.dumps({**read_json(run_dir / name), **updates}))
+    return run_dir
+
+
+def test_n_runs_are_ranked_by_perplexity_with_their_pareto_fronts(runs, tmp_path):
+    from recipe.ranking import COSTS, pareto_front
+
+    full, lora = runs
+    made = [make_run(full, tmp_path / "a-full", 100.0, 10.0, 1000), make_run(lora, tmp_path / "b-lora", 120.0, 5.0, 100),
+            make_run(lora, tmp_path / "c-lora", 130.0, 8.0, 50), make_run(full, tmp_path / "d-full", 110.0, 20.0, 2000),
+            make_run(lora, tmp_path / "e-lora", 150.0, 5.0, 100)]
+    (made[1] / "evaluation.json").write_text(json.dumps({
+        "perplexity": {"per_speaker": {"Alex": {"perplexity": 111.0}, "Bob": {"perplexity": 125.5}}},
+        "quality": {"clean_end_share": 0.75, "distinct_2": 0.5}}))
+    summaries = [read_run(d) for d in made]
+    assert [r.label for r in pareto_front(summaries, COSTS["time"][1])] == ["b-lora", "a-full"]
+    assert [r.label for r in pareto_front(summaries, COSTS["parameters"][1])] == ["c-lora", "b-lora", "a-full"]
+
+    report_path, _, pareto_path = compare_runs(made, tmp_path / "sweep" / "report.md", title="# Sweep s: 5 runs")
+    report = report_path.read_text()
+    assert report.startswith("# Sweep s: 5 runs\n\n## Ranked by eval perplexity")  # no side-by-side for 5 runs
+    assert pareto_path.name == "report-pareto.png" and pareto_path.read_bytes()[:4] == b"\x89PNG"
+    ranked = [line for line in report.splitlines() if line[:4] in {"| 1 ", "| 2 ", "| 3 ", "| 4 ", "| 5 "}]
+    assert [line.split(" | ")[1] for line in ranked] == ["a-full", "d-full", "b-lora", "c-lora", "e-lora"]
+    assert ranked[2].split(" | ")[2:] == [
+        "LoRA", "8", "0.005", "100", "120.00", "111.00", "125.50", "75%", "0.500", "5.0",
+        f"{read_json(made[1] / 'train_results.json')['peak_memory_mb']:,.0f}", "time, parameters |"]
+    assert ranked[0].endswith("| time, parameters |") and ranked[1].endswith("|  |")
+    assert "- Perplexity against wall time (s): b-lora (120.00 at 5.0) -> a-full (100.00 at 10.0)." in report
+    assert ("- Perplexity against trainable parameters: c-lora (130.00 at 50) -> b-lora (120.00 at 100) -> "
+            "a-full (100.00 at 1,000).") in report
+    assert "- Best full: a-full, perplexity 100.00, 1,000 trainable parameters, 10.0 s" in report
+    assert ("- Full fine-tuning wins: the best LoRA's perplexity is 20.0% higher; it trains 10.00% as many parameters "
+            "as full fine-tuning, in 0.50x its wall time.") in report
+
+    close = make_run(lora, tmp_path / "f-lora", 101.0, 4.0, 10)
+    report = compare_runs([made[0], close], tmp_path / "close.md")[0].read_text()
+    assert "- LoRA matches full fine-tuning: its best perplexity is +1.0% from full's (within 2%)" in report

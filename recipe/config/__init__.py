@@ -4,6 +4,7 @@
 - `training_arguments`: `DialogueTrainingArguments` (HF `TrainingArguments` with the recipe's defaults)
   and the W&B / Hub tracking options.
 - `script_arguments`: generation, evaluation and chat options.
+- `sweep_arguments`: the sweep script's options (recipe pair, grid, where the runs go).
 - `parser`: `RecipeParser` (YAML recipe, then CLI flags) and the resolved config a run stores.
 """
 
@@ -19,9 +20,11 @@ from .parser import (
     save_resolved_config,
 )
 from .script_arguments import ChatArguments, EvaluationArguments, GenerationArguments
+from .sweep_arguments import DEFAULT_GRID, SweepArguments, parse_axis
 from .training_arguments import DialogueTrainingArguments, TrackingArguments
 
 __all__ = [
+    "DEFAULT_GRID",
     "DEFAULT_RECIPE",
     "RECIPE_DATACLASSES",
     "ChatArguments",
@@ -33,8 +36,10 @@ __all__ = [
     "LoraArguments",
     "ModelArguments",
     "RecipeParser",
+    "SweepArguments",
     "TrackingArguments",
     "load_recipe_yaml",
+    "parse_axis",
     "recipe_keys",
     "resolved_config",
     "save_resolved_config",

@@ -25,6 +25,7 @@ from ..files import atomic_write_text
 from .arguments import DataArguments, LoraArguments, ModelArguments
 from .errors import ConfigError, raise_all
 from .script_arguments import ChatArguments, EvaluationArguments, GenerationArguments
+from .sweep_arguments import SweepArguments
 from .training_arguments import DialogueTrainingArguments, TrackingArguments
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "distilgpt2-full.yaml"
@@ -39,6 +40,7 @@ RECIPE_DATACLASSES: list[type] = [
     GenerationArguments,
     EvaluationArguments,
     ChatArguments,
+    SweepArguments,
 ]
 
 # Fields of TrainingArguments that are set by launchers or are secrets: never read from or written to a recipe.

@@ -197,3 +197,28 @@ class TrackingArguments:
         default=None,
         metadata={"help": "LoRA with merge_lora and push_to_hub: also push merged/ (base + adapter) to this repo."},
     )
+    # --- Replies during training (see recipe/tracking/training_replies.py) ---
+    # A handful: each evaluation then costs a few greedy replies (README: seconds per evaluation measured).
+    eval_samples: int = field(
+        default=4,
+        metadata={"help": "Validation prompts answered (greedy) at every evaluation, the same ones each time and "
+                          "for full and LoRA runs of a recipe: to OUTPUT_DIR/samples.jsonl and W&B tables. 0: off."},
+    )
+    eval_sample_max_new_tokens: int = field(
+        default=32, metadata={"help": "Longest reply, in tokens, of the replies generated at each evaluation."}
+    )
+    eval_sample_context_turns: int = field(
+        default=1,
+        metadata={"help": "Turns of a validation dialogue given as context before the next speaker's cue "
+                          "(as scripts/evaluate.py's --context_turns)."},
+    )
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.eval_samples < 0:
+            errors.append(f"eval_samples is {self.eval_samples}; use 0 (off) or a few prompts, e.g. 4")
+        if self.eval_sample_max_new_tokens < 1:
+            errors.append(f"eval_sample_max_new_tokens is {self.eval_sample_max_new_tokens}; use at least 1")
+        if self.eval_sample_context_turns < 1:
+            errors.append(f"eval_sample_context_turns is {self.eval_sample_context_turns}; use at least 1")
+        raise_all(errors)

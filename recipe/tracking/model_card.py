@@ -1,6 +1,6 @@
 """The model card (README.md of a run directory and of its merged/ model), built from the run's own files:
-metadata the Hub reads (base_model, library_name, tags, datasets), data summary, recipe, results,
-and how to load, chat with and evaluate the model."""
+metadata the Hub reads (base_model, library_name, tags, datasets, model-index with the exact figures), data
+summary, recipe, results per epoch, and how to load, chat with and evaluate the model."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..config import ConfigError
 from ..files import atomic_write_text
 from ..hub import is_hub_id
 from ..run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, MERGED_DIR, MODEL_CARD, RUN_CONFIG, RunDir, read_json_file
+from .card_results import card_eval_results, epoch_table
 from .wandb_run import read_wandb_record, run_mode
 
 CARD_TAG = "dialogue-finetune"  # marks a model card as ours (push.py regenerates ours, never a hand-written one)
@@ -38,9 +39,14 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     train = read_json_file(run.train_results) or {}
     evaluation = read_json_file(run.eval_results) or {}
     report = read_json_file(run.data_report) or {}
-    quality = ((read_json_file(run.evaluation) or {}).get("quality")) or {}
+    posthoc = read_json_file(run.evaluation) or {}
+    quality = posthoc.get("quality") or {}
     environment = read_json_file(run.environment) or {}
+    history = (read_json_file(run.trainer_state) or {}).get("log_history") or []
     wandb_record = read_wandb_record(run_dir) or {}
+    resolved = (read_json_file(run.path / ADAPTER_CONFIG) or {}).get("target_modules")
+    if resolved:  # the adapted modules as PEFT resolved them (all-linear, a family's default), not as asked
+        config["lora_target_modules"] = sorted(resolved) if isinstance(resolved, list) else [resolved]
 
     lora = bool(config.get("use_lora")) and not merged
     base = config.get("model_name_or_path", "unknown")
@@ -59,6 +65,7 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
         tags=tags,
         datasets=[data_path] if dataset_on_hub else None,
         model_name=name,
+        eval_results=card_eval_results(config, environment, evaluation, posthoc) or None,
     )
 
     lines = [f"# {name}", "", f"{_what_it_is(config, base, lora, merged)}, trained on multi-speaker dialogues "
@@ -69,6 +76,7 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     replay = None if merged and hub_model_id else RunDir("MODEL_DIR" if hub_model_id else run_dir).replay_command()
     lines += _recipe_section(config, environment, replay)
     lines += _results_section(train, evaluation, quality, run_dir)
+    lines += epoch_table(history, train.get("best_checkpoint"), bool(config.get("load_best_model_at_end")))
     lines += _usage_section(run, hub_model_id, config, report, lora, merged)
     if wandb_record.get("url"):
         lines += [f"Training curves: [Weights & Biases run]({wandb_record['url']}).", ""]
@@ -280,6 +288,30 @@ def write_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     run = RunDir(run_dir)
     target = (run.merged if merged else run.path) / MODEL_CARD
     return atomic_write_text(target, str(card))
+
+
+def refresh_model_cards(run_dir: str | os.PathLike) -> list[Path]:
+    """Write the cards of a finished run again (README.md, and merged/README.md when there is one), e.g.
+    once scripts/evaluate.py has added its figures; a card that is not ours is left alone. A run trained
+    with push_to_hub keeps its repo in the card (scripts/push.py sends the new card)."""
+    from huggingface_hub import ModelCard
+
+    run = RunDir(run_dir)
+    config = run.read_config()
+    repo = config.get("hub_model_id") if config.get("push_to_hub") else None
+    written = []
+    for merged, folder in ((False, run.path), (True, run.merged)):
+        card = folder / MODEL_CARD
+        if merged and not folder.is_dir():
+            continue
+        try:
+            ours = not card.is_file() or CARD_TAG in (ModelCard.load(card).data.tags or [])
+        except Exception:  # noqa: BLE001 - an unreadable card is not one we wrote
+            ours = False
+        if ours:
+            hub_id = (config.get("hub_merged_model_id") if merged else repo) if repo else None
+            written.append(write_model_card(run.path, hub_model_id=hub_id, merged=merged))
+    return written
 
 
 def _lora_targets(config: dict) -> str:

@@ -1,8 +1,9 @@
 """The hooks `run_training` calls to track and publish a run: W&B, the model card, Hub pushes.
 
 `run_training` calls a `RunTracker` at three points: `configure` (before the Trainer is built: start
-the W&B run, check the Hub), `attach` (after: guard the W&B callback, watch checkpoint pushes) and
-`finish` (once every local file is written: model card, W&B summary, final push).
+the W&B run, check the Hub), `attach` (after: guard the W&B callback, reply to validation prompts at
+every evaluation, watch checkpoint pushes) and `finish` (once every local file is written: model card,
+W&B summary, final push).
 
 Nothing here may stop training or lose a local file. Only the main process starts W&B runs, writes
 the model card and pushes.
@@ -21,8 +22,10 @@ from ..files import atomic_write_json
 from ..run_dir import RunDir, read_json_file
 from .hub_push import HubPushMonitor, prepare_hub_repo, push_run_to_hub, retry_command, short_error
 from .model_card import write_model_card
+from .training_replies import training_replies_callback
 from .wandb_run import (
     DEFAULT_WANDB_PROJECT,
+    comparison_fields,
     guarded_wandb_callback_class,
     init_wandb_run,
     read_wandb_record,
@@ -53,10 +56,12 @@ class RunTracker:
 
     # -- before the Trainer
 
-    def configure(self, training_args, resume: Path | None = None):
-        """Start the W&B run and check the Hub; return training arguments with what cannot work turned off."""
+    def configure(self, training_args, resume: Path | None = None, parameters: tuple[int, int] | None = None):
+        """Start the W&B run and check the Hub; return training arguments with what cannot work turned off.
+        `parameters` (trainable, total) go into the W&B config, where runs are filtered."""
         changes: dict[str, Any] = {}
-        if "wandb" in (training_args.report_to or []) and self.is_main and not self._start_wandb(training_args, resume):
+        if ("wandb" in (training_args.report_to or []) and self.is_main
+                and not self._start_wandb(training_args, resume, parameters)):
             changes["report_to"] = [r for r in training_args.report_to if r != "wandb"]
         if training_args.push_to_hub:
             problem = self._check_hub(training_args)
@@ -70,12 +75,13 @@ class RunTracker:
         self.training_args = training_args
         return training_args
 
-    def _start_wandb(self, training_args, resume: Path | None) -> bool:
+    def _start_wandb(self, training_args, resume: Path | None, parameters: tuple[int, int] | None) -> bool:
         previous = read_wandb_record(self.output_dir) if resume else None
         group = self.args.wandb_group or self.mode
         tags = list(dict.fromkeys([self.mode, *(self.args.wandb_tags or [])]))
         config = self.run.read_config()
-        config.update(mode=self.mode, environment=read_json_file(self.run.environment) or {})
+        environment = read_json_file(self.run.environment) or {}
+        config.update(environment=environment, **comparison_fields(config, environment, parameters))  # mode, rank, ...
         init_kwargs = {
             "project": self.args.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
             "entity": self.args.wandb_entity or os.environ.get("WANDB_ENTITY"),
@@ -105,12 +111,18 @@ class RunTracker:
 
     # -- after the Trainer is built
 
-    def attach(self, trainer) -> None:
+    def attach(self, trainer, prepared=None, data_args=None) -> None:
+        """Callbacks on the built Trainer; with the prepared data, replies to validation prompts at each evaluation."""
         if "wandb" in (trainer.args.report_to or []):
             from transformers.integrations import WandbCallback
 
             trainer.remove_callback(WandbCallback)  # same callback, guarded: W&B failures never stop training
             trainer.add_callback(guarded_wandb_callback_class()())
+        if self.is_main and prepared is not None and prepared.validation_dataset is not None:
+            replies = training_replies_callback(trainer, prepared.validation_dialogues, data_args, self.args,
+                                                self.run.samples, self.wandb_run)
+            if replies is not None:
+                trainer.add_callback(replies)
         if trainer.args.push_to_hub:
             self.push_monitor = HubPushMonitor(trainer, self._retry())
             trainer.add_callback(self.push_monitor)

@@ -31,6 +31,24 @@ def run_mode(use_lora: bool) -> str:
     return "lora" if use_lora else "full"
 
 
+def comparison_fields(config: dict[str, Any], environment: dict[str, Any],
+                      parameters: tuple[int, int] | None) -> dict[str, Any]:
+    """What a user filters and groups runs on in W&B, at the top level of the run's config (W&B's run table
+    and filters read nested values poorly). lora_rank is None for full fine-tuning, whatever lora_r says."""
+    lora = bool(config.get("use_lora"))
+    trainable, total = parameters or (None, None)
+    return {
+        "mode": run_mode(lora),
+        "lora_rank": config.get("lora_r") if lora else None,
+        "learning_rate": config.get("learning_rate"),
+        "base_model": config.get("model_name_or_path"),
+        "data_sha256": (environment.get("data") or {}).get("data_sha256"),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_share": trainable / total if trainable and total else None,
+    }
+
+
 def _wandb_base_url() -> str:
     return os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL).rstrip("/")
 

@@ -7,7 +7,8 @@
 
 signal:NAME:STEP[:TIMES]  when step STEP begins, the main process sends the signal the way a cluster
                           or a terminal does: to the launcher (torchrun, which passes it on to every
-                          worker), or, without one, to itself.
+                          worker), or, without one, to itself; with FAULT_TARGET=parent, to the process
+                          that started it (scripts/sweep.py, which passes it on).
 nan:STEP                  the model's activations are NaN during step STEP (as after an overflow).
 """
 
@@ -46,7 +47,8 @@ class Fault(TrainerCallback):
         this_step = state.global_step + 1
         self.poisoned = self.kind == "nan" and this_step == self.step
         if self.kind == "signal" and this_step == self.step and state.is_world_process_zero:
-            target = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
+            to_parent = "TORCHELASTIC_RUN_ID" in os.environ or os.environ.get("FAULT_TARGET") == "parent"
+            target = os.getppid() if to_parent else os.getpid()
             for _ in range(self.times):
                 os.kill(target, self.signal)
 
