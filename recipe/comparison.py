@@ -48,6 +48,11 @@ class RunSummary:
     def perplexity(self) -> float | None:
         return self.evaluation.get("eval_perplexity")
 
+    @property
+    def training_seconds(self) -> float | None:
+        """The training steps' time (evaluation and checkpoints apart); the whole train() for older runs."""
+        return self.train.get("train_steps_runtime", self.train.get("train_runtime"))
+
 
 def _problem(run_dir: Path) -> str | None:
     run = RunDir(run_dir)

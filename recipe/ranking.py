@@ -1,5 +1,5 @@
 """N runs ranked, for the choice between full fine-tuning and LoRA: one row per run sorted by eval perplexity,
-the Pareto fronts of perplexity against wall time and against trainable parameters (and their plot), and
+the Pareto fronts of perplexity against training time and against trainable parameters (and their plot), and
 what the best full and the best LoRA run say side by side.
 
 It reads `RunSummary`s (recipe/comparison.py), so it works on the files of the run directories alone.
@@ -16,7 +16,7 @@ from .comparison import RunSummary, _fmt
 
 # The costs a front is drawn against: (title, unit, value of a run); lower is better, as for perplexity.
 COSTS: dict[str, tuple[str, Callable[[RunSummary], float | None]]] = {
-    "time": ("wall time (s)", lambda run: run.train.get("train_runtime")),
+    "time": ("training time (s)", lambda run: run.training_seconds),
     "parameters": ("trainable parameters", lambda run: run.train.get("trainable_parameters")),
 }
 # A LoRA run whose perplexity is within this share of full fine-tuning's counts as matching it.
@@ -45,7 +45,7 @@ def ranking_markdown(runs: list[RunSummary]) -> list[str]:
     speakers = sorted({name for run in runs for name in run.per_speaker})
     fronts = {name: {id(run) for run in pareto_front(runs, cost)} for name, (_, cost) in COSTS.items()}
     header = ["rank", "run", "mode", "LoRA rank", "learning rate", "trainable parameters", "eval perplexity",
-              *[f"perplexity {name}" for name in speakers], "clean ends", "distinct-2", "wall time (s)",
+              *[f"perplexity {name}" for name in speakers], "clean ends", "distinct-2", "training time (s)",
               "peak memory (MB)", "Pareto front"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for position, run in enumerate(ranked(runs), start=1):
@@ -55,7 +55,7 @@ def ranking_markdown(runs: list[RunSummary]) -> list[str]:
                  _fmt(run.config.get("learning_rate"), "g"), _fmt(run.train.get("trainable_parameters"), ","),
                  _fmt(run.perplexity, ".2f"), *[_fmt(run.per_speaker.get(name), ".2f") for name in speakers],
                  _fmt(quality.get("clean_end_share"), ".0%"), _fmt(quality.get("distinct_2"), ".3f"),
-                 _fmt(run.train.get("train_runtime"), ".1f"), _fmt(run.train.get("peak_memory_mb"), ",.0f"),
+                 _fmt(run.training_seconds, ".1f"), _fmt(run.train.get("peak_memory_mb"), ",.0f"),
                  ", ".join(on_fronts) or ""]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -82,14 +82,14 @@ def decision_markdown(runs: list[RunSummary]) -> list[str]:
         if run is not None:
             lines.append(f"- Best {run.mode}: {run.label}, perplexity {run.perplexity:.2f}, "
                          f"{_fmt(run.train.get('trainable_parameters'), ',')} trainable parameters, "
-                         f"{_fmt(run.train.get('train_runtime'), '.1f')} s, peak memory "
+                         f"{_fmt(run.training_seconds, '.1f')} s of training, peak memory "
                          f"{_fmt(run.train.get('peak_memory_mb'), ',.0f')} MB.")
     if full is None or lora is None:
         return lines + ["- Only one mode finished: no full-against-LoRA conclusion."]
     gap = lora.perplexity / full.perplexity - 1
     share = (lora.train.get("trainable_parameters") or 0) / (full.train.get("trainable_parameters") or 1)
-    time_ratio = (lora.train.get("train_runtime") or math.nan) / (full.train.get("train_runtime") or math.nan)
-    cost = (f"it trains {share:.2%} as many parameters as full fine-tuning, in {time_ratio:.2f}x its wall time")
+    time_ratio = (lora.training_seconds or math.nan) / (full.training_seconds or math.nan)
+    cost = (f"it trains {share:.2%} as many parameters as full fine-tuning, in {time_ratio:.2f}x its training time")
     if gap <= MATCH_TOLERANCE:
         verdict = (f"LoRA matches full fine-tuning: its best perplexity is {gap:+.1%} from full's (within "
                    f"{MATCH_TOLERANCE:.0%}), and {cost}.")
@@ -99,7 +99,7 @@ def decision_markdown(runs: list[RunSummary]) -> list[str]:
 
 
 def plot_pareto(runs: list[RunSummary], path: str | os.PathLike) -> Path:
-    """Eval perplexity against wall time and against trainable parameters, one point per run (labelled),
+    """Eval perplexity against training time and against trainable parameters, one point per run (labelled),
     the Pareto front of each drawn as a line."""
     import matplotlib
 

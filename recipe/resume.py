@@ -30,6 +30,8 @@ FREE_ON_RESUME = frozenset({
     "include_num_input_tokens_seen", "log_level", "log_level_replica", "disable_tqdm", "skip_memory_metrics",
     "report_to", "run_name", "project", "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id",
     "wandb_project", "wandb_entity", "wandb_group", "wandb_tags",
+    # replies logged at each evaluation: generated with the random state restored, so no step changes
+    "eval_samples", "eval_sample_max_new_tokens", "eval_sample_context_turns",
     "push_to_hub", "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push", "hub_revision",
     "hub_merged_model_id",
     "output_dir", "overwrite_output_dir", "save_total_limit", "dataset_cache_dir", "preprocessing_num_workers",

@@ -118,14 +118,15 @@ def test_run_comparison_trains_both_reruns_over_finished_runs_and_compares(runs,
 
 def test_run_comparison_rejects_an_unknown_recipe():
     result = subprocess.run(["bash", "scripts/run_comparison.sh", "gpt5"], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 2 and "unknown comparison 'gpt5'; use smoke or distilgpt2" in result.stderr
+    assert result.returncode == 2 and "unknown comparison 'gpt5'; use smoke, smollm2 or distilgpt2" in result.stderr
 
 
 def make_run(source, target, perplexity, runtime, trainable):
     """A copy of a finished run with the figures the ranking reads set to known values."""
     run_dir = copy_run(source, target)
     for name, updates in (("eval_results.json", {"eval_perplexity": perplexity}),
-                          ("train_results.json", {"train_runtime": runtime, "trainable_parameters": trainable})):
+                          ("train_results.json", {"train_runtime": runtime, "train_steps_runtime": runtime,
+                                                   "trainable_parameters": trainable})):
         (run_dir / name).write_text(json.dumps({**read_json(run_dir / name), **updates}))
     return run_dir
 
@@ -154,12 +155,12 @@ def test_n_runs_are_ranked_by_perplexity_with_their_pareto_fronts(runs, tmp_path
         "LoRA", "8", "0.005", "100", "120.00", "111.00", "125.50", "75%", "0.500", "5.0",
         f"{read_json(made[1] / 'train_results.json')['peak_memory_mb']:,.0f}", "time, parameters |"]
     assert ranked[0].endswith("| time, parameters |") and ranked[1].endswith("|  |")
-    assert "- Perplexity against wall time (s): b-lora (120.00 at 5.0) -> a-full (100.00 at 10.0)." in report
+    assert "- Perplexity against training time (s): b-lora (120.00 at 5.0) -> a-full (100.00 at 10.0)." in report
     assert ("- Perplexity against trainable parameters: c-lora (130.00 at 50) -> b-lora (120.00 at 100) -> "
             "a-full (100.00 at 1,000).") in report
-    assert "- Best full: a-full, perplexity 100.00, 1,000 trainable parameters, 10.0 s" in report
+    assert "- Best full: a-full, perplexity 100.00, 1,000 trainable parameters, 10.0 s of training" in report
     assert ("- Full fine-tuning wins: the best LoRA's perplexity is 20.0% higher; it trains 10.00% as many parameters "
-            "as full fine-tuning, in 0.50x its wall time.") in report
+            "as full fine-tuning, in 0.50x its training time.") in report
 
     close = make_run(lora, tmp_path / "f-lora", 101.0, 4.0, 10)
     report = compare_runs([made[0], close], tmp_path / "close.md")[0].read_text()

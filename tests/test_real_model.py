@@ -46,7 +46,7 @@ def few_steps(root, *extra, output):
             "--output_dir", str(root / output), "--max_dialogues", "48", "--max_steps", "4",
             "--per_device_train_batch_size", "4", "--warmup_steps", "0", "--eval_on_start", "true",
             "--eval_strategy", "steps", "--eval_steps", "4", "--save_strategy", "no", "--load_best_model_at_end",
-            "false", "--bf16", "false", "--dataset_cache_dir", str(root / "cache"), "--report_to", "none",
+            "false", "--bf16", "false", "--eval_samples", "0", "--dataset_cache_dir", str(root / "cache"), "--report_to", "none",
             "--disable_tqdm", "true", *extra]
     return run_training(*parse(*argv))
 
