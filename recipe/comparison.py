@@ -34,9 +34,12 @@ class RunSummary:
     train_curve: list[tuple[float, float]] = field(default_factory=list)
     eval_curve: list[tuple[float, float]] = field(default_factory=list)
     per_speaker: dict[str, float] = field(default_factory=dict)  # perplexity per speaker, from evaluation.json
+    is_baseline: bool = False  # the base model before training, from scripts/evaluate.py (read_baseline)
 
     @property
     def mode(self) -> str:
+        if self.is_baseline:
+            return "base"
         mode = self.train.get("mode") or ("lora" if self.config.get("use_lora") else "full")
         return "LoRA" if mode == "lora" else "full"
 
@@ -97,6 +100,36 @@ def read_run(run_dir: str | os.PathLike, label: str | None = None) -> RunSummary
     )
 
 
+def read_baseline(evaluation_file: str | os.PathLike, runs: list[RunSummary]) -> tuple[RunSummary, list[str]]:
+    """The base model before training, as a row: the evaluation.json scripts/evaluate.py wrote for it (e.g.
+    `--model_path BASE --data_config RUN/run_config.yaml`); and notes where it measured something else."""
+    path = Path(evaluation_file)
+    results = read_json_file(path)
+    if not results or "perplexity" not in results:
+        raise ComparisonError(f"baseline {path} is not an evaluation.json of scripts/evaluate.py; write one with "
+                              "python scripts/evaluate.py --model_path BASE --data_config RUN_DIR/run_config.yaml "
+                              f"--output_file {path}")
+    figures, data = results["perplexity"], results.get("data") or {}
+    model = results.get("model") or {}
+    baseline = RunSummary(
+        run_dir=path, label="base", config={"model_name_or_path": model.get("path")}, train={},
+        evaluation={"eval_token_loss": figures["token_loss"], "eval_perplexity": figures["perplexity"]},
+        quality=results.get("quality"), device=None, is_baseline=True,
+        per_speaker={name: f["perplexity"] for name, f in (figures.get("per_speaker") or {}).items()},
+    )
+    notes = [f"base: `{model.get('path')}` before training, evaluated by scripts/evaluate.py (`{path}`) on "
+             f"{data.get('source', 'its data')}: every token, {model.get('dtype', 'float32')} weights."]
+    for run in runs:
+        config = run.config
+        same = (data.get("data_path") == config.get("data_path") and data.get("split") == "validation"
+                and data.get("data_sha256") == ((read_json_file(RunDir(run.run_dir).environment) or {})
+                                                .get("data") or {}).get("data_sha256"))
+        if not same:
+            notes.append(f"the base was evaluated on other data than {run.label}'s validation split "
+                         f"({data.get('source')}): its row does not compare with that run")
+    return baseline, notes
+
+
 def read_runs(run_dirs: list[str | os.PathLike]) -> list[RunSummary]:
     """Every run, or one error listing every directory that is missing or unfinished."""
     if not run_dirs:
@@ -118,6 +151,8 @@ def comparison_rows(runs: list[RunSummary]) -> list[tuple[str, list[str]]]:
         return [fn(run) for run in runs]
 
     def parameters(run: RunSummary) -> str:
+        if run.is_baseline:
+            return "0 (not trained)"
         trainable, total = run.train.get("trainable_parameters"), run.train.get("total_parameters")
         return f"{trainable:,} ({trainable / total:.2%})" if trainable and total else _fmt(trainable, ",")
 
@@ -157,17 +192,18 @@ SIDE_BY_SIDE_MAX_RUNS = 4
 
 
 def comparison_markdown(runs: list[RunSummary], plot_name: str | None, pareto_plot_name: str | None = None,
-                        title: str | None = None, notes: list[str] = ()) -> str:
+                        title: str | None = None, notes: list[str] = (), baseline: RunSummary | None = None) -> str:
     """The report: the side-by-side table (up to SIDE_BY_SIDE_MAX_RUNS runs), the runs ranked by eval perplexity,
     the Pareto fronts, the best full and LoRA runs, the plots, then what each figure is."""
     from .ranking import decision_markdown, pareto_markdown, ranking_markdown
 
     lines = [title or "# Run comparison: " + " vs ".join(run.label for run in runs), ""]
+    shown = ([baseline] if baseline else []) + runs  # the base first, as the row every run started from
     if len(runs) <= SIDE_BY_SIDE_MAX_RUNS:
-        lines += ["| | " + " | ".join(run.label for run in runs) + " |", "|---" * (len(runs) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in comparison_rows(runs)]
+        lines += ["| | " + " | ".join(run.label for run in shown) + " |", "|---" * (len(shown) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in comparison_rows(shown)]
         lines.append("")
-    lines += ["## Ranked by eval perplexity", "", *ranking_markdown(runs), "", "## Pareto fronts", "",
+    lines += ["## Ranked by eval perplexity", "", *ranking_markdown(runs, baseline), "", "## Pareto fronts", "",
               *pareto_markdown(runs), "", "## Full fine-tuning against LoRA", "", *decision_markdown(runs), ""]
     if plot_name:
         lines += [f"![Train and eval loss per epoch]({plot_name})", ""]
@@ -196,8 +232,9 @@ def comparison_markdown(runs: list[RunSummary], plot_name: str | None, pareto_pl
     return "\n".join(lines) + "\n"
 
 
-def plot_loss_curves(runs: list[RunSummary], path: str | os.PathLike) -> Path:
-    """Train loss (left) and eval loss (right) of every run per epoch, one colour per run, in one figure."""
+def plot_loss_curves(runs: list[RunSummary], path: str | os.PathLike, baseline: RunSummary | None = None) -> Path:
+    """Train loss (left) and eval loss (right) of every run per epoch, one colour per run, in one figure; the
+    base model's eval loss (before training) as a grey line on both."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -211,6 +248,10 @@ def plot_loss_curves(runs: list[RunSummary], path: str | os.PathLike) -> Path:
             train_axes.plot(*zip(*run.train_curve), color=color, linewidth=1.2, marker=".", label=run.label)
         if run.eval_curve:
             eval_axes.plot(*zip(*run.eval_curve), color=color, linestyle="--", marker="o", label=run.label)
+    if baseline is not None:
+        for axes in (train_axes, eval_axes):
+            axes.axhline(baseline.evaluation["eval_token_loss"], color="grey", linestyle=":", linewidth=1.5,
+                         label=f"base before training (eval {baseline.evaluation['eval_token_loss']:.3f})")
     for axes, title in ((train_axes, "Train loss"), (eval_axes, "Eval loss (exact, per token)")):
         axes.set_xlabel("epoch")
         axes.set_title(title)
@@ -226,15 +267,16 @@ def plot_loss_curves(runs: list[RunSummary], path: str | os.PathLike) -> Path:
 
 
 def compare_runs(run_dirs: list[str | os.PathLike], output: str | os.PathLike, title: str | None = None,
-                 notes: list[str] = ()) -> tuple[Path, Path, Path]:
+                 notes: list[str] = (), baseline: str | os.PathLike | None = None) -> tuple[Path, Path, Path]:
     """Write the Markdown report to `output`, the loss plot next to it (same name, .png) and the Pareto plot
-    (NAME-pareto.png); return the three paths."""
+    (NAME-pareto.png); return the three paths. `baseline`: the base model's evaluation.json, shown as a row."""
     from .files import atomic_write_text
     from .ranking import plot_pareto
 
     runs = read_runs(run_dirs)
+    base, base_notes = read_baseline(baseline, runs) if baseline else (None, [])
     output = Path(output)
-    plot = plot_loss_curves(runs, output.with_suffix(".png"))
+    plot = plot_loss_curves(runs, output.with_suffix(".png"), base)
     pareto = plot_pareto(runs, output.with_name(f"{output.stem}-pareto.png"))
-    atomic_write_text(output, comparison_markdown(runs, plot.name, pareto.name, title, notes))
+    atomic_write_text(output, comparison_markdown(runs, plot.name, pareto.name, title, [*notes, *base_notes], base))
     return output, plot, pareto

@@ -40,9 +40,10 @@ def pareto_front(runs: list[RunSummary], cost: Callable[[RunSummary], float | No
     return front
 
 
-def ranking_markdown(runs: list[RunSummary]) -> list[str]:
-    """The table: one row per run, by eval perplexity, with each speaker's perplexity from evaluation.json."""
-    speakers = sorted({name for run in runs for name in run.per_speaker})
+def ranking_markdown(runs: list[RunSummary], baseline: RunSummary | None = None) -> list[str]:
+    """The table: one row per run, by eval perplexity, with each speaker's perplexity from evaluation.json; the
+    base model before training, if given, as a last row outside the ranking."""
+    speakers = sorted({name for run in [*runs, *([baseline] if baseline else [])] for name in run.per_speaker})
     fronts = {name: {id(run) for run in pareto_front(runs, cost)} for name, (_, cost) in COSTS.items()}
     header = ["rank", "run", "mode", "LoRA rank", "learning rate", "trainable parameters", "eval perplexity",
               *[f"perplexity {name}" for name in speakers], "clean ends", "distinct-2", "training time (s)",
@@ -58,6 +59,12 @@ def ranking_markdown(runs: list[RunSummary]) -> list[str]:
                  _fmt(run.training_seconds, ".1f"), _fmt(run.train.get("peak_memory_mb"), ",.0f"),
                  ", ".join(on_fronts) or ""]
         lines.append("| " + " | ".join(cells) + " |")
+    if baseline is not None:
+        quality = baseline.quality or {}
+        lines.append("| " + " | ".join([
+            "-", "base (before training)", "base", "n/a", "n/a", "0", _fmt(baseline.perplexity, ".2f"),
+            *[_fmt(baseline.per_speaker.get(name), ".2f") for name in speakers],
+            _fmt(quality.get("clean_end_share"), ".0%"), _fmt(quality.get("distinct_2"), ".3f"), "0", "n/a", ""]) + " |")
     return lines
 
 

@@ -3,11 +3,14 @@
     python scripts/compare.py outputs/smoke-full outputs/smoke-lora
     python scripts/compare.py outputs/distilgpt2-full outputs/distilgpt2-lora --output outputs/comparison.md
     python scripts/compare.py outputs/sweep-smoke/*/ --output outputs/sweep-smoke/report.md
+    python scripts/compare.py outputs/smollm2-full outputs/smollm2-lora --baseline outputs/smollm2-base.json
 
 Writes the report (default comparison.md): the runs side by side (up to four), ranked by eval perplexity,
 the Pareto fronts of perplexity against wall time and trainable parameters, the best full and LoRA runs;
 next to it the plot of train and eval loss per epoch (same name, .png) and the Pareto plot (NAME-pareto.png).
-Reads only the run directories: works offline, without W&B. Per-speaker perplexity and diversity
+--baseline takes the base model's evaluation (python scripts/evaluate.py --model_path BASE --data_config
+RUN_DIR/run_config.yaml --output_file FILE) and shows it as the row every run started from, and as a line on
+the loss plot. Reads only the run directories: works offline, without W&B. Per-speaker perplexity and diversity
 (distinct-1/2) need evaluation.json: python scripts/evaluate.py --model_path RUN_DIR.
 """
 
@@ -17,8 +20,8 @@ from recipe.cli import setup_logging, user_errors
 from recipe.comparison import compare_runs
 
 
-def main(run_dirs: list[str], output: str) -> None:
-    report, plot, pareto = compare_runs(run_dirs, output)
+def main(run_dirs: list[str], output: str, baseline: str | None = None) -> None:
+    report, plot, pareto = compare_runs(run_dirs, output, baseline=baseline)
     print(report.read_text(encoding="utf-8"))
     print(f"report: {report}\nplots: {plot}, {pareto}")
 
@@ -28,6 +31,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dirs", nargs="+", help="output directories of finished training runs")
     parser.add_argument("-o", "--output", default="comparison.md", help="Markdown report; the plot goes next to it")
+    parser.add_argument("--baseline", default=None,
+                        help="the base model's evaluation.json (scripts/evaluate.py), shown as a row and a line")
     arguments = parser.parse_args()
     with user_errors():
-        main(arguments.run_dirs, arguments.output)
+        main(arguments.run_dirs, arguments.output, arguments.baseline)

@@ -6,7 +6,8 @@
 #   scripts/run_comparison.sh distilgpt2               # distilgpt2 full vs LoRA (Hub access or a local copy)
 #   scripts/run_comparison.sh smoke --report_to wandb  # further options go to both training runs
 #
-# Writes OUTPUTS/<name>-full/, OUTPUTS/<name>-lora/ and OUTPUTS/comparison-<name>.md with its .png plot,
+# Writes OUTPUTS/<name>-full/, OUTPUTS/<name>-lora/ and OUTPUTS/comparison-<name>.md with its .png plot (and, for
+# a pretrained base, OUTPUTS/<name>-base.json: the base evaluated before training, the comparison's first row),
 # OUTPUTS being outputs/ unless OUTPUTS_DIR says otherwise. A rerun replaces the earlier runs.
 # EVALUATE=0 skips scripts/evaluate.py (sampling replies is slow for distilgpt2 on a CPU).
 set -euo pipefail
@@ -24,6 +25,7 @@ outputs="${OUTPUTS_DIR:-outputs}"
 python="${PYTHON:-python}"
 
 run_dirs=()
+baseline=()
 for mode in full lora; do
   config="${configs[0]}"
   [[ $mode == lora ]] && config="${configs[1]}"
@@ -46,9 +48,21 @@ elif [[ -f scripts/evaluate.py ]]; then
       echo "== evaluating $run_dir failed (see above): its distinct-1/2 will show n/a"
     fi
   done
+  # The base before training, on the same validation split: the row both runs started from (not for a random base).
+  full_config="${run_dirs[0]}/run_config.yaml"
+  base=$("$python" -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); print("" if c.get("random_init") else c["model_name_or_path"])' "$full_config")
+  if [[ -n "$base" ]]; then
+    echo "== evaluating the base $base (before training)"
+    if "$python" scripts/evaluate.py --model_path "$base" --data_config "$full_config" \
+        --output_file "$outputs/$name-base.json" --wandb off; then
+      baseline=(--baseline "$outputs/$name-base.json")
+    else
+      echo "== evaluating the base failed (see above): the comparison has no base row"
+    fi
+  fi
 else
   echo "== scripts/evaluate.py not found: skipping evaluation (distinct-1/2 will show n/a)"
 fi
 
 echo "== comparing"
-"$python" scripts/compare.py "${run_dirs[@]}" --output "$outputs/comparison-$name.md"
+"$python" scripts/compare.py "${run_dirs[@]}" --output "$outputs/comparison-$name.md" "${baseline[@]}"

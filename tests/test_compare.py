@@ -165,3 +165,58 @@ def test_n_runs_are_ranked_by_perplexity_with_their_pareto_fronts(runs, tmp_path
     close = make_run(lora, tmp_path / "f-lora", 101.0, 4.0, 10)
     report = compare_runs([made[0], close], tmp_path / "close.md")[0].read_text()
     assert "- LoRA matches full fine-tuning: its best perplexity is +1.0% from full's (within 2%)" in report
+
+
+def test_the_base_before_training_is_a_row_and_a_line_and_other_data_is_flagged(runs, tmp_path):
+    full, lora = runs
+    environment = read_json(full / "environment.json")
+    data = {"source": "validation split of the run's file", "data_path": environment["data"]["data_path"],
+            "split": "validation", "data_sha256": environment["data"]["data_sha256"]}
+    base = {"model": {"path": "models/base", "dtype": "float32"}, "data": data,
+            "perplexity": {"perplexity": 2000.0, "token_loss": 7.6, "per_speaker": {"Alex": {"perplexity": 1900.0}}},
+            "quality": {"clean_end_share": 0.5, "distinct_2": 0.9}}
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    report_path, plot, _ = compare_runs([full, lora], tmp_path / "c.md", baseline=tmp_path / "base.json")
+    report = report_path.read_text()
+    assert row(report, "mode") == ["base", "full", "LoRA"]  # the row every run started from, first
+    assert row(report, "trainable parameters")[0] == "0 (not trained)" and row(report, "perplexity")[0] == "2000.00"
+    (last,) = [line for line in report.splitlines() if line.startswith("| - | base (before training) |")]
+    assert "| 2000.00 | 1900.00 |" in last
+    assert "base: `models/base` before training, evaluated by scripts/evaluate.py" in report
+    assert "other data" not in report and plot.read_bytes()[:4] == b"\x89PNG"
+
+    (tmp_path / "other.json").write_text(json.dumps({**base, "data": {**data, "data_sha256": "0" * 64}}))
+    report = compare_runs([full], tmp_path / "d.md", baseline=tmp_path / "other.json")[0].read_text()
+    assert "the base was evaluated on other data than smoke-full's validation split" in report
+    (tmp_path / "not.json").write_text("{}")
+    with pytest.raises(ComparisonError, match="not an evaluation.json of scripts/evaluate.py"):
+        compare_runs([full], tmp_path / "e.md", baseline=tmp_path / "not.json")
+
+
+def test_run_comparison_on_a_pretrained_base_evaluates_it_first_as_the_base_row(tmp_path, tokenizer):
+    import torch
+
+    from conftest import OFFLINE_MODEL
+    from recipe.config import ModelArguments
+    from recipe.modeling import get_model
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    get_model(ModelArguments(model_name_or_path=str(OFFLINE_MODEL), random_init=True), tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    outputs = tmp_path / "outputs"
+    env = {**os.environ, "OUTPUTS_DIR": str(outputs), "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["bash", "scripts/run_comparison.sh", "smoke", "--model_name_or_path", str(base), "--random_init", "false",
+         "--max_dialogues", "30", "--num_train_epochs", "1", "--bf16", "false", "--dataset_cache_dir",
+         str(tmp_path / "cache"), "--disable_tqdm", "true"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert f"evaluating the base {base} (before training)" in result.stdout
+    base_json = read_json(outputs / "smoke-base.json")
+    assert base_json["data"]["split"] == "validation" and base_json["model"]["kind"] == "base"
+    report = (outputs / "comparison-smoke.md").read_text()
+    assert row(report, "mode") == ["base", "full", "LoRA"]
+    assert row(report, "perplexity")[0] == f"{base_json['perplexity']['perplexity']:.2f}"
+    assert "other data" not in report
