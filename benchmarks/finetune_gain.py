@@ -6,9 +6,10 @@ with each run's training time per epoch, peak memory and trainable parameters.
     python benchmarks/finetune_gain.py                  # SmolLM2-135M-Instruct (models/, see scripts/get_base_model.py)
     python benchmarks/finetune_gain.py --pair smoke     # the offline tiny pair: checks the machinery in a minute
 
-Trains with the shipped recipes (every epoch's checkpoint kept) into --work_dir, evaluates, and writes
-benchmarks/results/finetune_gain-PAIR-DATE.json and .md (the README's tables come from the .md). A run or an
-evaluation already in --work_dir is reused, so an interrupted benchmark resumes.
+Runs `scripts/run_comparison.sh PAIR` into --work_dir (every epoch's checkpoint kept, replies greedy), so its
+comparison report (with the base as a row) and these tables describe the same runs; then evaluates each
+epoch's checkpoint alike, and writes benchmarks/results/finetune_gain-PAIR-DATE.json and .md (the README's
+tables come from them). Runs and evaluations already in --work_dir are reused: an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
@@ -27,29 +28,33 @@ PAIRS = {
     "smollm2": ("recipe/configs/smollm2-full.yaml", "recipe/configs/smollm2-lora.yaml"),
     "smoke": ("recipe/configs/smoke.yaml", "recipe/configs/smoke-lora.yaml"),
 }
-GREEDY = ["--do_sample", "false", "--wandb", "off"]
+GREEDY = ["--do_sample", "false"]
 
 
-def run(command: list[str], log: Path) -> None:
+def run(command: list[str], log: Path, env: dict | None = None) -> None:
     print("$ " + " ".join(command), flush=True)
     with log.open("w") as out:
-        done = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     if done.returncode != 0:
         raise SystemExit(f"failed (exit {done.returncode}); see {log}")
 
 
-def train(recipe: str, run_dir: Path, epochs: int, extra: list[str]) -> None:
-    if (run_dir / "train_results.json").is_file():
+def train_pair(pair: str, work: Path, epochs: int, evaluate_options: list[str], extra: list[str]) -> None:
+    """scripts/run_comparison.sh PAIR into `work`: both runs, their evaluation, the base's, the report."""
+    if (work / f"comparison-{pair}.md").is_file():
         return
-    run([sys.executable, "scripts/train.py", "--config", recipe, "--output_dir", str(run_dir),
-         "--overwrite_output_dir", "true", "--save_total_limit", str(epochs + 1), "--report_to", "none",
-         "--disable_tqdm", "true", *extra], run_dir.with_suffix(".train.log"))
+    import os
+
+    env = {**os.environ, "OUTPUTS_DIR": str(work), "PYTHON": sys.executable,
+           "EVALUATE_OPTIONS": " ".join(evaluate_options)}
+    run(["bash", "scripts/run_comparison.sh", pair, "--save_total_limit", str(epochs + 1), "--report_to", "none",
+         "--disable_tqdm", "true", *extra], work / f"run_comparison-{pair}.log", env)
 
 
 def evaluate(model_path: Path | str, output: Path, extra: list[str]) -> dict:
     if not output.is_file():
         run([sys.executable, "scripts/evaluate.py", "--model_path", str(model_path), "--output_file", str(output),
-             *GREEDY, *extra], output.with_suffix(".log"))
+             "--wandb", "off", *extra], output.with_suffix(".log"))
     return json.loads(output.read_text())
 
 
@@ -85,20 +90,21 @@ def main(args) -> dict:
     import yaml
 
     epochs = int(yaml.safe_load((REPO / full_recipe).read_text())["num_train_epochs"])
-    eval_extra = ["--num_samples", str(args.num_samples)]
+    eval_options = [*GREEDY, "--num_samples", str(args.num_samples)]
+    train_pair(args.pair, work, epochs, eval_options, args.train_args)
     runs = {"full": work / f"{args.pair}-full", "lora": work / f"{args.pair}-lora"}
-    for mode, recipe in (("full", full_recipe), ("lora", lora_recipe)):
-        train(recipe, runs[mode], epochs, args.train_args)
-    base_config = yaml.safe_load((REPO / full_recipe).read_text())
     rows, samples = [], {}
-    if not base_config.get("random_init"):  # a random base has no "before" worth a row
-        base = evaluate(base_config["model_name_or_path"], work / "base.json",
-                        ["--data_config", str(runs["full"] / "run_config.yaml"), *eval_extra])
+    if (work / f"{args.pair}-base.json").is_file():  # run_comparison evaluated the base (not a random one)
+        base = json.loads((work / f"{args.pair}-base.json").read_text())
         rows.append(row("base", 0, base))
         samples["base"] = base["samples"]
     for mode, run_dir in runs.items():
+        best = json.loads((run_dir / "train_results.json").read_text()).get("best_checkpoint")
         for epoch, checkpoint in enumerate(checkpoints(run_dir), start=1):
-            results = evaluate(checkpoint, work / f"{mode}-epoch{epoch}.json", eval_extra)
+            if best and Path(best).name == checkpoint.name and (run_dir / "evaluation.json").is_file():
+                results = json.loads((run_dir / "evaluation.json").read_text())  # the final model is this one
+            else:
+                results = evaluate(checkpoint, work / f"{mode}-epoch{epoch}.json", eval_options)
             rows.append(row(mode, epoch, results))
             samples[mode] = results["samples"]  # the last epoch's
     record = {
@@ -107,8 +113,10 @@ def main(args) -> dict:
         "recipes": {"full": full_recipe, "lora": lora_recipe}, "rows": rows,
         "runs": {mode: run_figures(run_dir) for mode, run_dir in runs.items()},
         "samples": samples, "environment": json.loads((runs["full"] / "environment.json").read_text()),
+        "comparison_report": str(work / f"comparison-{args.pair}.md"),
     }
     out = Path(args.output_dir) / f"finetune_gain-{args.pair}-{record['date']}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     out.with_suffix(".md").write_text(markdown(record, args.samples_shown))
     print(out.with_suffix(".md").read_text())

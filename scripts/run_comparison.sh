@@ -9,7 +9,8 @@
 # Writes OUTPUTS/<name>-full/, OUTPUTS/<name>-lora/ and OUTPUTS/comparison-<name>.md with its .png plot (and, for
 # a pretrained base, OUTPUTS/<name>-base.json: the base evaluated before training, the comparison's first row),
 # OUTPUTS being outputs/ unless OUTPUTS_DIR says otherwise. A rerun replaces the earlier runs.
-# EVALUATE=0 skips scripts/evaluate.py (sampling replies is slow for distilgpt2 on a CPU).
+# EVALUATE=0 skips scripts/evaluate.py (sampling replies is slow for distilgpt2 on a CPU); EVALUATE_OPTIONS adds
+# options to each evaluation (EVALUATE_OPTIONS="--do_sample false --num_samples 16").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +45,8 @@ elif [[ -f scripts/evaluate.py ]]; then
     # Log to W&B only when the training run did (it left wandb_run.json).
     wandb=off
     [[ -f "$run_dir/wandb_run.json" ]] && wandb=auto
-    if ! "$python" scripts/evaluate.py --model_path "$run_dir" --wandb "$wandb"; then
+    # shellcheck disable=SC2086 # EVALUATE_OPTIONS is a list of options
+    if ! "$python" scripts/evaluate.py --model_path "$run_dir" --wandb "$wandb" ${EVALUATE_OPTIONS:-}; then
       echo "== evaluating $run_dir failed (see above): its distinct-1/2 will show n/a"
     fi
   done
@@ -53,8 +55,9 @@ elif [[ -f scripts/evaluate.py ]]; then
   base=$("$python" -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); print("" if c.get("random_init") else c["model_name_or_path"])' "$full_config")
   if [[ -n "$base" ]]; then
     echo "== evaluating the base $base (before training)"
+    # shellcheck disable=SC2086
     if "$python" scripts/evaluate.py --model_path "$base" --data_config "$full_config" \
-        --output_file "$outputs/$name-base.json" --wandb off; then
+        --output_file "$outputs/$name-base.json" --wandb off ${EVALUATE_OPTIONS:-}; then
       baseline=(--baseline "$outputs/$name-base.json")
     else
       echo "== evaluating the base failed (see above): the comparison has no base row"
