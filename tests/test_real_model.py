@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from recipe.config import ModelArguments
+from recipe.config import ModelArguments, TrackingArguments
 from recipe.data import IGNORE_INDEX, Dialogue, build_datasets, encode_dialogue
 from recipe.modeling import get_model, get_tokenizer
 from test_training import parse
@@ -46,9 +46,9 @@ def few_steps(root, *extra, output):
             "--output_dir", str(root / output), "--max_dialogues", "48", "--max_steps", "4",
             "--per_device_train_batch_size", "4", "--warmup_steps", "0", "--eval_on_start", "true",
             "--eval_strategy", "steps", "--eval_steps", "4", "--save_strategy", "no", "--load_best_model_at_end",
-            "false", "--bf16", "false", "--eval_samples", "0", "--dataset_cache_dir", str(root / "cache"), "--report_to", "none",
+            "false", "--bf16", "false", "--dataset_cache_dir", str(root / "cache"), "--report_to", "none",
             "--disable_tqdm", "true", *extra]
-    return run_training(*parse(*argv))
+    return run_training(*parse(*argv), TrackingArguments(eval_samples=0))  # no replies: this measures the loss
 
 
 @pytest.fixture(scope="module")
