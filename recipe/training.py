@@ -44,6 +44,8 @@ from .modeling import (
 from .output_dir import OutputDirError  # noqa: F401 - re-exported: callers catch it from here
 from .output_dir import RunLock, check_disk_space, prepare_output_dir
 from .packing_check import check_packing_isolation, refuse_cache_with_packing
+from .quantization import check_quantization, get_quantized_base, merge_on_full_precision_base
+from .quantization import describe as describe_quantization
 from .redaction import redact_argv
 from .run_dir import RunDir
 from .safeguards import WatchesLoss, attach_training_guard, raise_if_stopped
@@ -177,7 +179,8 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
     lines = [
         f"model: {model_args.model_name_or_path}{' (random init)' if model_args.random_init else ''}, "
-        f"{'LoRA r=%d' % lora_args.lora_r if lora_args.use_lora else 'full fine-tuning'}",
+        f"{'LoRA r=%d' % lora_args.lora_r if lora_args.use_lora else 'full fine-tuning'}"
+        + (f" on a {describe_quantization(dataclasses.asdict(model_args))} base" if model_args.quantized else ""),
         f"parameters: {total:,} total, {trainable:,} trainable ({trainable / total:.2%})",
         format_report(prepared.report),
         f"tokens per epoch: {train['tokens']:,} ({train['loss_tokens']:,} in the loss), "
@@ -222,6 +225,7 @@ def run_training(
     redact_argv()  # no --hub_token in what W&B records as the command line
     state = PartialState()
     _set_recipe_log_level(training_args, state.is_main_process)
+    check_quantization(model_args, lora_args, training_args.device)  # before anything is written or loaded
     tracking_args = tracking_args or TrackingArguments()
     run = RunDir(training_args.output_dir)
     tracker = RunTracker(tracking_args, lora_args, run.path, state.is_main_process, training_args.push_to_hub)
@@ -246,7 +250,7 @@ def run_training(
     tracker.attach(trainer)
     train_metrics, eval_metrics = train_and_evaluate(trainer, prepared, lora_args, parameters, resume)
 
-    save_final_model(trainer, tokenizer, lora_args, run.path)
+    save_final_model(trainer, tokenizer, lora_args, run.path, model_args)
     if trainer.is_world_process_zero():
         write_results(run, trainer, train_metrics, eval_metrics)
     state.wait_for_everyone()
@@ -297,10 +301,13 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
         atomic_write_json(run.data_report, prepared.report)
 
     set_seed(training_args.seed)  # same initial weights whatever the data step consumed
-    model = get_model(model_args, tokenizer)
+    if model_args.quantized:  # a random base is saved to base_model/ at full precision first
+        model = get_quantized_base(model_args, training_args, tokenizer, run.base_model, is_main)
+    else:
+        model = get_model(model_args, tokenizer)
     check_max_length(model, data_args.max_length)
     if lora_args.use_lora:
-        if model_args.random_init and is_main:
+        if model_args.random_init and is_main and not model_args.quantized:
             # An adapter works only on its exact base, and a random base exists nowhere else: keep it.
             model.save_pretrained(run.base_model)
             tokenizer.save_pretrained(run.base_model)
@@ -351,9 +358,11 @@ def write_results(run: RunDir, trainer: DialogueTrainer, train_metrics: dict[str
     logger.info("done\n%s", end_summary(run.path, train_metrics, eval_metrics))
 
 
-def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArguments, output_dir: Path) -> None:
+def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArguments, output_dir: Path,
+                     model_args: ModelArguments | None = None) -> None:
     """The final (best, when load_best_model_at_end) model or adapter, its tokenizer and a generation
-    config whose EOS stops generation; with merge_lora, also base+adapter merged into merged/."""
+    config whose EOS stops generation; with merge_lora, also base+adapter merged into merged/ (onto the
+    base at full precision when it trained in k bits)."""
     model = trainer.model
     base = model.get_base_model() if lora_args.use_lora else model
     base.config.use_cache = True  # the Trainer turned the KV cache off for training; generation wants it
@@ -364,6 +373,9 @@ def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArgumen
         base.generation_config.save_pretrained(output_dir)
     if lora_args.use_lora and lora_args.merge_lora and trainer.is_world_process_zero():
         merged_dir = RunDir(output_dir).merged
+        if model_args is not None and model_args.quantized:
+            merge_on_full_precision_base(model_args, output_dir, merged_dir, tokenizer)
+            return
         merged = trainer.accelerator.unwrap_model(model).merge_and_unload()
         merged.save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
