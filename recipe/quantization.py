@@ -10,6 +10,7 @@ the final output hold the adapter, whose `adapter_config.json` names the full-pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -133,6 +134,21 @@ def keep_cpu_kernels_differentiable(model) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+@contextlib.contextmanager
+def float32_compute(model):
+    """4-bit layers dequantize to float32 inside the block (for checks whose tolerance is float32's: a bf16
+    matmul moves a pretrained model's log-probabilities by up to ~0.2, which would read as a real difference)."""
+    layers = [m for m in model.modules() if hasattr(m, "compute_dtype") and hasattr(m, "compute_type_is_set")]
+    saved = [(m.compute_dtype, m.compute_type_is_set) for m in layers]
+    for layer in layers:
+        layer.compute_dtype, layer.compute_type_is_set = torch.float32, True
+    try:
+        yield
+    finally:
+        for layer, (dtype, is_set) in zip(layers, saved):
+            layer.compute_dtype, layer.compute_type_is_set = dtype, is_set
 
 
 def get_quantized_base(model_args: ModelArguments, training_args, tokenizer, base_dir: str | os.PathLike,

@@ -114,9 +114,10 @@ def test_8bit_lora_trains_adapters_and_evaluates_in_8_bits(tmp_path):
     assert loaded.model.get_base_model().is_loaded_in_8bit and loaded.quantization.startswith("8-bit")
 
 
-def test_qlora_on_a_llama_base_with_gradient_checkpointing(family_dir, tmp_path):
+def test_qlora_on_a_llama_base_with_bf16_matmuls_and_gradient_checkpointing(family_dir, tmp_path):
+    """bf16 4-bit matmuls (the compute dtype follows --bf16) pass the packing check, which runs them in float32."""
     result = train(tmp_path, "--config", str(SMOKE_LORA), "--model_name_or_path", str(family_dir("llama3")),
-                   "--load_in_4bit", "true", "--gradient_checkpointing", "true", "--max_dialogues", "30",
+                   "--load_in_4bit", "true", "--gradient_checkpointing", "true", "--bf16", "true", "--max_dialogues", "30",
                    "--num_train_epochs", "1", output="llama")
     assert result.train_metrics["trainable_parameters"] > 0
     assert json.loads((result.output_dir / "adapter_config.json").read_text())["target_modules"]
@@ -126,7 +127,7 @@ def test_qlora_on_a_llama_base_with_gradient_checkpointing(family_dir, tmp_path)
 # Gradients through the 4-bit base
 
 
-def qlora_model(family_dir, family="llama3", dropout=0.0):
+def qlora_model(family_dir, family="llama3", dropout=0.0, bf16=False):
     """A 4-bit tiny base with LoRA adapters whose B matrices are not zero (so every adapter gets a gradient)."""
     from recipe.modeling import apply_lora, get_model, get_tokenizer
     from recipe.quantization import get_quantized_base
@@ -136,7 +137,7 @@ def qlora_model(family_dir, family="llama3", dropout=0.0):
     model_args = ModelArguments(model_name_or_path=str(folder), random_init=True, load_in_4bit=True)
     tokenizer = get_tokenizer(model_args)
     torch.manual_seed(0)
-    training_args = DialogueTrainingArguments(output_dir=str(folder / "unused"), bf16=False, report_to="none")
+    training_args = DialogueTrainingArguments(output_dir=str(folder / "unused"), bf16=bf16, report_to="none")
     base_dir = folder.parent / f"{family}-base"
     model = get_quantized_base(model_args, training_args, tokenizer, base_dir, is_main=True)
     model = apply_lora(model, LoraArguments(use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=dropout))
@@ -184,6 +185,25 @@ def test_gradient_checkpointing_on_a_4bit_base_is_non_reentrant_and_gives_the_sa
     checkpointed = adapter_gradients(model, INPUTS)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def test_float32_compute_runs_the_4bit_matmuls_of_a_bf16_run_in_float32(family_dir):
+    """What the packing check runs under: its float32 tolerance would read bf16 rounding (up to 0.24 in
+    SmolLM2-135M's log-probabilities, measured) as dialogues leaking into each other."""
+    import bitsandbytes
+
+    from recipe.quantization import float32_compute
+
+    model = qlora_model(family_dir, bf16=True)
+    layer = next(m for m in model.modules() if isinstance(m, bitsandbytes.nn.Linear4bit))
+    x = torch.randn(16, layer.in_features)
+    weight = bitsandbytes.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    expected = x @ weight.T + (layer.bias if layer.bias is not None else 0)
+    with torch.no_grad():
+        assert not torch.allclose(layer(x), expected, atol=1e-5)  # bf16 matmul
+        with float32_compute(model):
+            torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        assert layer.compute_dtype == torch.bfloat16  # restored
 
 
 # ----------------------------------------------------------------------------------------------
