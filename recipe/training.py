@@ -31,6 +31,8 @@ from .data import PreparedData, build_datasets, format_report, get_data_collator
 from .environment import environment_record, peak_memory_mb
 from .files import atomic_write_json
 from .loss import ChunkedCausalLMLoss
+from .memory import MIB
+from .memory_check import format_plan, plan_and_check_memory
 from .metrics import compute_perplexity_metrics, sequence_nll
 from .modeling import (
     align_generation_config,
@@ -49,6 +51,7 @@ from .quantization import describe as describe_quantization
 from .redaction import redact_argv
 from .run_dir import RunDir
 from .safeguards import WatchesLoss, attach_training_guard, raise_if_stopped
+from .tensor_memory import TensorMemoryCallback
 from .tracking import RunTracker, run_mode
 
 logger = logging.getLogger(__name__)
@@ -196,7 +199,8 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
 def end_summary(output_dir, train_metrics, eval_metrics) -> str:
     lines = [
         f"time: {train_metrics['train_runtime']:.1f} s, {train_metrics['train_real_tokens_per_second']:,.0f} tokens/s "
-        f"(real tokens, padding excluded), peak memory {train_metrics['peak_memory_mb']:,.0f} MB",
+        f"(real tokens, padding excluded), peak memory {train_metrics['peak_memory_mb']:,.0f} MB (process RSS)"
+        + _tensor_memory_line(train_metrics),
         f"final train loss: {train_metrics.get('final_train_loss', float('nan')):.4f}",
     ]
     if eval_metrics:
@@ -208,14 +212,22 @@ def end_summary(output_dir, train_metrics, eval_metrics) -> str:
     return "\n".join(lines)
 
 
+def _tensor_memory_line(train_metrics) -> str:
+    measured, planned = train_metrics.get("peak_tensor_memory_mb"), train_metrics.get("memory_plan_mb")
+    if measured is None:
+        return ""
+    return f", {measured:,.0f} MB in tensors" + (f" (plan {planned:,.0f} MB)" if planned else "")
+
+
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
     lora_args: LoraArguments,
     training_args: DialogueTrainingArguments,
     tracking_args: TrackingArguments | None = None,
-) -> TrainingResult:
-    """Fine-tune, evaluate and save; see the README for everything written to output_dir.
+) -> TrainingResult | None:
+    """Fine-tune, evaluate and save; see the README for everything written to output_dir. A dry run prints
+    the memory plan and returns None, having written and loaded nothing.
 
     Four steps: decide how the output directory is used and record the run; prepare the tokenizer,
     data and model; train; write the final model, results and records.
@@ -226,6 +238,9 @@ def run_training(
     state = PartialState()
     _set_recipe_log_level(training_args, state.is_main_process)
     check_quantization(model_args, lora_args, training_args.device)  # before anything is written or loaded
+    plan = plan_and_check_memory(model_args, data_args, lora_args, training_args, state.is_main_process)
+    if training_args.dry_run:  # the plan is printed; nothing is written or loaded
+        return None
     tracking_args = tracking_args or TrackingArguments()
     run = RunDir(training_args.output_dir)
     tracker = RunTracker(tracking_args, lora_args, run.path, state.is_main_process, training_args.push_to_hub)
@@ -240,15 +255,20 @@ def run_training(
     )
     parameters = count_parameters(model)
     if state.is_main_process:
-        logger.info("run summary\n%s", start_summary(model_args, lora_args, training_args, prepared, *parameters, resume))
+        summary = start_summary(model_args, lora_args, training_args, prepared, *parameters, resume)
+        logger.info("run summary\n%s", summary + (f"\n{format_plan(plan)}" if plan else ""))
     check_disk_space(run, model, training_args, lora_args, total_steps(len(prepared.train_dataset), training_args),
                      resume, state)
 
     training_args = tracker.configure(training_args, resume)  # W&B run started; Hub pushes off if unreachable
     trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
+    tensor_memory = TensorMemoryCallback(model)  # the peak held in tensors, to set against the plan
+    trainer.add_callback(tensor_memory)
     attach_training_guard(trainer, run)  # stop and save on SIGTERM / Ctrl-C; stop on a non-finite loss
     tracker.attach(trainer)
     train_metrics, eval_metrics = train_and_evaluate(trainer, prepared, lora_args, parameters, resume)
+    train_metrics.update(peak_tensor_memory_mb=tensor_memory.peak_mb, tensor_memory_steps=tensor_memory.measured_steps,
+                         memory_plan_mb=round(plan.peak / MIB, 1) if plan else None)
 
     save_final_model(trainer, tokenizer, lora_args, run.path, model_args)
     if trainer.is_world_process_zero():
