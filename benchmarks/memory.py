@@ -4,7 +4,7 @@ recipe's own set-up (`prepare_data_and_model`, `build_trainer`).
 
     python benchmarks/memory.py --model_name_or_path models/SmolLM2-135M-Instruct      # ~20 min on 2 CPU cores
     python benchmarks/memory.py --model tiny                                            # the smoke model, ~1 min
-    python benchmarks/memory.py --model_name_or_path ... --rows qlora "qlora, checkpointing" --clock cpu
+    python benchmarks/memory.py --model_name_or_path ... --clock cpu --threads 1 --output_dir DIR   # busy machine
 
 Each row: the plan's peak (recipe/memory.py, from the config, before the model loads), the peak measured by
 counting tensors (recipe/tensor_memory.py; CUDA: the allocator's peak), the process's peak RSS (the
@@ -20,7 +20,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -33,8 +32,8 @@ from throughput_tools import CLOCKS, PeakMemory, StepTimer, TokenCountingCollato
 from recipe.config import DataArguments, DialogueTrainingArguments, LoraArguments, ModelArguments  # noqa: E402
 from recipe.config import RecipeParser  # noqa: E402
 from recipe.environment import environment_record  # noqa: E402
-from recipe.memory import MIB, plan_memory  # noqa: E402
-from recipe.memory_check import options_for_run, plan_for_run  # noqa: E402
+from recipe.memory import MIB  # noqa: E402
+from recipe.memory_check import plan_for_run  # noqa: E402
 from recipe.run_dir import RunDir  # noqa: E402
 from recipe.tensor_memory import TensorMemoryCallback  # noqa: E402
 from recipe.training import build_trainer, prepare_data_and_model  # noqa: E402
@@ -132,6 +131,7 @@ def markdown(record: dict) -> str:
 
 def main(args) -> dict:
     started = datetime.datetime.now(datetime.timezone.utc)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     recipe = Path(args.config) if args.config else RECIPES[args.model]
     extra = ["--model_name_or_path", args.model_name_or_path] if args.model_name_or_path else []
     extra += ["--bf16", args.bf16] if args.bf16 else []
@@ -176,7 +176,9 @@ def parse_args(argv=None):
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), help="these rows only")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per row (the peak is steady from step 2)")
     parser.add_argument("--bf16", choices=["true", "false"], default=None, help="default: the recipe's automatic choice")
-    parser.add_argument("--clock", choices=list(CLOCKS), default="wall", help="cpu: CPU seconds (a busy machine)")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="cpu: the process's CPU seconds, which other jobs disturb far less (with --threads 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output_dir", default=str(REPO / "benchmarks" / "results" / "memory"))
     parser.add_argument("--scratch_dir", default=None)
     return parser.parse_args(argv)

@@ -23,7 +23,6 @@ tests/test_memory.py on the tiny model, benchmarks/memory.py on SmolLM2-135M.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 
 MIB = 2**20
@@ -135,6 +134,9 @@ def _layer_activations(shape: ModelShape, options: PlanOptions, adapted: list[La
     """(bytes per token, bytes per layer independent of tokens) that one decoder layer keeps for backward."""
     r = options.weight_bytes  # the residual stream and norms run at the weights' precision
     a = options.autocast_bytes or r  # linear layers, attention and the MLP under autocast
+    # A bitsandbytes layer computes in its compute dtype but returns its input's dtype (the residual stream's):
+    # under autocast the MLP's intermediates stay at full precision.
+    a_out = r if options.bits else a
     h, h_q = shape.hidden, shape.heads * shape.head_dim
     grouped = shape.kv_heads < shape.heads
     h_kv = h_q if (options.attention_mask and grouped) else shape.kv_heads * shape.head_dim  # expanded with a mask
@@ -143,7 +145,7 @@ def _layer_activations(shape: ModelShape, options: PlanOptions, adapted: list[La
     if full and shape.norm_weights_saved:
         per_token += 2 * h * r
     per_token += (2 * h_q + 2 * h_kv) * a + shape.heads * 4  # q, k, v, output; the softmax statistics
-    per_token += {"gated": 3, "gelu_tanh": 4, "plain": 1}[shape.mlp] * shape.intermediate * a
+    per_token += {"gated": 3, "gelu_tanh": 4, "plain": 1}[shape.mlp] * shape.intermediate * a_out
     if options.attention_mask:
         per_token += options.row_length * r  # the 4D mask, one per layer
     if options.eager_attention or shape.attention_dropout > 0:
@@ -159,7 +161,7 @@ def _layer_activations(shape: ModelShape, options: PlanOptions, adapted: list[La
     for lin in adapted:
         per_token += options.lora_r * a  # lora_B's input
         if options.lora_dropout > 0:  # the dropout mask, and the dropped copy that lora_A keeps
-            mask_bytes = r if lin.role in ("attn_in", "mlp_in") else a
+            mask_bytes = {"attn_in": r, "mlp_in": r, "attn_out": a}.get(lin.role, a_out)
             per_token += lin.d_in * (mask_bytes + a)
     per_layer = 0.0
     if options.autocast_bytes and not options.bits:  # a half-precision copy of each weight, kept for backward

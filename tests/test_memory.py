@@ -126,3 +126,10 @@ def test_a_65b_gpt2_on_a_24gb_machine_is_refused_from_its_config_with_the_fixes_
     fixes = message.split("options that fit: ")[1]
     assert "--dtype bfloat16" in fixes  # LoRA on a bf16 copy of the base fits
     assert "--load_in_4bit" not in fixes  # a random base is built at full precision before it is quantized
+
+
+def test_the_readmes_fit_table_is_what_the_plan_computes():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from memory_table import memory_table
+
+    assert memory_table() in (REPO / "README.md").read_text()

@@ -127,19 +127,23 @@ def test_qlora_on_a_llama_base_with_bf16_matmuls_and_gradient_checkpointing(fami
 # Gradients through the 4-bit base
 
 
-def qlora_model(family_dir, family="llama3", dropout=0.0, bf16=False):
-    """A 4-bit tiny base with LoRA adapters whose B matrices are not zero (so every adapter gets a gradient)."""
+def qlora_model(family_dir, family="llama3", dropout=0.0, bf16=False, quantized=True):
+    """A 4-bit (or float) tiny base with LoRA adapters whose B matrices are not zero (so every adapter gets a
+    gradient)."""
     from recipe.modeling import apply_lora, get_model, get_tokenizer
     from recipe.quantization import get_quantized_base
     from recipe.config import DialogueTrainingArguments
 
     folder = family_dir(family)
-    model_args = ModelArguments(model_name_or_path=str(folder), random_init=True, load_in_4bit=True)
+    model_args = ModelArguments(model_name_or_path=str(folder), random_init=True, load_in_4bit=quantized)
     tokenizer = get_tokenizer(model_args)
     torch.manual_seed(0)
     training_args = DialogueTrainingArguments(output_dir=str(folder / "unused"), bf16=bf16, report_to="none")
     base_dir = folder.parent / f"{family}-base"
-    model = get_quantized_base(model_args, training_args, tokenizer, base_dir, is_main=True)
+    if quantized:
+        model = get_quantized_base(model_args, training_args, tokenizer, base_dir, is_main=True)
+    else:
+        model = get_model(model_args, tokenizer)
     model = apply_lora(model, LoraArguments(use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=dropout))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -173,8 +177,9 @@ def test_an_evaluation_pass_leaves_the_4bit_layers_differentiable(family_dir):
         torch.testing.assert_close(after[name], before[name], msg=name)
 
 
-def test_gradient_checkpointing_on_a_4bit_base_is_non_reentrant_and_gives_the_same_gradients(family_dir):
-    model = qlora_model(family_dir, dropout=0.1)  # checkpointing replays the adapters' dropout masks too
+@pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora"])
+def test_gradient_checkpointing_on_a_frozen_base_is_non_reentrant_and_gives_the_same_gradients(family_dir, quantized):
+    model = qlora_model(family_dir, dropout=0.1, quantized=quantized)  # checkpointing replays the dropout masks
     assert not model.is_gradient_checkpointing  # only --gradient_checkpointing turns it on, not the k-bit set-up
     torch.manual_seed(1)
     plain = adapter_gradients(model, INPUTS)
