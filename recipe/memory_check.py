@@ -250,8 +250,12 @@ def check_memory_plan(plan: MemoryPlan | None, training_args: DialogueTrainingAr
     """Stop a run whose plan does not fit (before the model loads), unless --check_memory false."""
     if plan is None or plan.fits:
         return
-    if training_args.check_memory:
+    sharded = bool(training_args.fsdp) or bool(training_args.deepspeed)  # the plan counts every weight unsharded
+    if training_args.check_memory and not sharded:
         raise ConfigError(refusal(plan))
+    if sharded:
+        logger.warning("the memory plan counts weights, gradients and states unsharded; with FSDP or DeepSpeed "
+                       "they are divided between the processes, so it is not enforced")
     logger.warning("%s", refusal(plan).replace("; or pass --check_memory false to start anyway", ""))
 
 
