@@ -97,7 +97,7 @@ def options_for_run(model_args: ModelArguments, data_args: DataArguments, lora_a
         autocast="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else None,
         optimizer=str(getattr(training_args.optim, "value", training_args.optim)),
         chunked_loss=training_args.chunked_lm_loss,
-        attention_mask=data_args.padding == "packing" or data_args.padding in ("longest", "max_length"),
+        attention_mask=True,  # every padding mode gives the attention a mask (packing: block-diagonal, per layer)
         eager_attention=model_args.attn_implementation == "eager",
         random_init=model_args.random_init,
     )

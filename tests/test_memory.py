@@ -109,7 +109,7 @@ def test_check_memory_false_warns_and_trains(tmp_path, monkeypatch, caplog):
 
 
 def test_a_65b_gpt2_on_a_24gb_machine_is_refused_from_its_config_with_the_fixes_that_fit(tmp_path, monkeypatch):
-    """The issue's reproduction: the bundled config at 4,096 wide and 32 layers grew to 23.7 GB and was killed
+    """The smoke recipe on the bundled config widened to 4,096 and 32 layers used to grow to 23.7 GB and be killed
     by the kernel (exit 137) with no message. The plan sees it from the config alone."""
     import shutil
 
