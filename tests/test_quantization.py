@@ -211,6 +211,19 @@ def test_float32_compute_runs_the_4bit_matmuls_of_a_bf16_run_in_float32(family_d
         assert layer.compute_dtype == torch.bfloat16  # restored
 
 
+def test_the_disk_estimate_counts_the_merged_model_at_full_precision(family_dir, tmp_path):
+    from recipe.config import DialogueTrainingArguments
+    from recipe.modeling import count_parameters
+    from recipe.output_dir import estimated_bytes
+
+    model = qlora_model(family_dir)
+    args = DialogueTrainingArguments(output_dir=str(tmp_path / "run"), save_strategy="no", eval_strategy="no",
+                                     load_best_model_at_end=False, report_to="none")
+    merged = estimated_bytes(model, args, LoraArguments(use_lora=True, merge_lora=True), 10, None)["final"]
+    adapter = estimated_bytes(model, args, LoraArguments(use_lora=True), 10, None)["final"]
+    assert merged - adapter == count_parameters(model)[1] * 4  # every weight in float32, not its packed bytes
+
+
 # ----------------------------------------------------------------------------------------------
 # Refusals, before any model loads
 
