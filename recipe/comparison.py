@@ -41,7 +41,10 @@ class RunSummary:
         if self.is_baseline:
             return "base"
         mode = self.train.get("mode") or ("lora" if self.config.get("use_lora") else "full")
-        return "LoRA" if mode == "lora" else "full"
+        if mode != "lora":
+            return "full"
+        return "QLoRA" if self.config.get("load_in_4bit") else "LoRA, 8-bit base" if self.config.get("load_in_8bit") \
+            else "LoRA"
 
     @property
     def lora_rank(self) -> int | None:
@@ -177,12 +180,15 @@ def comparison_rows(runs: list[RunSummary]) -> list[tuple[str, list[str]]]:
         ("of which steps / evaluation / checkpoints (s)", per_run(phases)),
         ("tokens/s (real tokens, in the steps)",
          per_run(lambda r: _fmt(r.train.get("train_real_tokens_per_second"), ",.0f"))),
-        ("peak memory (MB)", per_run(lambda r: _fmt(r.train.get("peak_memory_mb"), ",.0f"))),
+        ("peak memory in tensors (MB)", per_run(lambda r: _fmt(r.train.get("peak_tensor_memory_mb"), ",.0f"))),
+        ("memory plan (MB)", per_run(lambda r: _fmt(r.train.get("memory_plan_mb"), ",.0f"))),
+        ("peak RSS (MB)", per_run(lambda r: _fmt(r.train.get("peak_memory_mb"), ",.0f"))),
         ("final train loss", per_run(lambda r: _fmt(r.train.get("final_train_loss"), ".4f"))),
         ("eval loss (nats/token, exact)", per_run(lambda r: _fmt(r.evaluation.get("eval_token_loss"), ".4f"))),
         ("perplexity", per_run(lambda r: _fmt(r.evaluation.get("eval_perplexity"), ".2f"))),
         ("distinct-1", per_run(quality("distinct_1"))),
         ("distinct-2", per_run(quality("distinct_2"))),
+        ("clean ends", per_run(lambda r: _fmt((r.quality or {}).get("clean_end_share"), ".1%"))),
         ("device", per_run(lambda r: r.device or "n/a")),
     ]
 
@@ -214,8 +220,10 @@ def comparison_markdown(runs: list[RunSummary], plot_name: str | None, pareto_pl
         "- Eval loss is `eval_token_loss`: the validation set's total negative log-likelihood over its predicted "
         "tokens (nats per token, every token counted once); perplexity is its exponential. The train loss is the "
         "Trainer's mean over its last logging window.",
-        "- Tokens/s counts real tokens (padding excluded). Peak memory is the process's peak resident memory on "
-        "CPU, and peak allocated GPU memory on CUDA: compare runs of one device only.",
+        "- Tokens/s counts real tokens (padding excluded). Peak memory in tensors is what the run's tensors held at "
+        "most (counted over its first optimizer steps on a CPU, the allocator's peak on CUDA); the memory plan is "
+        "its estimate before the model loaded; peak RSS is the process's resident memory, which on a CPU measures "
+        "the allocator (freed blocks kept), not the tensors: compare runs by the tensor figure, on one device.",
         "- A run is on a Pareto front when no other run has both a lower (or equal) perplexity and a lower (or "
         "equal) cost. Per-speaker perplexity, clean ends and distinct-2 come from scripts/evaluate.py "
         "(evaluation.json: every speaker's tokens, float32 weights).",
@@ -223,11 +231,13 @@ def comparison_markdown(runs: list[RunSummary], plot_name: str | None, pareto_pl
     missing = [run for run in runs if run.quality is None]
     if missing:
         commands = "; ".join(f"`{EVALUATE_HINT.format(run_dir=run.run_dir)}`" for run in missing)
-        lines.append(f"- Distinct-1/2 (share of distinct words / word pairs in sampled replies) come from "
-                     f"evaluation.json, written by the evaluation script; n/a means it has not run: {commands}.")
+        lines.append(f"- Distinct-1/2 (share of distinct words / word pairs in sampled replies) and clean ends "
+                     f"(replies that end at EOS or the end of the turn) come from evaluation.json, written by the "
+                     f"evaluation script; n/a means it has not run: {commands}.")
     else:
         lines.append("- Distinct-1/2: share of distinct words / word pairs in the replies sampled by "
-                     "scripts/evaluate.py (evaluation.json).")
+                     "scripts/evaluate.py (evaluation.json); clean ends: replies that end at EOS or the end of the "
+                     "turn within max_new_tokens.")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 

@@ -20,6 +20,7 @@ from .generation import prompts_from_dialogues, read_prompts_file, reply_samples
 from .hub import is_hub_id
 from .loss import label_nll
 from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures
+from .quantization import describe as describe_quantization
 from .run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, CHECKPOINT_PREFIX, EVALUATION, RunDir, read_json_file, weights_file
 from .tracking import POSTHOC_EVAL_PREFIX, log_evaluation_to_wandb, read_wandb_record, refresh_model_cards
 
@@ -36,6 +37,7 @@ class LoadedModel:
     run_dir: RunDir | None  # the training run it came from, if any
     weights_sha256: str | None
     dtype: str  # of the loaded weights (the run's, unless --dtype said otherwise)
+    quantization: str | None = None  # "4-bit nf4, ..." for a base loaded in k bits, as it trained
 
 
 def _lora_base(adapter_dir: Path, base_model: str | None, run: RunDir | None) -> str:
@@ -70,9 +72,13 @@ def run_model_arguments(run: RunDir | None) -> ModelArguments:
 
 
 def _loading_arguments(trained: ModelArguments, source: str, dtype: str | None) -> ModelArguments:
-    """Load `source` as its run loaded its model (trust_remote_code, attn_implementation, dtype, and the
-    revision when it is the run's own base), through the same `get_model`; `dtype` overrides the run's."""
+    """Load `source` as its run loaded its model (trust_remote_code, attn_implementation, dtype, a 4-bit or
+    8-bit base, and the revision when it is the run's own base), through the same `get_model`; `dtype`
+    overrides the run's, and loads a k-bit base at full precision in that dtype instead."""
+    from .quantization import full_precision
+
     same_source = source == trained.model_name_or_path
+    trained = full_precision(trained) if dtype else trained
     return dataclasses.replace(
         trained, model_name_or_path=source, tokenizer_name_or_path=None, random_init=False,
         model_revision=trained.model_revision if same_source else "main", dtype=dtype or trained.dtype,
@@ -108,10 +114,14 @@ def load_model_for_evaluation(model_path: str, base_model: str | None = None, dt
         model = get_model(model_args, tokenizer)
         base = None
         kind = "checkpoint-full" if checkpoint else "base" if (run_dir is None or path.name == BASE_MODEL_DIR) else "full"
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    if model_args.quantized:  # placed on its device as it was quantized; it cannot move
+        model.eval()
+    else:
+        model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
     weights = weights_file(path) if path.is_dir() else path if path.is_file() else None  # a GGUF file is its weights
-    return LoadedModel(model, tokenizer, kind, model_path, base, run_dir, file_sha256(weights), model_args.dtype)
+    quantization = describe_quantization(dataclasses.asdict(model_args))
+    return LoadedModel(model, tokenizer, kind, model_path, base, run_dir, file_sha256(weights), model_args.dtype,
+                       quantization)
 
 
 def evaluation_data_args(run_config: dict[str, Any] | None, data_config: str | None) -> DataArguments:
@@ -332,6 +342,7 @@ def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
             "run_dir": str(loaded.run_dir) if loaded.run_dir else None,
             "weights_sha256": loaded.weights_sha256,
             "dtype": loaded.dtype,
+            "quantization": loaded.quantization,
             "run_config": run_config,
         },
         "data": data_description,

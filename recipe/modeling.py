@@ -92,6 +92,9 @@ def get_model(model_args: ModelArguments, tokenizer):
 
     model_args = with_gguf_dequantized(model_args)
     source, local_only = resolve_pretrained(model_args.model_name_or_path, "model", model_args.model_revision)
+    if model_args.random_init and model_args.quantized:
+        raise ConfigError("a random_init base has no weights to quantize: build it, save it, and load that folder "
+                          "(recipe.quantization.get_quantized_base does)")
     common = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
     if model_args.attn_implementation:
         common["attn_implementation"] = model_args.attn_implementation
@@ -102,8 +105,11 @@ def get_model(model_args: ModelArguments, tokenizer):
             **{k: v for k, v in common.items() if k == "attn_implementation"},
         )
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            source, local_files_only=local_only, dtype=_DTYPES[model_args.dtype], **common
+        from .quantization import quantized_loading
+
+        model = AutoModelForCausalLM.from_pretrained(  # a k-bit base is quantized here, as it loads
+            source, local_files_only=local_only, dtype=_DTYPES[model_args.dtype], **common,
+            **quantized_loading(model_args),
         )
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         logger.warning("tokenizer has %d tokens, model %d embeddings: resizing", len(tokenizer),
@@ -212,10 +218,15 @@ def record_adapter_base(peft_model, model_args: ModelArguments, saved_base_dir: 
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+    """(trainable, total) parameter counts; a 4-bit weight counts its weights, not the bytes that pack them."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(_weights_in(p) for p in model.parameters())
     return trainable, total
+
+
+def _weights_in(parameter) -> int:
+    shape = getattr(getattr(parameter, "quant_state", None), "shape", None)  # bitsandbytes' Params4bit
+    return int(torch.Size(shape).numel()) if shape is not None else parameter.numel()
 
 
 def build_offline_model_dir(output_dir: str | os.PathLike, texts: list[str], vocab_size: int = 2048) -> Path:

@@ -220,8 +220,11 @@ def estimated_bytes(model, args, lora_args, total_steps: int, resume: Path | Non
     saved_weights = trainable if lora_args.use_lora else weights
     checkpoint = saved_weights + 2 * trainable + CHECKPOINT_OVERHEAD
     final = saved_weights + CHECKPOINT_OVERHEAD
-    if lora_args.use_lora and lora_args.merge_lora:
-        final += weights
+    if lora_args.use_lora and lora_args.merge_lora:  # a k-bit base is merged at full precision (float32)
+        from .modeling import count_parameters
+        from .quantization import is_quantized
+
+        final += count_parameters(model)[1] * 4 if is_quantized(model) else weights
     kept = checkpoints_on_disk(args, total_steps)
     if resume is not None and kept:  # those already written will be rotated away, not added to
         kept = max(1, kept - len(RunDir(args.output_dir).complete_checkpoints()))

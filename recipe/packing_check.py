@@ -17,6 +17,7 @@ import torch
 
 from .config import ConfigError, DataArguments
 from .data import get_data_collator, pack_batch
+from .quantization import float32_compute
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _log_probs(model, batch: dict[str, torch.Tensor], use_cache: bool) -> torch.
     config.use_cache = use_cache
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), float32_compute(model):  # a 4-bit base's matmuls in float32, as the tolerance assumes
             logits = model(**inputs).logits
     except TypeError as error:  # a forward without position_ids
         raise ConfigError(f"{type(model).__name__} cannot take position_ids ({error}); {USE_INSTEAD}") from None

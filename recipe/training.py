@@ -31,6 +31,8 @@ from .environment import environment_record, peak_memory_mb
 from .files import atomic_write_json
 from .generation import chat_template_turn_end_ids
 from .loss import ChunkedCausalLMLoss
+from .memory import MIB
+from .memory_check import format_plan, plan_and_check_memory
 from .metrics import compute_perplexity_metrics, sequence_nll
 from .modeling import (
     align_generation_config,
@@ -45,11 +47,14 @@ from .modeling import (
 from .output_dir import OutputDirError  # noqa: F401 - re-exported: callers catch it from here
 from .output_dir import RunLock, check_disk_space, prepare_output_dir
 from .packing_check import check_packing_isolation, refuse_cache_with_packing
+from .quantization import check_quantization, get_quantized_base, merge_on_full_precision_base
+from .quantization import describe as describe_quantization
 from .redaction import redact_argv
 from .resume import check_resume, record_resume
 from .run_dir import RunDir, read_json_file
 from .safeguards import WatchesLoss, attach_training_guard, raise_if_stopped
 from .timing import TimesPhases, train_timing
+from .tensor_memory import TensorMemoryCallback
 from .tracking import RunTracker, run_mode
 
 logger = logging.getLogger(__name__)
@@ -176,7 +181,8 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
     lines = [
         f"model: {model_args.model_name_or_path}{' (random init)' if model_args.random_init else ''}, "
-        f"{'LoRA r=%d' % lora_args.lora_r if lora_args.use_lora else 'full fine-tuning'}",
+        f"{'LoRA r=%d' % lora_args.lora_r if lora_args.use_lora else 'full fine-tuning'}"
+        + (f" on a {describe_quantization(dataclasses.asdict(model_args))} base" if model_args.quantized else ""),
         f"parameters: {total:,} total, {trainable:,} trainable ({trainable / total:.2%})",
         format_report(prepared.report),
         f"tokens per epoch: {train['tokens']:,} ({train['loss_tokens']:,} in the loss), "
@@ -194,7 +200,7 @@ def end_summary(output_dir, train_metrics, eval_metrics) -> str:
         f"time: {train_metrics['train_runtime']:.1f} s (steps {train_metrics['train_steps_runtime']:.1f} s, evaluation "
         f"{train_metrics['train_evaluation_runtime']:.1f} s, checkpoints {train_metrics['train_checkpoint_runtime']:.1f} s), "
         f"{train_metrics['train_real_tokens_per_second']:,.0f} tokens/s in the steps (real tokens, padding excluded)",
-        f"peak memory {train_metrics['peak_memory_mb']:,.0f} MB",
+        f"peak memory {train_metrics['peak_memory_mb']:,.0f} MB (process RSS)" + _tensor_memory_line(train_metrics),
         f"final train loss: {train_metrics.get('final_train_loss', float('nan')):.4f}",
     ]
     if eval_metrics:
@@ -206,14 +212,22 @@ def end_summary(output_dir, train_metrics, eval_metrics) -> str:
     return "\n".join(lines)
 
 
+def _tensor_memory_line(train_metrics) -> str:
+    measured, planned = train_metrics.get("peak_tensor_memory_mb"), train_metrics.get("memory_plan_mb")
+    if measured is None:
+        return ""
+    return f", {measured:,.0f} MB in tensors" + (f" (plan {planned:,.0f} MB)" if planned else "")
+
+
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
     lora_args: LoraArguments,
     training_args: DialogueTrainingArguments,
     tracking_args: TrackingArguments | None = None,
-) -> TrainingResult:
-    """Fine-tune, evaluate and save; see the README for everything written to output_dir.
+) -> TrainingResult | None:
+    """Fine-tune, evaluate and save; see the README for everything written to output_dir. A dry run prints
+    the memory plan and returns None, having written and loaded nothing.
 
     Four steps: decide how the output directory is used and record the run; prepare the tokenizer,
     data and model; train; write the final model, results and records.
@@ -223,6 +237,10 @@ def run_training(
     redact_argv()  # no --hub_token in what W&B records as the command line
     state = PartialState()
     _set_recipe_log_level(training_args, state.is_main_process)
+    check_quantization(model_args, lora_args, training_args.device)  # before anything is written or loaded
+    plan = plan_and_check_memory(model_args, data_args, lora_args, training_args, state.is_main_process)
+    if training_args.dry_run:  # the plan is printed; nothing is written or loaded
+        return None
     tracking_args = tracking_args or TrackingArguments()
     run = RunDir(training_args.output_dir)
     tracker = RunTracker(tracking_args, lora_args, run.path, state.is_main_process, training_args.push_to_hub)
@@ -239,17 +257,22 @@ def run_training(
     )
     parameters = count_parameters(model)
     if state.is_main_process:
-        logger.info("run summary\n%s", start_summary(model_args, lora_args, training_args, prepared, *parameters, resume))
+        summary = start_summary(model_args, lora_args, training_args, prepared, *parameters, resume)
+        logger.info("run summary\n%s", summary + (f"\n{format_plan(plan)}" if plan else ""))
     check_disk_space(run, model, training_args, lora_args, total_steps(len(prepared.train_dataset), training_args),
                      resume, state)
 
     training_args = tracker.configure(training_args, resume, parameters)  # W&B started; Hub off if unreachable
     trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
+    tensor_memory = TensorMemoryCallback(model)  # the peak held in tensors, to set against the plan
+    trainer.add_callback(tensor_memory)
     attach_training_guard(trainer, run)  # stop and save on SIGTERM / Ctrl-C; stop on a non-finite loss
     tracker.attach(trainer, prepared, data_args)  # with replies to validation prompts at each evaluation
     train_metrics, eval_metrics = train_and_evaluate(trainer, prepared, lora_args, parameters, resume)
+    train_metrics.update(peak_tensor_memory_mb=tensor_memory.peak_mb, tensor_memory_steps=tensor_memory.measured_steps,
+                         memory_plan_mb=round(plan.peak / MIB, 1) if plan else None)
 
-    save_final_model(trainer, tokenizer, lora_args, run.path)
+    save_final_model(trainer, tokenizer, lora_args, run.path, model_args)
     if trainer.is_world_process_zero():
         write_results(run, trainer, train_metrics, eval_metrics)
     state.wait_for_everyone()
@@ -301,9 +324,12 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
         atomic_write_json(run.data_report, prepared.report)
 
     set_seed(training_args.seed)  # same initial weights whatever the data step consumed
-    model = get_model(model_args, tokenizer)
+    if model_args.quantized:  # a random base is saved to base_model/ at full precision first
+        model = get_quantized_base(model_args, training_args, tokenizer, run.base_model, is_main)
+    else:
+        model = get_model(model_args, tokenizer)
     if lora_args.use_lora:
-        if model_args.random_init and is_main:
+        if model_args.random_init and is_main and not model_args.quantized:
             # An adapter works only on its exact base, and a random base exists nowhere else: keep it.
             model.save_pretrained(run.base_model)
             tokenizer.save_pretrained(run.base_model)
@@ -354,9 +380,11 @@ def write_results(run: RunDir, trainer: DialogueTrainer, train_metrics: dict[str
     logger.info("done\n%s", end_summary(run.path, train_metrics, eval_metrics))
 
 
-def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArguments, output_dir: Path) -> None:
+def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArguments, output_dir: Path,
+                     model_args: ModelArguments | None = None) -> None:
     """The final (best, when load_best_model_at_end) model or adapter, its tokenizer and a generation
-    config whose EOS stops generation; with merge_lora, also base+adapter merged into merged/."""
+    config whose EOS stops generation; with merge_lora, also base+adapter merged into merged/ (onto the
+    base at full precision when it trained in k bits)."""
     model = trainer.model
     base = model.get_base_model() if lora_args.use_lora else model
     base.config.use_cache = True  # the Trainer turned the KV cache off for training; generation wants it
@@ -367,6 +395,9 @@ def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArgumen
         base.generation_config.save_pretrained(output_dir)
     if lora_args.use_lora and lora_args.merge_lora and trainer.is_world_process_zero():
         merged_dir = RunDir(output_dir).merged
+        if model_args is not None and model_args.quantized:
+            merge_on_full_precision_base(model_args, output_dir, merged_dir, tokenizer)
+            return
         merged = trainer.accelerator.unwrap_model(model).merge_and_unload()
         merged.save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)

@@ -16,7 +16,7 @@ from recipe.generation import ChatSession, chat_speakers
 
 
 def main(chat_args: ChatArguments, gen_args: GenerationArguments) -> None:
-    loaded = load_model_for_evaluation(chat_args.model_path, chat_args.base_model)
+    loaded = load_model_for_evaluation(chat_args.model_path, chat_args.base_model, chat_args.dtype)
     data_args = evaluation_data_args(loaded.run_dir.read_config() if loaded.run_dir else None, None)
     user, speaker = chat_speakers(loaded.run_dir, chat_args.user, chat_args.speaker)
     context = chat_args.max_context_tokens or max(16, data_args.max_length - gen_args.max_new_tokens)

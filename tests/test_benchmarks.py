@@ -38,3 +38,21 @@ def test_throughput_smoke_mode_writes_the_record_and_table(tmp_path):
     assert record["lora_vs_full"]["lora_tensor_peak_mb"] < record["lora_vs_full"]["full_tensor_peak_mb"]
     table = record_path.with_suffix(".md").read_text()
     assert "| reference | fp32 | model |" in table and "× reference" in table and "tensor peak (MB)" in table
+
+
+def test_memory_benchmark_on_the_tiny_model_writes_the_record_and_table(tmp_path):
+    """benchmarks/memory.py's rows on the smoke model: the plan beside the peak measured in tensors, and the
+    effect of gradient checkpointing (no timing is checked)."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/memory.py", "--model", "tiny", "--rows", "lora", "lora, checkpointing",
+         "--steps", "2", "--bf16", "false", "--output_dir", str(tmp_path), "--scratch_dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record_path,) = tmp_path.glob("*-cpu.json")
+    record = json.loads(record_path.read_text())
+    assert list(record["rows"]) == ["lora", "lora, checkpointing"]
+    for row in record["rows"].values():
+        assert row["plan_mb"] > 0 and row["measured_mb"] > 0 and row["precision"] == "fp32"
+    assert record["checkpointing"]["lora"]["memory_saved_mb"] > 0  # checkpointing keeps less
+    assert "| lora, checkpointing | fp32 |" in record_path.with_suffix(".md").read_text()

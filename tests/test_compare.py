@@ -59,11 +59,14 @@ def test_report_puts_full_and_lora_side_by_side(runs, tmp_path):
     assert row(report, "trainable parameters")[0].endswith("(100.00%)")
     assert row(report, "wall time (s)") == [f"{r['train_runtime']:.1f}" for r in results]
     assert row(report, "tokens/s (real tokens, in the steps)") == [f"{r['train_real_tokens_per_second']:,.0f}" for r in results]
-    assert row(report, "peak memory (MB)") == [f"{r['peak_memory_mb']:,.0f}" for r in results]
+    assert row(report, "peak RSS (MB)") == [f"{r['peak_memory_mb']:,.0f}" for r in results]
+    assert row(report, "peak memory in tensors (MB)") == [f"{r['peak_tensor_memory_mb']:,.0f}" for r in results]
+    assert row(report, "memory plan (MB)") == [f"{r['memory_plan_mb']:,.0f}" for r in results]
     assert row(report, "final train loss") == [f"{r['final_train_loss']:.4f}" for r in results]
     assert row(report, "eval loss (nats/token, exact)") == [f"{e['eval_token_loss']:.4f}" for e in evals]
     assert row(report, "perplexity") == [f"{e['eval_perplexity']:.2f}" for e in evals]
     assert row(report, "distinct-1") == ["0.250", "n/a"] and row(report, "distinct-2") == ["0.713", "n/a"]
+    assert row(report, "clean ends") == ["100.0%", "n/a"]
     assert f"`python scripts/evaluate.py --model_path {lora}`" in report
     assert f"--model_path {full}`" not in report  # only the run without evaluation.json is named
 
@@ -220,3 +223,13 @@ def test_run_comparison_on_a_pretrained_base_evaluates_it_first_as_the_base_row(
     assert row(report, "mode") == ["base", "full", "LoRA"]
     assert row(report, "perplexity")[0] == f"{base_json['perplexity']['perplexity']:.2f}"
     assert "other data" not in report
+
+
+def test_a_qlora_run_is_named_qlora_beside_full_and_lora(runs, tmp_path):
+    import yaml
+
+    qlora = copy_run(runs[1], tmp_path / "smoke-qlora")
+    config = yaml.safe_load((qlora / "run_config.yaml").read_text())
+    (qlora / "run_config.yaml").write_text(yaml.safe_dump({**config, "load_in_4bit": True}))
+    report = compare_runs([runs[0], runs[1], qlora], tmp_path / "report.md")[0].read_text()
+    assert row(report, "mode") == ["full", "LoRA", "QLoRA"]

@@ -49,6 +49,43 @@ class ModelArguments:
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel: sdpa, eager or flash_attention_2 (default: the model's)."}
     )
+    # --- k-bit bases through bitsandbytes (recipe/quantization.py); LoRA runs only ---
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "Load the base's linear layers in 4 bits (QLoRA, with --use_lora true): about an eighth "
+                          "of fp32 weight memory. Needs bitsandbytes: pip install -e '.[qlora]'."},
+    )
+    load_in_8bit: bool = field(
+        default=False,
+        metadata={"help": "Load the base's linear layers in 8 bits (LLM.int8(), with --use_lora true)."},
+    )
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = field(
+        default="nf4", metadata={"help": "4-bit data type: nf4 (normal float, QLoRA's) or fp4."}
+    )
+    bnb_4bit_use_double_quant: bool = field(
+        default=True,
+        metadata={"help": "Quantize the 4-bit blocks' scales too (about 0.4 bits per weight less)."},
+    )
+    bnb_4bit_compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto",
+        metadata={"help": "dtype the 4-bit weights are dequantized to for each matmul. auto: the run's precision "
+                          "(bfloat16 under --bf16, float16 under --fp16, else float32)."},
+    )
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.load_in_4bit and self.load_in_8bit:
+            errors.append("load_in_4bit and load_in_8bit are both true; choose one (4-bit takes half the memory)")
+        defaults = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "auto"}
+        for name, default in defaults.items():
+            if not self.load_in_4bit and getattr(self, name) != default:
+                errors.append(f"{name} is set ({getattr(self, name)!r}) but load_in_4bit is false; add --load_in_4bit "
+                              f"true, or leave {name} out")
+        raise_all(errors)
+
+    @property
+    def quantized(self) -> bool:
+        return self.load_in_4bit or self.load_in_8bit
 
 
 @dataclass

@@ -102,8 +102,9 @@ class EvaluationArguments:
     )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = field(
         default=None,
-        metadata={"help": "dtype of the weights for evaluation (default: the run's --dtype; float32 for a model "
-                          "no run of this recipe wrote)."},
+        metadata={"help": "dtype of the weights for evaluation (default: the run's --dtype, and a 4-bit or 8-bit "
+                          "base as it trained; float32 for a model no run of this recipe wrote). Set, it loads a "
+                          "k-bit base at full precision in this dtype."},
     )
 
     def __post_init__(self) -> None:
@@ -128,6 +129,11 @@ class ChatArguments:
         metadata={"help": "Who the model plays (default: the run's train_on_speakers, else its second speaker)."},
     )
     user: str | None = field(default=None, metadata={"help": "Who you are (default: the run's first speaker)."})
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = field(
+        default=None,
+        metadata={"help": "dtype of the weights (default: the run's --dtype, and a 4-bit or 8-bit base as it "
+                          "trained); set, it loads such a base at full precision in this dtype."},
+    )
     max_context_tokens: int | None = field(
         default=None,
         metadata={

@@ -72,6 +72,16 @@ class DialogueTrainingArguments(SecretsStayInMemory, TrainingArguments):
             "logits (exact; less memory and time). Falls back to the model's own loss where it does not apply."
         },
     )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Print the memory plan (weights, gradients, optimizer states, activations against the "
+                          "device's free memory) and exit, before any data or model is loaded."},
+    )
+    check_memory: bool = field(
+        default=True,
+        metadata={"help": "Stop before the model loads when the memory plan does not fit the device's free memory, "
+                          "naming options that fit; false: warn and start anyway."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start over in an output_dir that holds checkpoints or a finished run (they are deleted)."},

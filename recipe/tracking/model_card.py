@@ -11,6 +11,8 @@ from typing import Any
 from ..config import ConfigError
 from ..files import atomic_write_text
 from ..hub import is_hub_id
+from ..quantization import bnb_config_code
+from ..quantization import describe as describe_quantization
 from ..run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, MERGED_DIR, MODEL_CARD, RUN_CONFIG, RunDir, read_json_file
 from .card_results import card_eval_results, epoch_table
 from .wandb_run import read_wandb_record, run_mode
@@ -94,6 +96,12 @@ def _what_it_is(config: dict, base: str, lora: bool, merged: bool) -> str:
         what = f"`{base}`, fully fine-tuned"
     if config.get("random_init"):
         what += " (a randomly initialised model built from that config: a smoke-test model, not a useful one)"
+    quantization = describe_quantization(config)
+    if quantization and merged:
+        what += (f"; the adapter trained on the base loaded in {quantization} and is merged onto the base's "
+                 "full-precision weights, not onto their dequantized k-bit copies")
+    elif quantization:
+        what += f", trained on the base loaded in {quantization} (QLoRA)"
     return what
 
 
@@ -160,6 +168,8 @@ def _recipe_section(config: dict, environment: dict, replay: str | None) -> list
     if config.get("use_lora"):
         rows.insert(1, ("LoRA", f"r {config.get('lora_r')}, alpha {config.get('lora_alpha')}, dropout "
                                 f"{config.get('lora_dropout')}, modules {_lora_targets(config)}"))
+    if describe_quantization(config):
+        rows.insert(2, ("base weights", f"{describe_quantization(config)} (bitsandbytes)"))
     packages = environment.get("packages") or {}
     device = environment.get("device") or {}
     lines = ["## Training recipe", "", "| option | value |", "|---|---|"]
@@ -267,16 +277,26 @@ def _adapter_loading(run: RunDir, hub_model_id: str | None, config: dict, remote
                 f'model = PeftModel.from_pretrained(base, "{hub_model_id}")  # .merge_and_unload() for a plain model']
         return code, []
     where = hub_model_id or str(run.path)
-    code = ["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{where}"{remote_code})  # base: {base}']
+    quantization = bnb_config_code(config, read_json_file(run.environment))
+    if quantization:  # the base as it trained; without quantization_config it loads at full precision
+        code = ["import torch", "from peft import AutoPeftModelForCausalLM",
+                "from transformers import AutoTokenizer, BitsAndBytesConfig", "", *quantization,
+                f'model = AutoPeftModelForCausalLM.from_pretrained("{where}", quantization_config=quantization'
+                f'{remote_code})  # base: {base}']
+    else:
+        code = ["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
+                f'model = AutoPeftModelForCausalLM.from_pretrained("{where}"{remote_code})  # base: {base}']
     note = []
+    if quantization:
+        note = ["The base loads in k bits as it trained (bitsandbytes: `pip install bitsandbytes`); leave out "
+                "`quantization_config` to load it at full precision.", ""]
     if config.get("random_init"):
-        note = [f"`{ADAPTER_CONFIG}` names the base saved in `{BASE_MODEL_DIR}/` by its absolute path (`{base}`), "
+        note += [f"`{ADAPTER_CONFIG}` names the base saved in `{BASE_MODEL_DIR}/` by its absolute path (`{base}`), "
                 "which AutoPeftModelForCausalLM follows from any directory. A copy of this folder elsewhere "
                 f"(`MODEL_DIR`) loads on its own copy of the base: `PeftModel.from_pretrained(AutoModelForCausalLM."
                 f'from_pretrained("MODEL_DIR/{BASE_MODEL_DIR}"), "MODEL_DIR")`.', ""]
     elif not base_on_hub:
-        note = [f"`{ADAPTER_CONFIG}` names the base folder by its absolute path (`{base}`). If it moves (to "
+        note += [f"`{ADAPTER_CONFIG}` names the base folder by its absolute path (`{base}`). If it moves (to "
                 "`BASE_DIR`), load it first: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
                 f'"BASE_DIR"), "{where}")`.', ""]
     return code, note

@@ -1,0 +1,226 @@
+"""k-bit bases through bitsandbytes: QLoRA (a 4-bit base with LoRA adapters) and LoRA on an 8-bit base.
+
+The base is quantized as `modeling.get_model` loads it (`from_pretrained` with a `BitsAndBytesConfig`), from
+a local folder or a Hub id, so any base the recipe loads as a float folder can be loaded in k bits. A
+`random_init` base has no weights to quantize: it is built at full precision, saved as the run's
+base_model/ (the base its adapter names) and loaded from there. Only the adapters train; checkpoints and
+the final output hold the adapter, whose `adapter_config.json` names the full-precision base. Merging
+(`--merge_lora`) loads that base at full precision and merges onto it, not onto the dequantized weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, LoraArguments, ModelArguments
+
+logger = logging.getLogger(__name__)
+
+# The oldest release checked to load, train and save 4-bit and 8-bit bases on a CPU (this project's machine).
+BITSANDBYTES_MIN_VERSION = "0.50.2"
+INSTALL_HINT = "pip install -e '.[qlora]' (bitsandbytes>=%s)" % BITSANDBYTES_MIN_VERSION
+PLATFORMS = ("NVIDIA GPUs (CUDA, compute capability 6.0 or newer), AMD ROCm and Intel XPU GPUs, Intel Gaudi, Apple "
+             "Silicon, and x86-64 CPUs with AVX2 on Linux and Windows (bitsandbytes' installation guide has the "
+             "details)")
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_QUANTIZATION_FIELDS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
+                        "bnb_4bit_compute_dtype")
+
+
+def bits(model_args: ModelArguments) -> int | None:
+    return 4 if model_args.load_in_4bit else 8 if model_args.load_in_8bit else None
+
+
+def check_quantization(model_args: ModelArguments, lora_args: LoraArguments, device: torch.device | str) -> None:
+    """Refuse, before any model loads, a k-bit base without LoRA or on a machine bitsandbytes cannot serve."""
+    if not model_args.quantized:
+        return
+    flag = f"--load_in_{bits(model_args)}bit"
+    if not lora_args.use_lora:
+        raise ConfigError(f"{flag} true needs --use_lora true: a quantized base cannot be trained itself, only LoRA "
+                          f"adapters on it (QLoRA); add --use_lora true, or drop {flag}")
+    require_bitsandbytes(torch.device(device).type, flag)
+
+
+def require_bitsandbytes(device_type: str, flag: str = "--load_in_4bit") -> None:
+    """bitsandbytes is installed, recent enough, and has a backend for this device; else an error naming the
+    package, how to install it and where it runs."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{flag} needs the bitsandbytes package, which is not installed: {INSTALL_HINT}. "
+                          f"It runs on {PLATFORMS}.")
+    installed = version("bitsandbytes")
+    if Version(installed) < Version(BITSANDBYTES_MIN_VERSION):
+        raise ConfigError(f"{flag} needs bitsandbytes {BITSANDBYTES_MIN_VERSION} or newer, {installed} is installed: "
+                          f"{INSTALL_HINT}")
+    import bitsandbytes
+
+    supported = set(getattr(bitsandbytes, "supported_torch_devices", ()))
+    if device_type not in supported:
+        raise ConfigError(f"{flag}: bitsandbytes {installed} has no backend for this run's device ({device_type}; it "
+                          f"supports {sorted(supported) or 'none here'}). It runs on {PLATFORMS}; without it, train "
+                          f"LoRA on the full-precision base (drop {flag})")
+
+
+def compute_dtype(model_args: ModelArguments) -> torch.dtype:
+    """What 4-bit weights are dequantized to: as asked; for auto, the dtype of the loaded weights (training first
+    resolves auto to its precision with `with_run_precision`)."""
+    if model_args.bnb_4bit_compute_dtype != "auto":
+        return _TORCH_DTYPES[model_args.bnb_4bit_compute_dtype]
+    return _TORCH_DTYPES.get(model_args.dtype, torch.float32)
+
+
+def with_run_precision(model_args: ModelArguments, training_args) -> ModelArguments:
+    """Model options whose automatic compute dtype follows the run's mixed precision (bf16, fp16 or fp32)."""
+    if not model_args.load_in_4bit or model_args.bnb_4bit_compute_dtype != "auto":
+        return model_args
+    precision = "bfloat16" if training_args.bf16 else "float16" if training_args.fp16 else "float32"
+    return dataclasses.replace(model_args, bnb_4bit_compute_dtype=precision)
+
+
+def full_precision(model_args: ModelArguments) -> ModelArguments:
+    """The same model options without quantization."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelArguments) if f.name in _QUANTIZATION_FIELDS}
+    return dataclasses.replace(model_args, **defaults)
+
+
+def bnb_config(model_args: ModelArguments):
+    """The `BitsAndBytesConfig` of a k-bit base, or None."""
+    if not model_args.quantized:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(model_args),
+    )
+
+
+def quantized_loading(model_args: ModelArguments) -> dict[str, Any]:
+    """Extra `from_pretrained` arguments that load the base in k bits on this process's device (none for a float
+    base). bitsandbytes places the weights as it quantizes them: the model cannot be moved afterwards."""
+    if not model_args.quantized:
+        return {}
+    from accelerate import PartialState
+
+    require_bitsandbytes(PartialState().device.type, f"--load_in_{bits(model_args)}bit")
+    return {"quantization_config": bnb_config(model_args), "device_map": {"": PartialState().device}}
+
+
+def is_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def keep_cpu_kernels_differentiable(model) -> None:
+    """Keep bitsandbytes' CPU inference kernel out of training. On a CPU with AVX512-BF16, a 4-bit layer run
+    in eval mode without gradients (an evaluation, the packing check) repacks its weights for a kernel that
+    has no backward; every later training step then gets no gradient through the frozen base, so the
+    adapters below it train on wrong gradients (or, with a bias, the step fails)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+@contextlib.contextmanager
+def float32_compute(model):
+    """4-bit layers dequantize to float32 inside the block (for checks whose tolerance is float32's: a bf16
+    matmul moves a pretrained model's log-probabilities by up to ~0.2, which would read as a real difference)."""
+    layers = [m for m in model.modules() if hasattr(m, "compute_dtype") and hasattr(m, "compute_type_is_set")]
+    saved = [(m.compute_dtype, m.compute_type_is_set) for m in layers]
+    for layer in layers:
+        layer.compute_dtype, layer.compute_type_is_set = torch.float32, True
+    try:
+        yield
+    finally:
+        for layer, (dtype, is_set) in zip(layers, saved):
+            layer.compute_dtype, layer.compute_type_is_set = dtype, is_set
+
+
+def get_quantized_base(model_args: ModelArguments, training_args, tokenizer, base_dir: str | os.PathLike,
+                       is_main: bool):
+    """The base in k bits, ready for adapters: frozen, norms and head in fp32 (PEFT's
+    prepare_model_for_kbit_training; gradient checkpointing is left to the Trainer, non-reentrant).
+
+    A random_init base is built at full precision, saved to `base_dir` by the main process and loaded
+    from there, so that the adapter's base exists at full precision for merging and loading.
+    """
+    from accelerate import PartialState
+    from peft import prepare_model_for_kbit_training
+
+    from .modeling import get_model
+
+    model_args = with_run_precision(model_args, training_args)
+    if model_args.random_init:
+        if is_main:
+            built = get_model(full_precision(model_args), tokenizer)
+            built.save_pretrained(base_dir)
+            tokenizer.save_pretrained(base_dir)
+            del built
+        PartialState().wait_for_everyone()
+        model_args = dataclasses.replace(model_args, model_name_or_path=str(base_dir), random_init=False,
+                                         model_revision="main")
+    model = get_model(model_args, tokenizer)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    keep_cpu_kernels_differentiable(model)
+    return model
+
+
+def merge_on_full_precision_base(model_args: ModelArguments, adapter_dir: str | os.PathLike, merged_dir: Path,
+                                 tokenizer) -> None:
+    """Write adapter + base merged into `merged_dir`, the base loaded at full precision from where the adapter
+    says it is (the weights the 4-bit or 8-bit base was quantized from), not dequantized from k bits."""
+    from peft import PeftConfig, PeftModel
+
+    from .modeling import get_model
+
+    recorded = PeftConfig.from_pretrained(str(adapter_dir))
+    base_args = dataclasses.replace(full_precision(model_args), model_name_or_path=recorded.base_model_name_or_path,
+                                    model_revision=recorded.revision or "main", random_init=False,
+                                    tokenizer_name_or_path=None)
+    base = get_model(base_args, tokenizer)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(merged_dir)
+    tokenizer.save_pretrained(merged_dir)
+    logger.info("merged LoRA model written to %s: the adapter merged onto %s loaded at full precision (%s), "
+                "not onto the dequantized %d-bit weights it trained on", merged_dir,
+                recorded.base_model_name_or_path, base_args.dtype, bits(model_args))
+
+
+def describe(config: dict[str, Any]) -> str | None:
+    """How a run's base was quantized (from its run_config.yaml or options), for summaries, cards and reports."""
+    if config.get("load_in_8bit"):
+        return "8-bit (LLM.int8())"
+    if not config.get("load_in_4bit"):
+        return None
+    double = ", double quantization" if config.get("bnb_4bit_use_double_quant", True) else ""
+    return f"4-bit {config.get('bnb_4bit_quant_type', 'nf4')}{double}, compute {config.get('bnb_4bit_compute_dtype', 'auto')}"
+
+
+def bnb_config_code(config: dict[str, Any], environment: dict[str, Any] | None = None) -> list[str]:
+    """Python lines that build the BitsAndBytesConfig a run trained with (for the model card), or none."""
+    if config.get("load_in_8bit"):
+        return ["quantization = BitsAndBytesConfig(load_in_8bit=True)"]
+    if not config.get("load_in_4bit"):
+        return []
+    dtype = config.get("bnb_4bit_compute_dtype", "auto")
+    if dtype == "auto":
+        used = (environment or {}).get("resolved_options") or {}
+        dtype = "bfloat16" if used.get("bf16") else "float16" if used.get("fp16") else "float32"
+    return [f"quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="
+            f"\"{config.get('bnb_4bit_quant_type', 'nf4')}\", bnb_4bit_use_double_quant="
+            f"{bool(config.get('bnb_4bit_use_double_quant', True))}, bnb_4bit_compute_dtype=torch.{dtype})"]
