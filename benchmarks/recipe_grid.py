@@ -39,14 +39,17 @@ def read_cell(grid: dict, cell: dict, run_dir: Path) -> dict:
     """The cell's figures from its run directory (a finished run of the recipe)."""
     state = json.loads((run_dir / "trainer_state.json").read_text())
     train = json.loads((run_dir / "train_results.json").read_text())
-    epochs = [{"epoch": round(entry["epoch"], 2), "perplexity": round(entry["eval_perplexity"], 3),
-               "token_loss": round(entry["eval_token_loss"], 5)}
-              for entry in state["log_history"] if "eval_perplexity" in entry]
+    epochs, seen = [], set()
+    for entry in state["log_history"]:  # the evaluation after training repeats the last epoch's: once each
+        if "eval_perplexity" in entry and entry["epoch"] not in seen:
+            seen.add(entry["epoch"])
+            epochs.append({"epoch": round(entry["epoch"], 2), "perplexity": round(entry["eval_perplexity"], 3),
+                           "token_loss": round(entry["eval_token_loss"], 5)})
     best = min(epochs, key=lambda e: e["perplexity"])
     return {
         "name": cell["name"], "mode": cell["mode"], "recipe": grid["recipes"][cell["mode"]],
         "flags": cell.get("flags", []), "epochs": epochs, "best_perplexity": best["perplexity"],
-        "best_epoch": best["epoch"], "train_runtime_s": train["train_runtime"],
+        "best_epoch": best["epoch"], "train_runtime_s": train.get("train_steps_runtime", train["train_runtime"]),
         "real_tokens_per_second": train["train_real_tokens_per_second"], "peak_memory_mb": train["peak_memory_mb"],
         "trainable_parameters": train["trainable_parameters"], "global_step": train["global_step"],
     }
@@ -66,7 +69,7 @@ def run_cell(grid: dict, cell: dict, work_dir: Path) -> dict:
 
 def markdown_table(rows: list[dict]) -> str:
     most_epochs = max(len(row["epochs"]) for row in rows)
-    head = ["cell", "mode", "flags", *[f"ppl epoch {i + 1}" for i in range(most_epochs)], "train s", "tokens/s",
+    head = ["cell", "mode", "flags", *[f"ppl epoch {i + 1}" for i in range(most_epochs)], "training s", "tokens/s",
             "peak MB", "trainable"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in sorted(rows, key=lambda r: r["best_perplexity"]):

@@ -12,12 +12,10 @@ import os
 import statistics
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import TrainerCallback
 
 from recipe.environment import cpu_name
@@ -133,54 +131,23 @@ class PeakMemory:
         return round(self.peak / 2**20, 1) if self.peak else None
 
 
-class LiveTensorBytes(TorchDispatchMode):
-    """Bytes of live tensor storage, and their peak, while active: every storage an operator returns is counted
-    until it is freed (a weak reference says when); storages that exist before (weights, optimizer states) are
-    counted from the start. Unlike RSS, it leaves out memory the allocator keeps after tensors are freed."""
-
-    def __init__(self, existing: list[torch.Tensor]):
-        super().__init__()
-        self._live: dict[int, object] = {}
-        self.current = self.peak = 0
-        for tensor in existing:
-            self._add(tensor, keep=True)
-        self.peak = self.current
-
-    def _add(self, tensor: torch.Tensor, keep: bool = False) -> None:
-        storage = tensor.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
-        if size == 0 or key in self._live:
-            return
-        self.current += size
-        self.peak = max(self.peak, self.current)
-        self._live[key] = True if keep else weakref.ref(storage, lambda _, key=key, size=size: self._free(key, size))
-
-    def _free(self, key: int, size: int) -> None:
-        if self._live.pop(key, None) is not None:
-            self.current -= size
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for value in torch.utils._pytree.tree_leaves(out):
-            if isinstance(value, torch.Tensor) and value.device.type != "meta":
-                self._add(value)
-        return out
-
-
 def tensor_peak_mb(trainer) -> float:
     """The peak of live tensor bytes (weights, gradients, optimizer states, activations, temporaries) during one
-    more training step of `trainer` (LiveTensorBytes: slow, so outside the timed steps)."""
+    more training step of `trainer`, by the recipe's own meter (recipe/tensor_memory.py: slow, so outside the
+    timed steps). Unlike RSS, it leaves out memory the allocator keeps after tensors are freed."""
+    from recipe.tensor_memory import TensorMemoryMeter, model_bytes
+
     model, optimizer = trainer.model, trainer.optimizer
     model.train()
     batch = next(iter(trainer.get_train_dataloader()))
     optimizer.zero_grad(set_to_none=True)
-    existing = [*model.parameters(), *model.buffers(),
-                *[t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]]
-    with LiveTensorBytes(existing) as counter:
+    states = sum(t.untyped_storage().nbytes() for state in optimizer.state.values() for t in state.values()
+                 if isinstance(t, torch.Tensor) and t.dim() > 0)
+    with TensorMemoryMeter(model_bytes(model) + states) as meter:
         trainer.training_step(model, batch)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return round(counter.peak / 2**20, 1)
+    return meter.peak_mb
 
 
 def release_memory() -> None:
