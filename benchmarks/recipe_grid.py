@@ -11,6 +11,10 @@ rerun, so an interrupted grid resumes where it stopped. Checkpoints are off (`--
 measures what the recipe learns per epoch, not how it saves. Writes benchmarks/results/grid-NAME-DATE.json
 (every cell: flags, per-epoch validation perplexity and loss, train time, peak memory, tokens/s) and the
 same table in .md.
+
+A cell may name `run: PATH` instead of flags: a finished run of the recipe itself (the recorded run of
+benchmarks/finetune_gain.py, say), read rather than trained again, so the grid's reference row is the run the
+README reports.
 """
 
 from __future__ import annotations
@@ -56,6 +60,14 @@ def read_cell(grid: dict, cell: dict, run_dir: Path) -> dict:
 
 
 def run_cell(grid: dict, cell: dict, work_dir: Path) -> dict:
+    if "run" in cell:  # the recipe's own run, made elsewhere: read, never trained here
+        run_dir = REPO / cell["run"]
+        if cell.get("flags"):
+            raise SystemExit(f"cell {cell['name']}: a cell that reads a finished run ('run') takes no flags")
+        if not (run_dir / "train_results.json").is_file():
+            raise SystemExit(f"cell {cell['name']}: {run_dir} holds no finished run (train_results.json); "
+                             "make it first (its command is in the grid file) or remove the cell")
+        return read_cell(grid, cell, run_dir)
     run_dir = work_dir / cell["name"]
     if not (run_dir / "train_results.json").is_file():
         print(f"== {cell['name']}: {' '.join(map(str, cell.get('flags', [])))}", flush=True)

@@ -56,3 +56,55 @@ def test_memory_benchmark_on_the_tiny_model_writes_the_record_and_table(tmp_path
         assert row["plan_mb"] > 0 and row["measured_mb"] > 0 and row["precision"] == "fp32"
     assert record["checkpointing"]["lora"]["memory_saved_mb"] > 0  # checkpointing keeps less
     assert "| lora, checkpointing | fp32 |" in record_path.with_suffix(".md").read_text()
+
+
+def test_recipe_grid_trains_each_cell_reads_a_finished_run_and_ranks_them(tmp_path):
+    work = tmp_path / "work"
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(
+        "recipes: {full: recipe/configs/smoke.yaml, lora: recipe/configs/smoke-lora.yaml}\n"
+        "cells:\n"
+        "  - {name: full-lr1e-3, mode: full, flags: [--learning_rate, 1.0e-3, --num_train_epochs, 1]}\n"
+        "  - {name: full-lr6e-3, mode: full, flags: [--num_train_epochs, 2]}\n"
+        f"  - {{name: again, mode: full, run: {work / 'full-lr6e-3'}}}\n"
+    )
+    command = [sys.executable, "benchmarks/recipe_grid.py", str(grid), "--work_dir", str(work),
+               "--output_dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (record_path,) = tmp_path.glob("grid-tiny-*.json")
+    rows = {row["name"]: row for row in json.loads(record_path.read_text())["rows"]}
+    assert [len(rows[name]["epochs"]) for name in ("full-lr1e-3", "full-lr6e-3", "again")] == [1, 2, 2]
+    assert rows["again"]["epochs"] == rows["full-lr6e-3"]["epochs"]  # read from that run, not trained again
+    assert rows["full-lr6e-3"]["best_perplexity"] < rows["full-lr1e-3"]["best_perplexity"]  # more steps, larger step
+    table = record_path.with_suffix(".md").read_text().splitlines()
+    ranked = [line.split(" | ")[0].strip("| ") for line in table if line.startswith("| full") or line.startswith("| again")]
+    assert ranked[-1] == "full-lr1e-3"
+    # a rerun trains nothing: every cell is read back (the logs are not rewritten)
+    log = work / "full-lr1e-3.log"
+    before = log.stat().st_mtime_ns
+    assert subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600).returncode == 0
+    assert log.stat().st_mtime_ns == before
+    # a cell that reads a run that does not exist says which and what to do
+    grid.write_text(grid.read_text() + f"  - {{name: missing, mode: full, run: {tmp_path / 'nowhere'}}}\n")
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "missing" in result.stderr and "train_results.json" in result.stderr
+
+
+def test_finetune_gain_on_the_smoke_pair_writes_per_epoch_rows_runs_and_samples(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/finetune_gain.py", "--pair", "smoke", "--num_samples", "2",
+         "--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path), "--", "--num_train_epochs", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (record_path,) = tmp_path.glob("finetune_gain-smoke-*.json")
+    record = json.loads(record_path.read_text())
+    assert [(r["model"], r["epoch"]) for r in record["rows"]] == [("full", 1), ("full", 2), ("lora", 1), ("lora", 2)]
+    for r in record["rows"]:
+        assert r["perplexity"] > 1 and set(r["per_speaker"]) == {"Alex", "Bob"} and r["distinct_2"] is not None
+    assert record["rows"][1]["perplexity"] < record["rows"][0]["perplexity"]  # the second epoch learned more
+    assert record["runs"]["lora"]["trainable_parameters"] < record["runs"]["full"]["trainable_parameters"]
+    assert len(record["samples"]["full"]) == len(record["samples"]["lora"]) == 2
+    assert record["samples"]["full"][0]["prompt"] == record["samples"]["lora"][0]["prompt"]
+    assert "| full | 2 |" in record_path.with_suffix(".md").read_text()
