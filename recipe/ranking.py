@@ -47,7 +47,7 @@ def ranking_markdown(runs: list[RunSummary], baseline: RunSummary | None = None)
     fronts = {name: {id(run) for run in pareto_front(runs, cost)} for name, (_, cost) in COSTS.items()}
     header = ["rank", "run", "mode", "LoRA rank", "learning rate", "trainable parameters", "eval perplexity",
               *[f"perplexity {name}" for name in speakers], "clean ends", "distinct-2", "training time (s)",
-              "peak memory (MB)", "Pareto front"]
+              "peak memory in tensors (MB)", "Pareto front"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for position, run in enumerate(ranked(runs), start=1):
         quality = run.quality or {}
@@ -56,7 +56,7 @@ def ranking_markdown(runs: list[RunSummary], baseline: RunSummary | None = None)
                  _fmt(run.config.get("learning_rate"), "g"), _fmt(run.train.get("trainable_parameters"), ","),
                  _fmt(run.perplexity, ".2f"), *[_fmt(run.per_speaker.get(name), ".2f") for name in speakers],
                  _fmt(quality.get("clean_end_share"), ".0%"), _fmt(quality.get("distinct_2"), ".3f"),
-                 _fmt(run.training_seconds, ".1f"), _fmt(run.train.get("peak_memory_mb"), ",.0f"),
+                 _fmt(run.training_seconds, ".1f"), _fmt(run.train.get("peak_tensor_memory_mb"), ",.0f"),
                  ", ".join(on_fronts) or ""]
         lines.append("| " + " | ".join(cells) + " |")
     if baseline is not None:
@@ -89,8 +89,8 @@ def decision_markdown(runs: list[RunSummary]) -> list[str]:
         if run is not None:
             lines.append(f"- Best {run.mode}: {run.label}, perplexity {run.perplexity:.2f}, "
                          f"{_fmt(run.train.get('trainable_parameters'), ',')} trainable parameters, "
-                         f"{_fmt(run.training_seconds, '.1f')} s of training, peak memory "
-                         f"{_fmt(run.train.get('peak_memory_mb'), ',.0f')} MB.")
+                         f"{_fmt(run.training_seconds, '.1f')} s of training, peak memory in tensors "
+                         f"{_fmt(run.train.get('peak_tensor_memory_mb'), ',.0f')} MB.")
     if full is None or lora is None:
         return lines + ["- Only one mode finished: no full-against-LoRA conclusion."]
     gap = lora.perplexity / full.perplexity - 1

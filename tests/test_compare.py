@@ -156,7 +156,7 @@ def test_n_runs_are_ranked_by_perplexity_with_their_pareto_fronts(runs, tmp_path
     assert [line.split(" | ")[1] for line in ranked] == ["a-full", "d-full", "b-lora", "c-lora", "e-lora"]
     assert ranked[2].split(" | ")[2:] == [
         "LoRA", "8", "0.005", "100", "120.00", "111.00", "125.50", "75%", "0.500", "5.0",
-        f"{read_json(made[1] / 'train_results.json')['peak_memory_mb']:,.0f}", "time, parameters |"]
+        f"{read_json(made[1] / 'train_results.json')['peak_tensor_memory_mb']:,.0f}", "time, parameters |"]
     assert ranked[0].endswith("| time, parameters |") and ranked[1].endswith("|  |")
     assert "- Perplexity against training time (s): b-lora (120.00 at 5.0) -> a-full (100.00 at 10.0)." in report
     assert ("- Perplexity against trainable parameters: c-lora (130.00 at 50) -> b-lora (120.00 at 100) -> "
