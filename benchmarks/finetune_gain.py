@@ -79,7 +79,8 @@ def run_figures(run_dir: Path) -> dict:
     steps = train.get("train_steps_runtime", train["train_runtime"])  # the training steps, evaluation apart
     return {"train_runtime_s": train["train_runtime"], "train_steps_s": steps, "seconds_per_epoch": steps / config_epochs,
             "real_tokens_per_second": train["train_real_tokens_per_second"],
-            "peak_memory_mb": train["peak_memory_mb"], "trainable_parameters": train["trainable_parameters"],
+            "peak_memory_mb": train["peak_memory_mb"], "peak_tensor_memory_mb": train.get("peak_tensor_memory_mb"),
+            "memory_plan_mb": train.get("memory_plan_mb"), "trainable_parameters": train["trainable_parameters"],
             "total_parameters": train["total_parameters"], "mode": train["mode"]}
 
 
@@ -93,6 +94,9 @@ def main(args) -> dict:
     eval_options = [*GREEDY, "--num_samples", str(args.num_samples)]
     train_pair(args.pair, work, epochs, eval_options, args.train_args)
     runs = {"full": work / f"{args.pair}-full", "lora": work / f"{args.pair}-lora"}
+    # The pair's QLoRA run, where it has one: its figures in the runs table (its final evaluation is in the
+    # comparison report); its epochs are not evaluated again, as 4-bit generation is slow on a CPU.
+    qlora = work / f"{args.pair}-qlora"
     rows, samples = [], {}
     if (work / f"{args.pair}-base.json").is_file():  # run_comparison evaluated the base (not a random one)
         base = json.loads((work / f"{args.pair}-base.json").read_text())
@@ -107,11 +111,19 @@ def main(args) -> dict:
                 results = evaluate(checkpoint, work / f"{mode}-epoch{epoch}.json", eval_options)
             rows.append(row(mode, epoch, results))
             samples[mode] = results["samples"]  # the last epoch's
+    if (qlora / "evaluation.json").is_file():  # its final model (the best epoch), as run_comparison evaluated it
+        best = Path(json.loads((qlora / "train_results.json").read_text()).get("best_checkpoint") or "")
+        names = [c.name for c in checkpoints(qlora)]
+        epoch = names.index(best.name) + 1 if best.name in names else len(names)
+        results = json.loads((qlora / "evaluation.json").read_text())
+        rows.append(row("qlora", epoch, results))
+        samples["qlora"] = results["samples"]
     record = {
         "benchmark": "finetune_gain", "pair": args.pair, "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", "benchmarks/finetune_gain.py", *sys.argv[1:]]),
         "recipes": {"full": full_recipe, "lora": lora_recipe}, "rows": rows,
-        "runs": {mode: run_figures(run_dir) for mode, run_dir in runs.items()},
+        "runs": {mode: run_figures(run_dir) for mode, run_dir in
+                 {**runs, **({"qlora": qlora} if (qlora / "train_results.json").is_file() else {})}.items()},
         "samples": samples, "environment": json.loads((runs["full"] / "environment.json").read_text()),
         "comparison_report": str(work / f"comparison-{args.pair}.md"),
     }
@@ -138,12 +150,13 @@ def markdown(record: dict, samples_shown: int) -> str:
             r["model"], str(r["epoch"]), f"{r['perplexity']:.2f}", *[_f(r["per_speaker"].get(s), ".2f") for s in speakers],
             _f(r["clean_ends"] and 100 * r["clean_ends"], ".1f") + "%", _f(r["distinct_1"], ".3f"),
             _f(r["distinct_2"], ".3f"), _f(r["token_f1"], ".3f"), _f(r["mean_reply_words"], ".1f")]) + " |")
-    lines += ["", "| run | trainable parameters | training steps per epoch (s) | real tokens/s | peak memory (MB) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| run | trainable parameters | training steps per epoch (s) | real tokens/s "
+              "| peak memory in tensors (MB) | memory plan (MB) | peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
     for mode, figures in record["runs"].items():
         share = figures["trainable_parameters"] / figures["total_parameters"]
         lines.append(f"| {mode} | {figures['trainable_parameters']:,} ({share:.2%}) | {figures['seconds_per_epoch']:.0f} "
-                     f"| {figures['real_tokens_per_second']:,.0f} | {figures['peak_memory_mb']:,.0f} |")
+                     f"| {figures['real_tokens_per_second']:,.0f} | {_f(figures['peak_tensor_memory_mb'], ',.0f')} "
+                     f"| {_f(figures['memory_plan_mb'], ',.0f')} | {figures['peak_memory_mb']:,.0f} |")
     lines += ["", "Replies (greedy, the same prompts; the last epoch of each run):", ""]
     models = list(record["samples"])
     first = record["samples"][models[0]]
