@@ -9,7 +9,7 @@ from recipe.config import RECIPE_DATACLASSES
 
 # Flags of other tools (pip, accelerate, torchrun, hf) and of the scripts' own parsers.
 OTHER_FLAGS = {
-    "index-url", "extra-index-url", "local-dir", "config_file", "num_processes", "num_machines", "machine_rank", "main_process_ip",
+    "index-url", "extra-index-url", "no-deps", "require-hashes", "local-dir", "config_file", "num_processes", "num_machines", "machine_rank", "main_process_ip",
     "main_process_port", "multi_gpu", "cpu", "nproc_per_node", "output_dir", "any_option", "shutdown_timeout",
 }
 
