@@ -48,7 +48,7 @@ def read_cell(grid: dict, cell: dict, run_dir: Path) -> dict:
         if "eval_perplexity" in entry and entry["epoch"] not in seen:
             seen.add(entry["epoch"])
             epochs.append({"epoch": round(entry["epoch"], 2), "perplexity": round(entry["eval_perplexity"], 3),
-                           "token_loss": round(entry["eval_token_loss"], 5)})
+                           "token_loss": round(entry["eval_token_loss"], 5), "loss_tokens": entry.get("eval_num_tokens")})
     best = min(epochs, key=lambda e: e["perplexity"])
     return {
         "name": cell["name"], "mode": cell["mode"], "recipe": grid["recipes"][cell["mode"]],
@@ -56,6 +56,8 @@ def read_cell(grid: dict, cell: dict, run_dir: Path) -> dict:
         "best_epoch": best["epoch"], "train_runtime_s": train.get("train_steps_runtime", train["train_runtime"]),
         "real_tokens_per_second": train["train_real_tokens_per_second"], "peak_memory_mb": train["peak_memory_mb"],
         "trainable_parameters": train["trainable_parameters"], "global_step": train["global_step"],
+        "peak_tensor_memory_mb": train.get("peak_tensor_memory_mb"), "read_from": cell.get("run"),
+        "learning_rate": yaml.safe_load((run_dir / "run_config.yaml").read_text()).get("learning_rate"),
     }
 
 
@@ -81,14 +83,17 @@ def run_cell(grid: dict, cell: dict, work_dir: Path) -> dict:
 
 def markdown_table(rows: list[dict]) -> str:
     most_epochs = max(len(row["epochs"]) for row in rows)
-    head = ["cell", "mode", "flags", *[f"ppl epoch {i + 1}" for i in range(most_epochs)], "training s", "tokens/s",
-            "peak MB", "trainable"]
+    head = ["cell", "mode", "flags", "learning rate", *[f"ppl epoch {i + 1}" for i in range(most_epochs)],
+            "loss tokens", "training s", "tokens/s", "tensor peak MB", "trainable"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in sorted(rows, key=lambda r: r["best_perplexity"]):
         perplexities = [f"{e['perplexity']:.2f}" for e in row["epochs"]] + [""] * (most_epochs - len(row["epochs"]))
         lines.append("| " + " | ".join([
-            row["name"], row["mode"], " ".join(map(str, row["flags"])) or "(recipe)", *perplexities,
-            f"{row['train_runtime_s']:.0f}", f"{row['real_tokens_per_second']:.0f}", f"{row['peak_memory_mb']:,.0f}",
+            row["name"], row["mode"], " ".join(map(str, row["flags"])) or
+            (f"read from `{row['read_from']}`" if row.get("read_from") else "(recipe)"), f"{row['learning_rate']:g}",
+            *perplexities, f"{row['epochs'][-1].get('loss_tokens') or 'n/a'}", f"{row['train_runtime_s']:.0f}",
+            f"{row['real_tokens_per_second']:.0f}",
+            "n/a" if row.get("peak_tensor_memory_mb") is None else f"{row['peak_tensor_memory_mb']:,.0f}",
             f"{row['trainable_parameters']:,}"]) + " |")
     return "\n".join(lines)
 
