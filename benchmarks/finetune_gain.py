@@ -94,9 +94,10 @@ def main(args) -> dict:
     eval_options = [*GREEDY, "--num_samples", str(args.num_samples)]
     train_pair(args.pair, work, epochs, eval_options, args.train_args)
     runs = {"full": work / f"{args.pair}-full", "lora": work / f"{args.pair}-lora"}
-    # The pair's QLoRA run, where it has one: its figures in the runs table (its final evaluation is in the
-    # comparison report); its epochs are not evaluated again, as 4-bit generation is slow on a CPU.
-    qlora = work / f"{args.pair}-qlora"
+    # The pair's QLoRA run, where it has one: its figures, and only its final model's evaluation (the one
+    # run_comparison made): its other epochs are not evaluated again, as 4-bit generation is slow on a CPU.
+    if (work / f"{args.pair}-qlora" / "train_results.json").is_file():
+        runs["qlora"] = work / f"{args.pair}-qlora"
     rows, samples = [], {}
     if (work / f"{args.pair}-base.json").is_file():  # run_comparison evaluated the base (not a random one)
         base = json.loads((work / f"{args.pair}-base.json").read_text())
@@ -107,23 +108,17 @@ def main(args) -> dict:
         for epoch, checkpoint in enumerate(checkpoints(run_dir), start=1):
             if best and Path(best).name == checkpoint.name and (run_dir / "evaluation.json").is_file():
                 results = json.loads((run_dir / "evaluation.json").read_text())  # the final model is this one
+            elif mode == "qlora":
+                continue
             else:
                 results = evaluate(checkpoint, work / f"{mode}-epoch{epoch}.json", eval_options)
             rows.append(row(mode, epoch, results))
             samples[mode] = results["samples"]  # the last epoch's
-    if (qlora / "evaluation.json").is_file():  # its final model (the best epoch), as run_comparison evaluated it
-        best = Path(json.loads((qlora / "train_results.json").read_text()).get("best_checkpoint") or "")
-        names = [c.name for c in checkpoints(qlora)]
-        epoch = names.index(best.name) + 1 if best.name in names else len(names)
-        results = json.loads((qlora / "evaluation.json").read_text())
-        rows.append(row("qlora", epoch, results))
-        samples["qlora"] = results["samples"]
     record = {
         "benchmark": "finetune_gain", "pair": args.pair, "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", "benchmarks/finetune_gain.py", *sys.argv[1:]]),
         "recipes": {"full": full_recipe, "lora": lora_recipe}, "rows": rows,
-        "runs": {mode: run_figures(run_dir) for mode, run_dir in
-                 {**runs, **({"qlora": qlora} if (qlora / "train_results.json").is_file() else {})}.items()},
+        "runs": {mode: run_figures(run_dir) for mode, run_dir in runs.items()},
         "samples": samples, "environment": json.loads((runs["full"] / "environment.json").read_text()),
         "comparison_report": str(work / f"comparison-{args.pair}.md"),
     }
