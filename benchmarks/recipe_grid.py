@@ -5,7 +5,8 @@ cells by their best validation perplexity.
     python benchmarks/recipe_grid.py benchmarks/grids/smollm2.yaml                # every cell (hours on 2 CPU cores)
     python benchmarks/recipe_grid.py benchmarks/grids/smollm2.yaml --cells full-lr5e-5 lora-r16-lr5e-4
 
-A grid file names a `recipe` per mode and its `cells` (name, mode, flags). Cells run one after the other
+A grid file names a `recipe` per mode (any name: full, lora, qlora), optional `flags` that every trained cell
+gets before its own (a precision pinned for the whole grid, say), and its `cells` (name, mode, flags). Cells run one after the other
 into `--work_dir` (default benchmarks/results/scratch/grid-NAME/); a cell whose run finished is read, not
 rerun, so an interrupted grid resumes where it stopped. Checkpoints are off (`--save_strategy no`): a cell
 measures what the recipe learns per epoch, not how it saves. Writes benchmarks/results/grid-NAME-DATE.json
@@ -36,7 +37,8 @@ def cell_command(grid: dict, cell: dict, run_dir: Path) -> list[str]:
     recipe = grid["recipes"][cell["mode"]]
     return [sys.executable, str(REPO / "scripts" / "train.py"), "--config", recipe, "--output_dir", str(run_dir),
             "--overwrite_output_dir", "true", "--save_strategy", "no", "--load_best_model_at_end", "false",
-            "--report_to", "none", "--disable_tqdm", "true", *[str(flag) for flag in cell.get("flags", [])]]
+            "--report_to", "none", "--disable_tqdm", "true",
+            *[str(flag) for flag in [*grid.get("flags", []), *cell.get("flags", [])]]]
 
 
 def read_cell(grid: dict, cell: dict, run_dir: Path) -> dict:
@@ -50,6 +52,7 @@ def read_cell(grid: dict, cell: dict, run_dir: Path) -> dict:
             epochs.append({"epoch": round(entry["epoch"], 2), "perplexity": round(entry["eval_perplexity"], 3),
                            "token_loss": round(entry["eval_token_loss"], 5), "loss_tokens": entry.get("eval_num_tokens")})
     best = min(epochs, key=lambda e: e["perplexity"])
+    device = json.loads((run_dir / "environment.json").read_text()).get("device", {})
     return {
         "name": cell["name"], "mode": cell["mode"], "recipe": grid["recipes"][cell["mode"]],
         "flags": cell.get("flags", []), "epochs": epochs, "best_perplexity": best["perplexity"],
@@ -58,6 +61,7 @@ def read_cell(grid: dict, cell: dict, run_dir: Path) -> dict:
         "trainable_parameters": train["trainable_parameters"], "global_step": train["global_step"],
         "peak_tensor_memory_mb": train.get("peak_tensor_memory_mb"), "read_from": cell.get("run"),
         "learning_rate": yaml.safe_load((run_dir / "run_config.yaml").read_text()).get("learning_rate"),
+        "precision": "bf16" if device.get("bf16") else "fp16" if device.get("fp16") else "fp32",  # as this machine ran it
     }
 
 
@@ -83,7 +87,7 @@ def run_cell(grid: dict, cell: dict, work_dir: Path) -> dict:
 
 def markdown_table(rows: list[dict]) -> str:
     most_epochs = max(len(row["epochs"]) for row in rows)
-    head = ["cell", "mode", "flags", "learning rate", *[f"ppl epoch {i + 1}" for i in range(most_epochs)],
+    head = ["cell", "mode", "flags", "learning rate", "precision", *[f"ppl epoch {i + 1}" for i in range(most_epochs)],
             "loss tokens", "training s", "tokens/s", "tensor peak MB", "trainable"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in sorted(rows, key=lambda r: r["best_perplexity"]):
@@ -91,6 +95,7 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append("| " + " | ".join([
             row["name"], row["mode"], " ".join(map(str, row["flags"])) or
             (f"read from `{row['read_from']}`" if row.get("read_from") else "(recipe)"), f"{row['learning_rate']:g}",
+            row.get("precision", "n/a"),
             *perplexities, f"{row['epochs'][-1].get('loss_tokens') or 'n/a'}", f"{row['train_runtime_s']:.0f}",
             f"{row['real_tokens_per_second']:.0f}",
             "n/a" if row.get("peak_tensor_memory_mb") is None else f"{row['peak_tensor_memory_mb']:,.0f}",
@@ -120,12 +125,14 @@ def main(args) -> dict:
     from recipe.environment import cpu_name
 
     record = {"benchmark": "recipe_grid", "grid": str(grid_file), "date": date, "device": cpu_name(),
-              "cpu_count": os.cpu_count(), "command": " ".join(["python", "benchmarks/recipe_grid.py", *sys.argv[1:]]),
+              "cpu_count": os.cpu_count(), "grid_flags": grid.get("flags", []), "command": " ".join(["python", "benchmarks/recipe_grid.py", *sys.argv[1:]]),
               "rows": rows}
     out = Path(args.output_dir) / f"grid-{name}-{date}"
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     table = markdown_table(rows)
-    out.with_suffix(".md").write_text(f"# {grid_file}, {date}, {cpu_name()}\n\n`{record['command']}`\n\n{table}\n")
+    common = " ".join(map(str, grid.get("flags", [])))
+    every = f"Every trained cell also had `{common}`.\n\n" if common else ""
+    out.with_suffix(".md").write_text(f"# {grid_file}, {date}, {cpu_name()}\n\n`{record['command']}`\n\n{every}{table}\n")
     print(table)
     return record
 

@@ -359,7 +359,8 @@ def main(args) -> dict:
     }
     shutil.rmtree(scratch, ignore_errors=True)
     table = markdown(record)
-    stem = Path(args.output_dir) / f"{started.date().isoformat()}-{args.device}"
+    # a real base's runs are named after it, so they never overwrite the random model's record of the same day
+    stem = Path(args.output_dir) / "-".join([started.date().isoformat(), args.device, *([Path(args.base).name] if args.base else [])])
     write_json(stem.with_suffix(".json"), record)
     stem.with_suffix(".md").write_text(table)
     print(table + f"recorded in {stem}.json and {stem}.md")

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
 OFFLINE_MODEL = REPO / "recipe" / "assets" / "tiny-gpt2"
 SAMPLE_DATA = REPO / "data" / "sample_dialogues.json"
+# The real pretrained base (scripts/get_base_model.py puts it in models/; .ci/run fetches it and names it here).
+SMOLLM2 = Path(os.environ.get("DIALOGUE_FINETUNE_SMOLLM2", REPO / "models" / "SmolLM2-135M-Instruct"))
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,11 @@
 (GPT-2, Llama-3, a Llama whose tokenizer appends EOS, Qwen2, Mistral, GPT-NeoX, OPT, Phi-3)."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, SMOLLM2
 from families import FAMILIES, FAMILY_BY_NAME
 from recipe.config import ConfigError, DataArguments, GenerationArguments, ModelArguments
 from recipe.data import IGNORE_INDEX, Dialogue, DialogueDataError, build_datasets, encode_dialogue
@@ -276,14 +274,13 @@ def test_the_packing_check_runs_when_no_two_dialogues_fit_one_row(family_dir, tm
     assert not (tmp_path / "run" / "trainer_state.json").exists()
 
 
-# A real ChatML tokenizer, where this machine has it (CI fetches the model and names it in this variable).
-SMOLLM2 = Path(os.environ.get("DIALOGUE_FINETUNE_SMOLLM2", "/work/models/SmolLM2-135M-Instruct"))
+# A real ChatML tokenizer, where this machine has it (conftest.SMOLLM2: models/, or where CI fetched it).
 
 
 def chatml_tokenizer(source, family_dir):
     if source == "smollm2":
         if not (SMOLLM2 / "tokenizer.json").is_file():
-            pytest.skip(f"{SMOLLM2} is not on this machine")
+            pytest.skip(f"{SMOLLM2} is not on this machine (python scripts/get_base_model.py fetches it)")
         return get_tokenizer(ModelArguments(model_name_or_path=str(SMOLLM2)))
     return family_tokenizer(family_dir, FAMILY_BY_NAME["qwen2"])
 

@@ -8,20 +8,18 @@ evaluation behave, not how well it learns (benchmarks/ and the README measure th
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, SMOLLM2
 from recipe.config import ModelArguments, TrackingArguments
 from recipe.data import IGNORE_INDEX, Dialogue, build_datasets, encode_dialogue
 from recipe.modeling import get_model, get_tokenizer
 from test_training import parse
 from recipe.training import run_training
 
-SMOLLM2 = Path(os.environ.get("DIALOGUE_FINETUNE_SMOLLM2", REPO / "models" / "SmolLM2-135M-Instruct"))
 pytestmark = pytest.mark.skipif(
     not (SMOLLM2 / "config.json").is_file(),
     reason=f"SmolLM2-135M-Instruct is not at {SMOLLM2} (set DIALOGUE_FINETUNE_SMOLLM2, or run "
