@@ -49,7 +49,7 @@ def read_cell(grid: dict, cell: dict, run_dir: Path) -> dict:
     for entry in state["log_history"]:  # the evaluation after training repeats the last epoch's: once each
         if "eval_perplexity" in entry and entry["epoch"] not in seen:
             seen.add(entry["epoch"])
-            epochs.append({"epoch": round(entry["epoch"], 2), "perplexity": round(entry["eval_perplexity"], 3),
+            epochs.append({"epoch": round(entry["epoch"], 2), "perplexity": round(entry["eval_perplexity"], 4),
                            "token_loss": round(entry["eval_token_loss"], 5), "loss_tokens": entry.get("eval_num_tokens")})
     best = min(epochs, key=lambda e: e["perplexity"])
     device = json.loads((run_dir / "environment.json").read_text()).get("device", {})

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -86,12 +87,18 @@ ROWS = {
     LORA: ["--config", str(LORA_RECIPE)],
     "LoRA, fp32": ["--config", str(LORA_RECIPE), *FP32],
     "LoRA, no dropout": ["--config", str(LORA_RECIPE), "--lora_dropout", "0"],
+    "LoRA, dropout 0.05": ["--config", str(LORA_RECIPE), "--lora_dropout", "0.05"],
     # the one equal to the default's max_length is left out: the default row is it
     **{f"max_length {length}": ["--max_length", str(length)] for length in (128, 256, 512, 1024)},
 }
 OWN_LOSS = "model's own loss"
 QUICK_ROWS = ["reference", "default", "default, model's own loss", LORA]
 BASE_ROWS = ["reference", "default", "packing, fp32", LORA, "LoRA, fp32", "LoRA, no dropout"]  # --base --quick
+
+
+def dropout_contrast(lora_recipe: Path) -> str:
+    """The LoRA row that differs from the recipe in dropout alone: what its dropout costs, or would cost."""
+    return "LoRA, dropout 0.05" if not yaml.safe_load(Path(lora_recipe).read_text()).get("lora_dropout", LoraArguments.lora_dropout) else "LoRA, no dropout"
 ALL_ROWS = ["reference", *ROWS]
 
 
@@ -104,7 +111,7 @@ def use_recipes(full_recipe: Path, lora_recipe: Path) -> None:
         flags = [str(LORA_RECIPE) if f.endswith("-lora.yaml") else f for f in ROWS.pop(name)]
         ROWS[LORA if name == old else name] = flags
     QUICK_ROWS = [LORA if r == old else r for r in QUICK_ROWS]
-    BASE_ROWS = [LORA if r == old else r for r in BASE_ROWS]
+    BASE_ROWS = ["reference", "default", "packing, fp32", LORA, "LoRA, fp32", dropout_contrast(LORA_RECIPE)]
     ALL_ROWS = ["reference", *ROWS]
 
 

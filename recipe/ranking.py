@@ -1,5 +1,5 @@
 """N runs ranked, for the choice between full fine-tuning and LoRA: one row per run sorted by eval perplexity,
-the Pareto fronts of perplexity against training time and against trainable parameters (and their plot), and
+the Pareto fronts of perplexity against training time, trainable parameters and peak memory (and their plot), and
 what the best full and the best LoRA run say side by side.
 
 It reads `RunSummary`s (recipe/comparison.py), so it works on the files of the run directories alone.
@@ -18,7 +18,10 @@ from .comparison import RunSummary, _fmt
 COSTS: dict[str, tuple[str, Callable[[RunSummary], float | None]]] = {
     "time": ("training time (s)", lambda run: run.training_seconds),
     "parameters": ("trainable parameters", lambda run: run.train.get("trainable_parameters")),
+    # what QLoRA is for: the tensors' peak, not the process RSS (on a CPU that measures the allocator)
+    "memory": ("peak memory in tensors (MB)", lambda run: run.train.get("peak_tensor_memory_mb")),
 }
+COST_FORMATS = {"time": ",.1f", "parameters": ",", "memory": ",.0f"}
 # A LoRA run whose perplexity is within this share of full fine-tuning's counts as matching it.
 MATCH_TOLERANCE = 0.02
 
@@ -72,8 +75,7 @@ def pareto_markdown(runs: list[RunSummary]) -> list[str]:
     lines = []
     for name, (title, cost) in COSTS.items():
         front = pareto_front(runs, cost)
-        steps = " -> ".join(f"{run.label} ({run.perplexity:.2f} at {cost(run):,.1f})" if name == "time"
-                            else f"{run.label} ({run.perplexity:.2f} at {cost(run):,})" for run in front)
+        steps = " -> ".join(f"{run.label} ({run.perplexity:.2f} at {cost(run):{COST_FORMATS[name]}})" for run in front)
         lines.append(f"- Perplexity against {title}: {steps or 'n/a'}.")
     return lines
 
@@ -106,15 +108,15 @@ def decision_markdown(runs: list[RunSummary]) -> list[str]:
 
 
 def plot_pareto(runs: list[RunSummary], path: str | os.PathLike) -> Path:
-    """Eval perplexity against training time and against trainable parameters, one point per run (labelled),
-    the Pareto front of each drawn as a line."""
+    """Eval perplexity against each cost (training time, trainable parameters, peak memory), one point per run
+    (labelled), the Pareto front of each drawn as a line."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(COSTS), figsize=(12, 4.8))
-    colours = {"full": "tab:blue", "LoRA": "tab:orange"}
+    figure, axes = plt.subplots(1, len(COSTS), figsize=(6 * len(COSTS), 4.8))
+    colours = {"full": "tab:blue", "LoRA": "tab:orange", "QLoRA": "tab:green", "LoRA, 8-bit base": "tab:red"}
     for axis, (name, (title, cost)) in zip(axes, COSTS.items()):
         shown = [run for run in runs if run.perplexity is not None and cost(run) is not None]
         for mode, colour in colours.items():

@@ -108,3 +108,17 @@ def test_finetune_gain_on_the_smoke_pair_writes_per_epoch_rows_runs_and_samples(
     assert len(record["samples"]["full"]) == len(record["samples"]["lora"]) == 2
     assert record["samples"]["full"][0]["prompt"] == record["samples"]["lora"][0]["prompt"]
     assert "| full | 2 |" in record_path.with_suffix(".md").read_text()
+
+
+def test_real_base_rows_measure_the_dropout_the_lora_recipe_does_not_have(tmp_path):
+    """With --base, the last LoRA row differs from the recipe in dropout alone, whichever way the recipe went."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import dropout_contrast
+
+    without, with_default, explicit = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
+    without.write_text("use_lora: true\nlora_dropout: 0\n")
+    with_default.write_text("use_lora: true\n")  # LoraArguments' default dropout, 0.05
+    explicit.write_text("use_lora: true\nlora_dropout: 0.1\n")
+    assert dropout_contrast(without) == "LoRA, dropout 0.05"
+    assert dropout_contrast(with_default) == dropout_contrast(explicit) == "LoRA, no dropout"
+    assert dropout_contrast(REPO / "recipe" / "configs" / "smollm2-lora.yaml") == "LoRA, dropout 0.05"

@@ -147,6 +147,8 @@ def test_n_runs_are_ranked_by_perplexity_with_their_pareto_fronts(runs, tmp_path
     summaries = [read_run(d) for d in made]
     assert [r.label for r in pareto_front(summaries, COSTS["time"][1])] == ["b-lora", "a-full"]
     assert [r.label for r in pareto_front(summaries, COSTS["parameters"][1])] == ["c-lora", "b-lora", "a-full"]
+    # the LoRA copies hold the LoRA run's tensor peak, the full copies the full run's (higher)
+    assert [r.label for r in pareto_front(summaries, COSTS["memory"][1])] == ["b-lora", "a-full"]
 
     report_path, _, pareto_path = compare_runs(made, tmp_path / "sweep" / "report.md", title="# Sweep s: 5 runs")
     report = report_path.read_text()
@@ -156,8 +158,9 @@ def test_n_runs_are_ranked_by_perplexity_with_their_pareto_fronts(runs, tmp_path
     assert [line.split(" | ")[1] for line in ranked] == ["a-full", "d-full", "b-lora", "c-lora", "e-lora"]
     assert ranked[2].split(" | ")[2:] == [
         "LoRA", "8", "0.005", "100", "120.00", "111.00", "125.50", "75%", "0.500", "5.0",
-        f"{read_json(made[1] / 'train_results.json')['peak_tensor_memory_mb']:,.0f}", "time, parameters |"]
-    assert ranked[0].endswith("| time, parameters |") and ranked[1].endswith("|  |")
+        f"{read_json(made[1] / 'train_results.json')['peak_tensor_memory_mb']:,.0f}", "time, parameters, memory |"]
+    assert ranked[0].endswith("| time, parameters, memory |") and ranked[1].endswith("|  |")
+    assert ranked[3].endswith("| parameters |")
     assert "- Perplexity against training time (s): b-lora (120.00 at 5.0) -> a-full (100.00 at 10.0)." in report
     assert ("- Perplexity against trainable parameters: c-lora (130.00 at 50) -> b-lora (120.00 at 100) -> "
             "a-full (100.00 at 1,000).") in report
