@@ -15,6 +15,7 @@ Writes benchmarks/results/memory/<date>-<device>.json and .md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import statistics
@@ -23,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -50,9 +52,22 @@ RECIPES = {"smollm2": REPO / "recipe" / "configs" / "smollm2-qlora.yaml",
            "tiny": REPO / "recipe" / "configs" / "smoke.yaml"}
 
 
+def recipe_for_row(recipe: Path, flags: list[str], scratch: Path) -> Path:
+    """The recipe a row builds on: for a full-fine-tuning row of a LoRA recipe, a copy without its LoRA
+    options (training refuses a lora_dropout or lora_r it would not use)."""
+    if "--use_lora" not in flags or flags[flags.index("--use_lora") + 1] != "false":
+        return recipe
+    lora_only = {f.name for f in dataclasses.fields(LoraArguments)} - {"use_lora"}
+    kept = {key: value for key, value in yaml.safe_load(recipe.read_text()).items() if key not in lora_only}
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = scratch / f"{recipe.stem}-without-lora.yaml"
+    path.write_text(yaml.safe_dump(kept, sort_keys=False))
+    return path
+
+
 def row_options(recipe: Path, flags: list[str], scratch: Path, steps: int, extra: list[str] = ()) -> tuple:
     """The recipe's option dataclasses for a row: a few steps, no evaluation, no checkpoints."""
-    argv = ["--config", str(recipe), "--output_dir", str(scratch / "run"), "--max_steps", str(steps),
+    argv = ["--config", str(recipe_for_row(recipe, flags, scratch)), "--output_dir", str(scratch / "run"), "--max_steps", str(steps),
             "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
             "--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true",
             "--dataset_cache_dir", str(scratch.parent / "cache"), *flags, *extra]

@@ -7,13 +7,15 @@ plan (recipe/memory.py) is checked against this measure.
 
 On a CPU, `TensorMemoryMeter` watches every operator's outputs at the dispatcher (forward, backward, the
 optimizer) and counts each storage once, from its first tensor until its last one is gone; what existed
-before it started (the weights) is counted from the model. Memory an operator allocates and frees inside
-its own kernel is not seen; PyTorch keeps a tensor's Python object alive as long as the tensor itself.
+before it started (the weights) is counted from the model, once: views of it are not counted again.
+Memory an operator allocates and frees inside its own kernel is not seen; PyTorch keeps a tensor's Python
+object alive as long as the tensor itself.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -26,8 +28,12 @@ MIB = 2**20
 class TensorMemoryMeter(TorchDispatchMode):
     """Bytes of live tensor storages created while it is active, and their peak, above `baseline_bytes`."""
 
-    def __init__(self, baseline_bytes: int = 0):
+    def __init__(self, baseline_bytes: int = 0, existing: Iterable[torch.Tensor] = ()):
+        """`existing`: tensors there before the meter whose bytes `baseline_bytes` holds (a model's weights, an
+        optimizer's states). What an operator returns on their storage is not counted again: a view of a
+        weight (its transpose, which a float32 linear layer saves for backward) or an in-place update."""
         super().__init__()
+        self._existing = {_storage_key(tensor) for tensor in existing}
         self.baseline = baseline_bytes
         self.current = baseline_bytes
         self.peak = baseline_bytes
@@ -49,6 +55,8 @@ class TensorMemoryMeter(TorchDispatchMode):
         if size == 0 or address == 0 or tensor.device.type == "meta":
             return
         key = (str(tensor.device), address)
+        if key in self._existing:
+            return
         entry = self._storages.get(key)
         if entry is None:
             self._storages[key] = [size, 1]
@@ -72,15 +80,19 @@ class TensorMemoryMeter(TorchDispatchMode):
         return round(self.peak / MIB, 1)
 
 
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    return str(tensor.device), tensor.untyped_storage().data_ptr()
+
+
+def model_tensors(model) -> list[torch.Tensor]:
+    """A model's parameters, buffers and gradients."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return tensors + [p.grad for p in model.parameters() if p.grad is not None]
+
+
 def model_bytes(model) -> int:
     """Bytes of a model's parameters, buffers and gradients, each storage once (tied weights share one)."""
-    seen: dict[tuple[str, int], int] = {}
-    tensors = [*model.parameters(), *model.buffers()]
-    tensors += [p.grad for p in model.parameters() if p.grad is not None]
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
-    return sum(seen.values())
+    return sum({_storage_key(t): t.untyped_storage().nbytes() for t in model_tensors(model)}.values())
 
 
 class TensorMemoryCallback(TrainerCallback):
@@ -99,7 +111,7 @@ class TensorMemoryCallback(TrainerCallback):
         if args.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(args.device)
         else:
-            self.meter = TensorMemoryMeter(model_bytes(self.model))
+            self.meter = TensorMemoryMeter(model_bytes(self.model), model_tensors(self.model))
             self.meter.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):

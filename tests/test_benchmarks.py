@@ -122,3 +122,19 @@ def test_real_base_rows_measure_the_dropout_the_lora_recipe_does_not_have(tmp_pa
     assert dropout_contrast(without) == "LoRA, dropout 0.05"
     assert dropout_contrast(with_default) == dropout_contrast(explicit) == "LoRA, no dropout"
     assert dropout_contrast(REPO / "recipe" / "configs" / "smollm2-lora.yaml") == "LoRA, dropout 0.05"
+
+
+def test_every_memory_benchmark_row_parses_on_the_smollm2_qlora_recipe(tmp_path):
+    """The full-fine-tuning rows drop the recipe's LoRA options, which training refuses without use_lora."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import memory
+
+    for name, flags in memory.ROWS.items():
+        model_args, _, lora_args, training_args = memory.row_options(
+            memory.RECIPES["smollm2"], flags, tmp_path / "scratch", 1,
+            ["--model_name_or_path", str(REPO / "recipe" / "assets" / "tiny-gpt2")])
+        assert lora_args.use_lora == (not name.startswith("full")), name
+        assert model_args.load_in_4bit == name.startswith("qlora"), name
+        assert training_args.gradient_checkpointing == name.endswith("checkpointing"), name
+        if lora_args.use_lora:
+            assert lora_args.lora_dropout == 0  # the recipe's, kept for the LoRA rows
