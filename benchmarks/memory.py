@@ -137,7 +137,8 @@ def markdown(record: dict) -> str:
     for name, row in record["rows"].items():
         lines.append(f"| {name} | {row['precision']} | {row['plan_mb']:,.0f} | {row['measured_mb']:,.0f} | "
                      f"{row['plan_error']:+.1%} | {row['rss_peak_mb'] or 0:,.0f} | {row['median_step_s']:.2f} |")
-    lines += ["", "| gradient checkpointing | memory saved (MB) | share | step time |", "|---|---|---|---|"]
+    if record["checkpointing"]:  # rows with and without it, for a mode
+        lines += ["", "| gradient checkpointing | memory saved (MB) | share | step time |", "|---|---|---|---|"]
     for mode, effect in record["checkpointing"].items():
         lines.append(f"| {mode} | {effect['memory_saved_mb']:,.0f} | {effect['memory_saved_share']:.0%} | "
                      f"{effect['step_time_ratio']:.2f}x |")
