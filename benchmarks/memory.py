@@ -67,7 +67,8 @@ def recipe_for_row(recipe: Path, flags: list[str], scratch: Path) -> Path:
 
 def row_options(recipe: Path, flags: list[str], scratch: Path, steps: int, extra: list[str] = ()) -> tuple:
     """The recipe's option dataclasses for a row: a few steps, no evaluation, no checkpoints."""
-    argv = ["--config", str(recipe_for_row(recipe, flags, scratch)), "--output_dir", str(scratch / "run"), "--max_steps", str(steps),
+    argv = ["--config", str(recipe_for_row(recipe, flags, scratch)), "--output_dir", str(scratch / "run"),
+            "--max_steps", str(steps),
             "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
             "--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true",
             "--dataset_cache_dir", str(scratch.parent / "cache"), *flags, *extra]

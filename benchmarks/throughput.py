@@ -94,12 +94,13 @@ ROWS = {
 OWN_LOSS = "model's own loss"
 QUICK_ROWS = ["reference", "default", "default, model's own loss", LORA]
 BASE_ROWS = ["reference", "default", "packing, fp32", LORA, "LoRA, fp32", "LoRA, no dropout"]  # --base --quick
+ALL_ROWS = ["reference", *ROWS]
 
 
 def dropout_contrast(lora_recipe: Path) -> str:
     """The LoRA row that differs from the recipe in dropout alone: what its dropout costs, or would cost."""
-    return "LoRA, dropout 0.05" if not yaml.safe_load(Path(lora_recipe).read_text()).get("lora_dropout", LoraArguments.lora_dropout) else "LoRA, no dropout"
-ALL_ROWS = ["reference", *ROWS]
+    dropout = yaml.safe_load(Path(lora_recipe).read_text()).get("lora_dropout", LoraArguments.lora_dropout)
+    return "LoRA, no dropout" if dropout else "LoRA, dropout 0.05"
 
 
 def use_recipes(full_recipe: Path, lora_recipe: Path) -> None:
@@ -111,7 +112,8 @@ def use_recipes(full_recipe: Path, lora_recipe: Path) -> None:
         flags = [str(LORA_RECIPE) if f.endswith("-lora.yaml") else f for f in ROWS.pop(name)]
         ROWS[LORA if name == old else name] = flags
     QUICK_ROWS = [LORA if r == old else r for r in QUICK_ROWS]
-    BASE_ROWS = ["reference", "default", "packing, fp32", LORA, "LoRA, fp32", dropout_contrast(LORA_RECIPE)]
+    BASE_ROWS = [LORA if r == old else dropout_contrast(LORA_RECIPE) if r == "LoRA, no dropout" else r
+                 for r in BASE_ROWS]
     ALL_ROWS = ["reference", *ROWS]
 
 

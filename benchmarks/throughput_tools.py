@@ -141,7 +141,8 @@ def tensor_peak_mb(trainer) -> float:
     model.train()
     batch = next(iter(trainer.get_train_dataloader()))
     optimizer.zero_grad(set_to_none=True)
-    states = [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor) and t.dim() > 0]
+    states = [t for state in optimizer.state.values() for t in state.values()
+              if isinstance(t, torch.Tensor) and t.dim() > 0]
     state_bytes = sum(t.untyped_storage().nbytes() for t in states)
     with TensorMemoryMeter(model_bytes(model) + state_bytes, [*model_tensors(model), *states]) as meter:
         trainer.training_step(model, batch)
