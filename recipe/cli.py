@@ -22,15 +22,23 @@ def user_errors():
     try:
         yield
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         sys.exit(2)
     except RunStopped as stopped:
         if stopped.show:
-            print(f"stopped: {stopped}", file=sys.stderr)
+            say(f"stopped: {stopped}")
         sys.exit(stopped.exit_code)
     except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        say("\ninterrupted (Ctrl-C)")
         sys.exit(130)
+
+
+def say(message: str) -> None:
+    """One line on stderr in one write. print() writes the text and its newline apart, and a piped stderr
+    passes each write on at once: under torchrun another process's log line landed between them, inside
+    the resume command a user copies."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def setup_logging(level: int = logging.INFO) -> None:
