@@ -73,6 +73,8 @@ def wandb_records(run_dir):
             continue
         _, length, kind = struct.unpack("<IHB", data[position:position + 7])
         chunk = data[position + 7:position + 7 + length]
+        if len(chunk) < length:  # the service is still appending this record: what is complete so far
+            return
         position += 7 + length
         if kind == 2:
             pending = chunk
@@ -95,9 +97,16 @@ def _key(item):
 def finished_records(run_dir, timeout=30.0):
     """The run's records once its exit record is on disk: wandb's service process writes the log
     asynchronously, so run.finish() can return before the file is complete."""
+    from google.protobuf.message import DecodeError
+
     deadline = time.monotonic() + timeout
     while True:
-        records = list(wandb_records(run_dir))
+        try:
+            records = list(wandb_records(run_dir))
+        except DecodeError:  # read in the middle of a write; a later read sees it whole
+            if time.monotonic() > deadline:
+                raise
+            records = []
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
             return records
         time.sleep(0.1)
