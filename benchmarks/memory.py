@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from throughput_tools import CLOCKS, PeakMemory, StepTimer, TokenCountingCollator, release_memory  # noqa: E402
 
 from recipe.config import DataArguments, DialogueTrainingArguments, LoraArguments, ModelArguments  # noqa: E402
-from recipe.config import RecipeParser  # noqa: E402
+from recipe.config import RecipeParser, load_recipe_yaml  # noqa: E402
 from recipe.environment import environment_record  # noqa: E402
 from recipe.memory import MIB  # noqa: E402
 from recipe.memory_check import plan_for_run  # noqa: E402
@@ -58,7 +58,7 @@ def recipe_for_row(recipe: Path, flags: list[str], scratch: Path) -> Path:
     if "--use_lora" not in flags or flags[flags.index("--use_lora") + 1] != "false":
         return recipe
     lora_only = {f.name for f in dataclasses.fields(LoraArguments)} - {"use_lora"}
-    kept = {key: value for key, value in yaml.safe_load(recipe.read_text()).items() if key not in lora_only}
+    kept = {key: value for key, value in load_recipe_yaml(recipe).items() if key not in lora_only}
     scratch.mkdir(parents=True, exist_ok=True)
     path = scratch / f"{recipe.stem}-without-lora.yaml"
     path.write_text(yaml.safe_dump(kept, sort_keys=False))

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -65,6 +64,7 @@ from recipe.config import (  # noqa: E402
     LoraArguments,
     ModelArguments,
     RecipeParser,
+    load_recipe_yaml,
 )
 from recipe.data import render_dialogue  # noqa: E402
 from recipe.run_dir import RunDir  # noqa: E402
@@ -99,7 +99,7 @@ ALL_ROWS = ["reference", *ROWS]
 
 def dropout_contrast(lora_recipe: Path) -> str:
     """The LoRA row that differs from the recipe in dropout alone: what its dropout costs, or would cost."""
-    dropout = yaml.safe_load(Path(lora_recipe).read_text()).get("lora_dropout", LoraArguments.lora_dropout)
+    dropout = load_recipe_yaml(lora_recipe).get("lora_dropout", LoraArguments.lora_dropout)
     return "LoRA, no dropout" if dropout else "LoRA, dropout 0.05"
 
 
