@@ -135,7 +135,7 @@ def tensor_peak_mb(trainer) -> float:
     """The peak of live tensor bytes (weights, gradients, optimizer states, activations, temporaries) during one
     more training step of `trainer`, by the recipe's own meter (recipe/tensor_memory.py: slow, so outside the
     timed steps). Unlike RSS, it leaves out memory the allocator keeps after tensors are freed."""
-    from recipe.tensor_memory import TensorMemoryMeter, model_bytes, model_tensors
+    from recipe.tensor_memory import TensorMemoryMeter, model_tensors
 
     model, optimizer = trainer.model, trainer.optimizer
     model.train()
@@ -143,8 +143,7 @@ def tensor_peak_mb(trainer) -> float:
     optimizer.zero_grad(set_to_none=True)
     states = [t for state in optimizer.state.values() for t in state.values()
               if isinstance(t, torch.Tensor) and t.dim() > 0]
-    state_bytes = sum(t.untyped_storage().nbytes() for t in states)
-    with TensorMemoryMeter(model_bytes(model) + state_bytes, [*model_tensors(model), *states]) as meter:
+    with TensorMemoryMeter(existing=[*model_tensors(model), *states]) as meter:
         trainer.training_step(model, batch)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

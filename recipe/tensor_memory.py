@@ -26,14 +26,17 @@ MIB = 2**20
 
 
 class TensorMemoryMeter(TorchDispatchMode):
-    """Bytes of live tensor storages created while it is active, and their peak, above `baseline_bytes`."""
+    """Bytes of live tensor storages: `existing` and `baseline_bytes`, then what is created while it is active;
+    and their peak."""
 
     def __init__(self, baseline_bytes: int = 0, existing: Iterable[torch.Tensor] = ()):
-        """`existing`: tensors there before the meter whose bytes `baseline_bytes` holds (a model's weights, an
-        optimizer's states). What an operator returns on their storage is not counted again: a view of a
-        weight (its transpose, which a float32 linear layer saves for backward) or an in-place update."""
+        """`existing`: tensors there before the meter (a model's weights, an optimizer's states), their storages
+        counted once each. What an operator returns on those storages is not counted again: a view of a weight
+        (its transpose, which a float32 linear layer saves for backward) or an in-place update."""
         super().__init__()
-        self._existing = {_storage_key(tensor) for tensor in existing}
+        existing_storages = storage_bytes(existing)
+        self._existing = set(existing_storages)
+        baseline_bytes += sum(existing_storages.values())
         self.baseline = baseline_bytes
         self.current = baseline_bytes
         self.peak = baseline_bytes
@@ -84,15 +87,15 @@ def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
     return str(tensor.device), tensor.untyped_storage().data_ptr()
 
 
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> dict[tuple[str, int], int]:
+    """Bytes of each storage under `tensors`, each once (tied weights and views share one)."""
+    return {_storage_key(t): t.untyped_storage().nbytes() for t in tensors}
+
+
 def model_tensors(model) -> list[torch.Tensor]:
     """A model's parameters, buffers and gradients."""
     tensors = [*model.parameters(), *model.buffers()]
     return tensors + [p.grad for p in model.parameters() if p.grad is not None]
-
-
-def model_bytes(model) -> int:
-    """Bytes of a model's parameters, buffers and gradients, each storage once (tied weights share one)."""
-    return sum({_storage_key(t): t.untyped_storage().nbytes() for t in model_tensors(model)}.values())
 
 
 class TensorMemoryCallback(TrainerCallback):
@@ -111,7 +114,7 @@ class TensorMemoryCallback(TrainerCallback):
         if args.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(args.device)
         else:
-            self.meter = TensorMemoryMeter(model_bytes(self.model), model_tensors(self.model))
+            self.meter = TensorMemoryMeter(existing=model_tensors(self.model))
             self.meter.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -38,7 +38,7 @@ def test_views_and_in_place_updates_of_the_weights_are_not_counted_again():
     """A float32 linear layer on a 3D input saves its weight's transpose (a view) for backward, and an optimizer
     updates the weights in place: neither holds a byte more than the weights the baseline already counts."""
     layer = torch.nn.Linear(1000, 1000, bias=False)  # 4 MB, there before the meter
-    with TensorMemoryMeter(baseline_bytes=4_000_000, existing=list(layer.parameters())) as meter:
+    with TensorMemoryMeter(existing=list(layer.parameters())) as meter:
         x = torch.randn(8, 32, 1000, requires_grad=True)  # 1,024,000 bytes; a later layer's input needs its grad
         y = layer(x)  # t(weight) and mm: the product, 1,024,000 bytes, and the transpose kept for x's gradient
         assert meter.current == 4_000_000 + 2 * 1_024_000
