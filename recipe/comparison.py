@@ -48,7 +48,7 @@ class RunSummary:
 
     @property
     def lora_rank(self) -> int | None:
-        return self.config.get("lora_r") if self.mode in ("LoRA", "QLoRA", "LoRA, 8-bit base") else None
+        return self.config.get("lora_r") if self.mode not in ("full", "base") else None  # every LoRA mode
 
     @property
     def perplexity(self) -> float | None:

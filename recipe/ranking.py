@@ -14,14 +14,14 @@ from typing import Callable
 
 from .comparison import RunSummary, _fmt
 
-# The costs a front is drawn against: (title, unit, value of a run); lower is better, as for perplexity.
-COSTS: dict[str, tuple[str, Callable[[RunSummary], float | None]]] = {
-    "time": ("training time (s)", lambda run: run.training_seconds),
-    "parameters": ("trainable parameters", lambda run: run.train.get("trainable_parameters")),
+# The costs a front is drawn against: (title with its unit, value of a run, its format); lower is better, as
+# for perplexity.
+COSTS: dict[str, tuple[str, Callable[[RunSummary], float | None], str]] = {
+    "time": ("training time (s)", lambda run: run.training_seconds, ",.1f"),
+    "parameters": ("trainable parameters", lambda run: run.train.get("trainable_parameters"), ","),
     # what QLoRA is for: the tensors' peak, not the process RSS (on a CPU that measures the allocator)
-    "memory": ("peak memory in tensors (MB)", lambda run: run.train.get("peak_tensor_memory_mb")),
+    "memory": ("peak memory in tensors (MB)", lambda run: run.train.get("peak_tensor_memory_mb"), ",.0f"),
 }
-COST_FORMATS = {"time": ",.1f", "parameters": ",", "memory": ",.0f"}
 # A LoRA run whose perplexity is within this share of full fine-tuning's counts as matching it.
 MATCH_TOLERANCE = 0.02
 
@@ -47,7 +47,7 @@ def ranking_markdown(runs: list[RunSummary], baseline: RunSummary | None = None)
     """The table: one row per run, by eval perplexity, with each speaker's perplexity from evaluation.json; the
     base model before training, if given, as a last row outside the ranking."""
     speakers = sorted({name for run in [*runs, *([baseline] if baseline else [])] for name in run.per_speaker})
-    fronts = {name: {id(run) for run in pareto_front(runs, cost)} for name, (_, cost) in COSTS.items()}
+    fronts = {name: {id(run) for run in pareto_front(runs, cost)} for name, (_, cost, _) in COSTS.items()}
     header = ["rank", "run", "mode", "LoRA rank", "learning rate", "trainable parameters", "eval perplexity",
               *[f"perplexity {name}" for name in speakers], "clean ends", "distinct-2", "training time (s)",
               "peak memory in tensors (MB)", "Pareto front"]
@@ -73,9 +73,9 @@ def ranking_markdown(runs: list[RunSummary], baseline: RunSummary | None = None)
 
 def pareto_markdown(runs: list[RunSummary]) -> list[str]:
     lines = []
-    for name, (title, cost) in COSTS.items():
+    for title, cost, spec in COSTS.values():
         front = pareto_front(runs, cost)
-        steps = " -> ".join(f"{run.label} ({run.perplexity:.2f} at {cost(run):{COST_FORMATS[name]}})" for run in front)
+        steps = " -> ".join(f"{run.label} ({run.perplexity:.2f} at {cost(run):{spec}})" for run in front)
         lines.append(f"- Perplexity against {title}: {steps or 'n/a'}.")
     return lines
 
@@ -117,7 +117,7 @@ def plot_pareto(runs: list[RunSummary], path: str | os.PathLike) -> Path:
 
     figure, axes = plt.subplots(1, len(COSTS), figsize=(6 * len(COSTS), 4.8))
     colours = {"full": "tab:blue", "LoRA": "tab:orange", "QLoRA": "tab:green", "LoRA, 8-bit base": "tab:red"}
-    for axis, (name, (title, cost)) in zip(axes, COSTS.items()):
+    for axis, (name, (title, cost, _)) in zip(axes, COSTS.items()):
         shown = [run for run in runs if run.perplexity is not None and cost(run) is not None]
         for mode, colour in colours.items():
             points = [(cost(run), run.perplexity) for run in shown if run.mode == mode]
