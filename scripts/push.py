@@ -3,6 +3,7 @@
     python scripts/push.py outputs/smoke-full --hub_model_id you/dialogue-smoke
     python scripts/push.py outputs/distilgpt2-lora                       # hub_model_id from run_config.yaml
     python scripts/push.py outputs/distilgpt2-lora --hub_merged_model_id you/distilgpt2-dialogue-merged
+    python scripts/push.py outputs/smollm2-lora --gguf                  # also every .gguf export and its Modelfile
 
 This is how a push that failed during training is retried. The token comes from HF_TOKEN or
 `hf auth login`. When the Hub cannot be reached it stops within seconds and says so (exit status 2).
@@ -16,9 +17,9 @@ from recipe.tracking import HubPushError, push_run_dir
 
 
 def main(run_dir: str, hub_model_id: str | None, hub_private_repo: bool | None, hub_merged_model_id: str | None,
-         include_checkpoints: bool, hub_revision: str | None) -> list[str]:
+         include_checkpoints: bool, hub_revision: str | None, gguf: list[str] | None = None) -> list[str]:
     return push_run_dir(run_dir, hub_model_id, private=hub_private_repo, merged_repo_id=hub_merged_model_id,
-                        include_checkpoints=include_checkpoints, revision=hub_revision)
+                        include_checkpoints=include_checkpoints, revision=hub_revision, gguf=gguf)
 
 
 def _bool(text: str) -> bool:
@@ -37,6 +38,9 @@ if __name__ == "__main__":
     parser.add_argument("--include_checkpoints", type=_bool, default=False,
                         help="also push every checkpoint-N/ folder, to checkpoint-N/ in the repo (true/false)")
     parser.add_argument("--hub_revision", help="branch to push to (default: main)")
+    parser.add_argument("--gguf", nargs="*", metavar="FILE",
+                        help="also push GGUF exports (scripts/export_gguf.py), each with the Modelfile beside it, to the "
+                             "run's repo; without FILE, every .gguf in the run directory (default: none)")
     arguments = parser.parse_args()
     with user_errors():
         try:

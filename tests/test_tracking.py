@@ -559,3 +559,51 @@ def test_the_hub_token_never_reaches_environment_json(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["scripts/train.py", "--hub_token", "hf_secret"])
     record = environment_record(DataArguments(), DialogueTrainingArguments(output_dir="o", bf16=False))
     assert "hf_secret" not in json.dumps(record) and record["command"].endswith("--hub_token ***")
+
+
+class FakeHubApiWithPatterns(FakeHubApi):
+    """FakeHubApi that also honours allow_patterns, as HfApi.upload_folder does (GGUF pushes name their files)."""
+
+    def upload_folder(self, *, allow_patterns=None, **kwargs):
+        result = super().upload_folder(**kwargs)
+        if allow_patterns:
+            from huggingface_hub.utils import filter_repo_objects
+
+            upload = self.uploads[-1]
+            upload["files"] = sorted(filter_repo_objects(upload["files"], allow_patterns=allow_patterns))
+        return result
+
+
+def test_gguf_exports_are_pushed_only_when_asked_with_their_modelfile_and_listed_in_the_card(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    import recipe.tracking
+    from recipe.gguf_export import GGUFExportArguments, export_gguf
+    from recipe.tracking.hub_push import push_run_dir
+
+    out = train_tracked(tmp_path, "--num_train_epochs", "1", "--max_dialogues", "40", output="smoke").output_dir
+    exported = export_gguf(GGUFExportArguments(model_path=str(out), outtype="q8_0")).path
+    assert "| `smoke.Q8_0.gguf` | Q8_0 |" in (out / "README.md").read_text()  # the local card lists it
+    api = FakeHubApiWithPatterns()
+    monkeypatch.setattr(recipe.tracking.hub_push, "hub_api", lambda: api)
+    monkeypatch.setattr(recipe.tracking.hub_push, "hub_unreachable_reason", lambda: None)
+
+    push_run_dir(out, "me/smoke")  # not asked: the run's files without its exports, a card without them
+    (plain,) = api.uploads
+    assert "model.safetensors" in plain["files"] and not [f for f in plain["files"] if "gguf" in f or "Modelfile" in f]
+    assert "GGUF" not in plain["readme"]
+
+    push_run_dir(out, "me/smoke", gguf=[])  # --gguf: every export in the run directory, with its Modelfile
+    run_files, gguf_files = api.uploads[1:]
+    assert gguf_files["files"] == ["smoke.Q8_0.Modelfile", "smoke.Q8_0.gguf"] and gguf_files["repo"] == "me/smoke"
+    assert "## GGUF (llama.cpp, Ollama, LM Studio)" in run_files["readme"] and "`smoke.Q8_0.gguf` | Q8_0" in run_files["readme"]
+    assert "hf download me/smoke smoke.Q8_0.gguf smoke.Q8_0.Modelfile --local-dir ." in run_files["readme"]
+    assert "ollama create smoke -f smoke.Q8_0.Modelfile" in run_files["readme"]
+
+    elsewhere = tmp_path / "exports" / exported.name  # a file named by path, kept outside the run
+    elsewhere.parent.mkdir()
+    shutil.copy(exported, elsewhere)
+    push_run_dir(out, "me/smoke", gguf=[str(elsewhere)])
+    assert api.uploads[-1]["folder"] == elsewhere.parent and api.uploads[-1]["files"] == [exported.name]
+    with pytest.raises(HubPushError, match=r"--gguf .*missing.gguf: no such \.gguf file; export one with python "
+                                           r"scripts/export_gguf.py --model_path"):
+        push_run_dir(out, "me/smoke", gguf=[str(tmp_path / "missing.gguf")])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..gguf_export import GGUF_SUFFIX, MODELFILE_SUFFIX, gguf_files, modelfile_of
 from ..hub import hub_endpoint, hub_offline_mode, hub_reachable
 from ..run_dir import CHECKPOINT_PREFIX, INCOMPLETE_PREFIX, MERGED_DIR, MODEL_CARD, RunDir
 from .model_card import CARD_TAG, write_model_card
@@ -21,21 +22,43 @@ from .model_card import CARD_TAG, write_model_card
 logger = logging.getLogger(__name__)
 
 # Never pushed from a run directory: checkpoints go to their own folders (or not at all), merged/ to its own
-# repo, and temporary or hidden files nowhere.
+# repo, GGUF exports (hundreds of MB each) only when asked for, and temporary or hidden files nowhere.
 PUSH_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*", f"{INCOMPLETE_PREFIX}{CHECKPOINT_PREFIX}*", f"{MERGED_DIR}/*", "wandb/*",
-                        "runs/*", "_*", ".*", "*.tmp"]
+                        "runs/*", "_*", ".*", "*.tmp", f"*{GGUF_SUFFIX}", f"*{MODELFILE_SUFFIX}"]
 
 class HubPushError(OSError):
     """A push that cannot happen; the message says why and how to retry."""
 
 
-def retry_command(run_dir: str | os.PathLike, repo_id: str | None, merged_repo_id: str | None = None) -> str:
+def retry_command(run_dir: str | os.PathLike, repo_id: str | None, merged_repo_id: str | None = None,
+                  gguf: list[Path] | None = None) -> str:
     command = ["python", "scripts/push.py", str(run_dir)]
     if repo_id:
         command += ["--hub_model_id", repo_id]
     if merged_repo_id:
         command += ["--hub_merged_model_id", merged_repo_id]
+    if gguf:
+        command += ["--gguf", *map(str, gguf)]
     return shlex.join(command)
+
+
+def gguf_to_push(run: RunDir, asked: list[str] | None) -> list[Path]:
+    """The GGUF exports to push: none when not asked (None); every one in the run directory for an empty list;
+    else the files named, each checked to be a .gguf that exists."""
+    if asked is None:
+        return []
+    if not asked:
+        found = gguf_files(run.path)
+        if not found:
+            raise HubPushError(f"--gguf: {run.path} holds no {GGUF_SUFFIX} file; export one first: "
+                               f"python scripts/export_gguf.py --model_path {run.path}")
+        return found
+    files = [Path(name) for name in asked]
+    for path in files:
+        if path.suffix != GGUF_SUFFIX or not path.is_file():
+            raise HubPushError(f"--gguf {path}: no such {GGUF_SUFFIX} file; export one with python "
+                               f"scripts/export_gguf.py --model_path {run.path}")
+    return files
 
 
 def hub_unreachable_reason() -> str | None:
@@ -111,9 +134,11 @@ def push_run_to_hub(
     revision: str | None = None,
     merged_repo_id: str | None = None,
     include_checkpoints: bool = False,
+    gguf: list[Path] | None = None,
 ) -> list[str]:
     """Push a finished run: model or adapter, tokenizer, model card, results and records; optionally its
-    checkpoint-N/ folders and its merged/ model (to `merged_repo_id`). Returns the repo URLs.
+    checkpoint-N/ folders, its merged/ model (to `merged_repo_id`) and GGUF exports (`gguf`, each with the Modelfile
+    beside it, to the run's repo, whose card lists them). Returns the repo URLs.
 
     Raises HubPushError, within seconds, when the Hub cannot be reached or the run is not finished.
     """
@@ -130,14 +155,14 @@ def push_run_to_hub(
     reason = hub_unreachable_reason()
     if reason:
         raise HubPushError(f"cannot push {run_dir} to the Hub: {reason}. Every local file is intact; retry when "
-                           f"the Hub is reachable: {retry_command(run_dir, repo_id, merged_repo_id)}")
+                           f"the Hub is reachable: {retry_command(run_dir, repo_id, merged_repo_id, gguf)}")
     api = hub_api()
     urls = []
     for folder, repo, merged in ((run_dir, repo_id, False), (merged_dir, merged_repo_id, True)):
         if not repo:
             continue
         if _card_is_ours_or_missing(folder / MODEL_CARD):
-            write_model_card(run_dir, hub_model_id=repo, merged=merged)
+            write_model_card(run_dir, hub_model_id=repo, merged=merged, gguf_files=list(gguf or []))
         try:
             url = api.create_repo(repo, private=private, token=token, exist_ok=True)
             api.upload_folder(
@@ -148,11 +173,15 @@ def push_run_to_hub(
                 for checkpoint in run.complete_checkpoints():
                     api.upload_folder(repo_id=url.repo_id, folder_path=checkpoint, path_in_repo=checkpoint.name,
                                       token=token, revision=revision, commit_message=f"Upload {checkpoint.name}")
+            for export in ([] if merged else gguf or []):  # the file and its Modelfile, at the repo's root
+                api.upload_folder(repo_id=url.repo_id, folder_path=export.parent, token=token, revision=revision,
+                                  allow_patterns=[export.name, modelfile_of(export).name],
+                                  commit_message=f"Upload {export.name}")
         except OSError as error:  # HfHubHTTPError (401, 403, 5xx...) and connection errors are OSErrors
             raise HubPushError(
                 f"pushing {folder} to {repo} failed: {short_error(error)}. Check the token (HF_TOKEN or "
                 f"`hf auth login`, with write access to {repo}); every local file is intact; retry with: "
-                f"{retry_command(run_dir, repo_id, merged_repo_id)}"
+                f"{retry_command(run_dir, repo_id, merged_repo_id, gguf)}"
             ) from error
         urls.append(str(url))
         logger.info("pushed %s to %s", folder, url)
@@ -161,8 +190,9 @@ def push_run_to_hub(
 
 def push_run_dir(run_dir: str | os.PathLike, repo_id: str | None = None, *, private: bool | None = None,
                  merged_repo_id: str | None = None, revision: str | None = None,
-                 include_checkpoints: bool = False) -> list[str]:
-    """`push_run_to_hub` with what is not given taken from the run's own run_config.yaml (scripts/push.py)."""
+                 include_checkpoints: bool = False, gguf: list[str] | None = None) -> list[str]:
+    """`push_run_to_hub` with what is not given taken from the run's own run_config.yaml (scripts/push.py);
+    `gguf`: see `gguf_to_push`."""
     run = RunDir(run_dir)
     config = run.read_config()
     repo_id = repo_id or config.get("hub_model_id")
@@ -174,7 +204,7 @@ def push_run_dir(run_dir: str | os.PathLike, repo_id: str | None = None, *, priv
         private=private if private is not None else config.get("hub_private_repo"),
         revision=revision or config.get("hub_revision"),
         merged_repo_id=merged_repo_id or config.get("hub_merged_model_id"),
-        include_checkpoints=include_checkpoints,
+        include_checkpoints=include_checkpoints, gguf=gguf_to_push(run, gguf),
     )
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from ..config import ConfigError
 from ..files import atomic_write_text
+from ..gguf_export import gguf_files as gguf_exports
+from ..gguf_export import modelfile_of
 from ..hub import is_hub_id
 from ..quantization import bnb_config_code
 from ..quantization import describe as describe_quantization
@@ -24,11 +26,13 @@ def _number(value: Any, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None, merged: bool = False):
+def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None, merged: bool = False,
+                     gguf_files: list[Path] | None = None):
     """A huggingface_hub ModelCard for a finished run, from its own files: metadata (base_model,
     library_name, tags, datasets), data summary, recipe, metrics, and how to load and evaluate it.
 
-    `merged` describes run_dir/merged (a LoRA run's base + adapter as one full model).
+    `merged` describes run_dir/merged (a LoRA run's base + adapter as one full model). `gguf_files`: the GGUF
+    exports the card lists (default: those in the run directory; a push lists those it uploads).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -80,6 +84,8 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     lines += _results_section(train, evaluation, quality, run_dir)
     lines += epoch_table(history, train.get("best_checkpoint"), bool(config.get("load_best_model_at_end")))
     lines += _usage_section(run, hub_model_id, config, report, lora, merged)
+    if not merged:  # GGUF exports go to the run's own repo
+        lines += _gguf_section(gguf_exports(run_dir) if gguf_files is None else gguf_files, hub_model_id)
     if wandb_record.get("url"):
         lines += [f"Training curves: [Weights & Biases run]({wandb_record['url']}).", ""]
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
@@ -248,6 +254,35 @@ def _usage_section(run: RunDir, hub_model_id, config, report, lora, merged) -> l
     return lines
 
 
+def _gguf_section(files: list[Path], hub_model_id: str | None) -> list[str]:
+    """The GGUF exports (scripts/export_gguf.py): file, type, size and SHA-256, and how to run one."""
+    if not files:
+        return []
+    from ..gguf import describe_gguf
+
+    lines = ["## GGUF (llama.cpp, Ollama, LM Studio)", "", "| file | type | size | SHA-256 |", "|---|---|---|---|"]
+    for path in files:
+        try:
+            described = describe_gguf(path)
+        except (ConfigError, OSError, ValueError):  # no gguf package here, or not a file it reads
+            described = {"quantization": "n/a", "gguf_sha256": "n/a"}
+        lines.append(f"| `{path.name}` | {described['quantization']} | {path.stat().st_size / 1e6:,.1f} MB | "
+                     f"`{described['gguf_sha256']}` |")
+    example, name = files[0], Path(hub_model_id or files[0].stem.split(".")[0]).name
+    modelfile = modelfile_of(example).name
+    download = ([f"hf download {hub_model_id} {example.name} {modelfile} --local-dir .   # the file and its Modelfile"]
+                if hub_model_id else [])
+    return lines + [
+        "", "Each file holds the merged model, its tokenizer and the dialogue format it was trained on (as the chat "
+        "template, and the turn's end as a stop token); `FILE.Modelfile` beside it is its Ollama Modelfile, with the "
+        "same format as a Go template and its stop strings.", "",
+        "```bash", *download,
+        f"ollama create {name} -f {modelfile} && ollama run {name}",
+        f"llama-cli -m {example.name} --jinja -cnv       # chat in the file's template",
+        "```", "",
+    ]
+
+
 def _adapter_loading(run: RunDir, hub_model_id: str | None, config: dict, remote_code: str):
     """(code lines, note lines) that load the adapter on its base with stock PEFT.
 
@@ -302,9 +337,10 @@ def _adapter_loading(run: RunDir, hub_model_id: str | None, config: dict, remote
     return code, note
 
 
-def write_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None, merged: bool = False) -> Path:
+def write_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None, merged: bool = False,
+                     gguf_files: list[Path] | None = None) -> Path:
     """Write README.md (the model card) into the run directory, or into run_dir/merged with `merged`."""
-    card = build_model_card(run_dir, hub_model_id=hub_model_id, merged=merged)
+    card = build_model_card(run_dir, hub_model_id=hub_model_id, merged=merged, gguf_files=gguf_files)
     run = RunDir(run_dir)
     target = (run.merged if merged else run.path) / MODEL_CARD
     return atomic_write_text(target, str(card))
