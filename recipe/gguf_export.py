@@ -344,16 +344,16 @@ def speaker_label_format(data_args: DataArguments, tokenizer, user: str, speaker
     by `user` and `speaker`; a message's `name` names its speaker, other roles are capitalised (as data is read)."""
     from .generation import turn_cue
 
-    roles = {"user": user, "assistant": speaker, **{r: s for r, s in data_args.role_speaker_map.items() if r not in ("user", "assistant")}}
-    mapping = "".join(f"{'if' if i == 0 else 'elif'} message['role'] == {_quoted(r)} -%}}{{%- set speaker = {_quoted(s)} -%}}{{%- "
-                      for i, (r, s) in enumerate(roles.items()))
+    roles = {"system": "System", **data_args.role_speaker_map, "user": user, "assistant": speaker}
+    branches = "".join(f"{{%- {'if' if i == 0 else 'elif'} message['role'] == {_quoted(role)} -%}}"
+                       f"{{%- set speaker = {_quoted(name)} -%}}" for i, (role, name) in enumerate(roles.items()))
     turn = " + ".join("message['content']" if p == "{text}" else "speaker" if p == "{speaker}" else _quoted(p)
                       for p in _turn_parts(data_args))
     separator = _quoted(data_args.turn_separator)
     jinja = (
         ("{{- bos_token -}}" if adds_bos(tokenizer) else "")
         + "{%- for message in messages -%}"
-        + "{%- " + mapping + "else -%}{%- set speaker = message['role'] | capitalize -%}{%- endif -%}"
+        + branches + "{%- else -%}{%- set speaker = message['role'] | capitalize -%}{%- endif -%}"
         + "{%- if message['name'] is defined and message['name'] -%}{%- set speaker = message['name'] -%}{%- endif -%}"
         + "{%- if not loop.first -%}{{- " + separator + " -}}{%- endif -%}"
         + "{{- " + turn + " -}}"
@@ -361,7 +361,7 @@ def speaker_label_format(data_args: DataArguments, tokenizer, user: str, speaker
         + "{%- if add_generation_prompt -%}{%- if messages -%}{{- " + separator + " -}}{%- endif -%}"
         + "{{- " + _quoted(turn_cue(speaker, data_args)) + " -}}{%- endif -%}"
     )
-    turns = {role: _speaker_turn(data_args, name) for role, name in {**roles, "system": "System"}.items()}
+    turns = {role: _speaker_turn(data_args, roles[role]) for role in ("user", "assistant", "system")}
     pieces = TurnPieces(lead="", headers={r: h for r, (h, _) in turns.items()}, ends={r: e for r, (_, e) in turns.items()},
                         generation=turn_cue(speaker, data_args))
     stops = [data_args.turn_separator or turn_cue(user, data_args)]  # where the reply's turn ends
@@ -455,30 +455,31 @@ def dialogue_format(data_args: DataArguments, tokenizer, run: RunDir | None, use
 
 
 def go_template(pieces: TurnPieces) -> str:
-    """Ollama's TEMPLATE (Go text/template) writing `pieces` as `TurnPieces.render` does; every literal is a quoted
-    string, so the `{{-` that lay the template out never trims the format's own whitespace."""
+    """Ollama's TEMPLATE (Go text/template) writing `pieces` as `TurnPieces.render` does: header, content, end per
+    message. Every literal is a quoted string, so the `{{-` that lay the template out never trim the format's own
+    whitespace."""
 
     def lit(text: str) -> str:
         return "{{ " + _quoted(text) + " }}" if text else ""
 
+    system = "system" in pieces.headers
+    generation = "{{ if $last }}" + lit(pieces.generation) + "{{ end }}" if pieces.generation else ""
     lines = ["{{- range $i, $_ := .Messages }}", "{{- $last := eq (len (slice $.Messages $i)) 1 }}"]
-    if pieces.first_system_header is not None:
-        lines.append('{{- if and (eq $i 0) (eq .Role "system") }}' + lit(pieces.first_system_header)
-                     + "{{ .Content }}" + lit(pieces.ends["system"]))
-        lines.append("{{- else }}")
-    else:
-        lines.append("{{- if false }}{{- else }}")
-    if pieces.lead:
-        lines.append("{{- if eq $i 0 }}" + lit(pieces.lead) + "{{ end }}")
-    lines.append('{{- if eq .Role "assistant" }}' + lit(pieces.headers["assistant"]) + "{{ .Content }}"
-                 + ("{{ if not $last }}" + lit(pieces.ends["assistant"]) + "{{ end }}" if pieces.ends["assistant"] else ""))
-    if "system" in pieces.headers:
-        lines.append('{{- else if eq .Role "system" }}' + lit(pieces.headers["system"]) + "{{ .Content }}"
-                     + lit(pieces.ends["system"]))
-    lines.append("{{- else }}" + lit(pieces.headers["user"]) + "{{ .Content }}" + lit(pieces.ends["user"])
-                 + ("{{ if $last }}" + lit(pieces.generation) + "{{ end }}" if pieces.generation else ""))
-    lines += ["{{- end }}", "{{- end }}", "{{- end }}"]
-    return "\n".join(lines)
+    first_system = pieces.first_system_header is not None
+    if first_system:
+        lines += ['{{- if and (eq $i 0) (eq .Role "system") }}' + lit(pieces.first_system_header), "{{- else }}"]
+    lines += ["{{- if eq $i 0 }}" + lit(pieces.lead) + "{{ end }}" if pieces.lead else "",
+              '{{- if eq .Role "assistant" }}' + lit(pieces.headers["assistant"]),
+              '{{- else if eq .Role "system" }}' + lit(pieces.headers["system"]) if system else "",
+              "{{- else }}" + lit(pieces.headers["user"]) + "{{ end }}",
+              "{{- end }}" if first_system else "",
+              "{{- .Content }}",
+              '{{- if eq .Role "assistant" }}' + ("{{ if not $last }}" + lit(pieces.ends["assistant"]) + "{{ end }}"
+                                                  if pieces.ends["assistant"] else ""),
+              '{{- else if eq .Role "system" }}' + lit(pieces.ends["system"]) + generation if system else "",
+              "{{- else }}" + lit(pieces.ends["user"]) + generation + "{{ end }}",
+              "{{- end }}"]
+    return "\n".join(line for line in lines if line)
 
 
 def modelfile_text(gguf_name: str, dialogue: DialogueFormat) -> str:

@@ -185,8 +185,9 @@ def test_the_modelfile_holds_the_format_as_a_go_template_and_stops_at_the_turn_e
     assert 'PARAMETER stop "\n"\n' in text  # Ollama takes quoted values literally: a real newline
     template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
     assert template == go_template(dialogue_format(DataArguments(), tokenizer, None).pieces)
-    assert '{{- if eq .Role "assistant" }}{{ "Assistant: " }}{{ .Content }}{{ if not $last }}{{ "\\n" }}{{ end }}' in template
-    assert '{{- else }}{{ "User: " }}{{ .Content }}{{ "\\n" }}{{ if $last }}{{ "Assistant:" }}{{ end }}' in template
+    assert '{{- if eq .Role "assistant" }}{{ "Assistant: " }}\n' in template
+    assert '{{- if eq .Role "assistant" }}{{ if not $last }}{{ "\\n" }}{{ end }}\n' in template
+    assert '{{- else }}{{ "\\n" }}{{ if $last }}{{ "Assistant:" }}{{ end }}{{ end }}\n' in template
     _, fields = read_gguf(result.path)
     assert fields["tokenizer.ggml.eot_token_id"] == tokenizer("\n")["input_ids"][0]  # llama.cpp stops a turn there
 
