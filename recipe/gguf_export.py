@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 GGUF_SUFFIX = ".gguf"
 MODELFILE_SUFFIX = ".Modelfile"  # the Ollama Modelfile beside FILE.gguf is FILE.Modelfile
+# Exports of a run go to RUN/gguf/ (and to gguf/ in its Hub repo), not beside the run's own files: transformers'
+# `from_pretrained(folder, gguf_file=...)` would find a LoRA run's adapter_config.json there and load its base instead.
+GGUF_DIR = "gguf"
 OUTTYPES = ("f16", "bf16", "q8_0")
 
 
@@ -53,7 +56,7 @@ class GGUFExportArguments:
                           "a quarter). Norms and biases stay float32."},
     )
     output: str | None = field(
-        default=None, metadata={"help": "The .gguf file to write (default: MODEL_PATH/NAME.OUTTYPE.gguf)."}
+        default=None, metadata={"help": "The .gguf file to write (default: MODEL_PATH/gguf/NAME.OUTTYPE.gguf)."}
     )
     base_model: str | None = field(
         default=None, metadata={"help": "Base model of a LoRA adapter (default: the run's base_model/ or the adapter config)."}
@@ -539,14 +542,13 @@ def model_name(model_path: str | os.PathLike) -> str:
 
 
 def default_output(model_path: str | os.PathLike, outtype: str) -> Path:
-    """MODEL_PATH/NAME.OUTTYPE.gguf."""
-    return Path(model_path) / f"{model_name(model_path)}.{outtype.upper()}{GGUF_SUFFIX}"
+    """MODEL_PATH/gguf/NAME.OUTTYPE.gguf."""
+    return Path(model_path) / GGUF_DIR / f"{model_name(model_path)}.{outtype.upper()}{GGUF_SUFFIX}"
 
 
-def gguf_files(folder: str | os.PathLike) -> list[Path]:
-    """The GGUF exports in a folder (a run directory), by name."""
-    folder = Path(folder)
-    return sorted(p for p in folder.glob(f"*{GGUF_SUFFIX}") if p.is_file()) if folder.is_dir() else []
+def gguf_files(run_dir: str | os.PathLike) -> list[Path]:
+    """The GGUF exports of a run (in RUN/gguf/), by name."""
+    return sorted(p for p in (Path(run_dir) / GGUF_DIR).glob(f"*{GGUF_SUFFIX}") if p.is_file())
 
 
 def modelfile_of(gguf_file: str | os.PathLike) -> Path:
@@ -573,7 +575,7 @@ def export_gguf(args: GGUFExportArguments) -> ExportResult:
     write_gguf(output, model, tokenizer, family, dialogue, args.outtype, model_name(args.model_path))
     modelfile = atomic_write_text(modelfile_of(output), modelfile_text(output.name, dialogue))
     cards = []
-    if run is not None and run.is_finished() and output.parent.resolve() == run.path.resolve():
+    if run is not None and run.is_finished() and output.parent.resolve() == (run.path / GGUF_DIR).resolve():
         from .tracking import refresh_model_cards
 
         cards = refresh_model_cards(run.path)

@@ -179,7 +179,7 @@ def test_a_chat_template_is_carried_as_is_and_its_pieces_write_the_same_text(fam
 def test_the_modelfile_holds_the_format_as_a_go_template_and_stops_at_the_turn_end(family_dir, tmp_path):
     folder, _, tokenizer = model_folder(family_dir, tmp_path, "gpt2")
     result = export(folder, "q8_0")
-    assert result.path == folder / "tiny-gpt2.Q8_0.gguf" and result.modelfile == modelfile_of(result.path)
+    assert result.path == folder / "gguf" / "tiny-gpt2.Q8_0.gguf" and result.modelfile == modelfile_of(result.path)
     text = result.modelfile.read_text()
     assert "\nFROM ./tiny-gpt2.Q8_0.gguf\n" in text
     assert 'PARAMETER stop "\n"\n' in text  # Ollama takes quoted values literally: a real newline
@@ -228,10 +228,10 @@ def test_a_full_run_exports_into_its_directory_and_its_card_lists_the_file(tmp_p
     run = train(tmp_path, output="full").output_dir
     check_round_trip(run, tmp_path)
     result = export(run, "q8_0")
-    assert result.path == run / "full.Q8_0.gguf" and result.kind == "full" and result.cards == [run / "README.md"]
+    assert result.path == run / "gguf" / "full.Q8_0.gguf" and result.kind == "full" and result.cards == [run / "README.md"]
     card = (run / "README.md").read_text()
     assert "## GGUF (llama.cpp, Ollama, LM Studio)" in card and "| `full.Q8_0.gguf` | Q8_0 |" in card
-    assert "ollama create full -f full.Q8_0.Modelfile" in card
+    assert f"ollama create full -f {run / 'gguf' / 'full.Q8_0.Modelfile'}" in card
 
 
 def test_a_lora_run_with_a_chat_template_is_merged_in_memory(family_dir, tmp_path):
@@ -247,7 +247,7 @@ def test_a_lora_run_with_a_chat_template_is_merged_in_memory(family_dir, tmp_pat
     result = export(run, "f16", tmp_path / "again")
     _, fields = read_gguf(result.path)
     assert fields["tokenizer.chat_template"] == tokenizer.chat_template
-    assert not list(run.glob("*.gguf"))  # --output elsewhere: the run directory is left as it was
+    assert not list(run.rglob("*.gguf"))  # --output elsewhere: the run directory is left as it was
 
 
 def test_a_qlora_run_is_merged_on_its_full_precision_base(tmp_path):
@@ -272,7 +272,7 @@ def test_another_family_is_refused_with_the_fix(family_dir, tmp_path):
         export(folder)
     with pytest.raises(ConfigError, match=r"must end with \.gguf"):
         export_gguf(GGUFExportArguments(model_path=str(folder), output=str(tmp_path / "model.bin")))
-    assert not list(folder.glob("*.gguf"))
+    assert not list(folder.rglob("*.gguf"))
 
 
 def test_an_interrupted_write_leaves_no_gguf_behind(family_dir, tmp_path, monkeypatch):
@@ -284,7 +284,7 @@ def test_an_interrupted_write_leaves_no_gguf_behind(family_dir, tmp_path, monkey
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fail)
     with pytest.raises(OSError, match="No space left"):
         export(folder)
-    assert sorted(p.name for p in folder.iterdir() if "gguf" in p.name) == []
+    assert not [p for p in folder.rglob("*") if p.is_file() and "gguf" in p.name]  # neither the file nor its .tmp
 
 
 def test_the_script_exports_and_refuses_in_one_line(family_dir, tmp_path):
@@ -293,7 +293,7 @@ def test_the_script_exports_and_refuses_in_one_line(family_dir, tmp_path):
     done = subprocess.run([sys.executable, "scripts/export_gguf.py", "--model_path", str(folder), "--outtype", "q8_0"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"gguf: {folder / 'tiny-gpt2.Q8_0.gguf'}" in done.stdout and "ollama create NAME -f" in done.stdout
+    assert f"gguf: {folder / 'gguf' / 'tiny-gpt2.Q8_0.gguf'}" in done.stdout and "ollama create NAME -f" in done.stdout
     failed = subprocess.run([sys.executable, "scripts/export_gguf.py", "--model_path", str(refused)],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr

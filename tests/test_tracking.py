@@ -595,9 +595,10 @@ def test_gguf_exports_are_pushed_only_when_asked_with_their_modelfile_and_listed
     push_run_dir(out, "me/smoke", gguf=[])  # --gguf: every export in the run directory, with its Modelfile
     run_files, gguf_files = api.uploads[1:]
     assert gguf_files["files"] == ["smoke.Q8_0.Modelfile", "smoke.Q8_0.gguf"] and gguf_files["repo"] == "me/smoke"
+    assert gguf_files["path_in_repo"] == "gguf"
     assert "## GGUF (llama.cpp, Ollama, LM Studio)" in run_files["readme"] and "`smoke.Q8_0.gguf` | Q8_0" in run_files["readme"]
-    assert "hf download me/smoke smoke.Q8_0.gguf smoke.Q8_0.Modelfile --local-dir ." in run_files["readme"]
-    assert "ollama create smoke -f smoke.Q8_0.Modelfile" in run_files["readme"]
+    assert "hf download me/smoke gguf/smoke.Q8_0.gguf gguf/smoke.Q8_0.Modelfile --local-dir ." in run_files["readme"]
+    assert "ollama create smoke -f gguf/smoke.Q8_0.Modelfile" in run_files["readme"]
 
     elsewhere = tmp_path / "exports" / exported.name  # a file named by path, kept outside the run
     elsewhere.parent.mkdir()

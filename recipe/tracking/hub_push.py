@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..gguf_export import GGUF_SUFFIX, MODELFILE_SUFFIX, gguf_files, modelfile_of
+from ..gguf_export import GGUF_DIR, GGUF_SUFFIX, MODELFILE_SUFFIX, gguf_files, modelfile_of
 from ..hub import hub_endpoint, hub_offline_mode, hub_reachable
 from ..run_dir import CHECKPOINT_PREFIX, INCOMPLETE_PREFIX, MERGED_DIR, MODEL_CARD, RunDir
 from .model_card import CARD_TAG, write_model_card
@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 # Never pushed from a run directory: checkpoints go to their own folders (or not at all), merged/ to its own
 # repo, GGUF exports (hundreds of MB each) only when asked for, and temporary or hidden files nowhere.
 PUSH_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*", f"{INCOMPLETE_PREFIX}{CHECKPOINT_PREFIX}*", f"{MERGED_DIR}/*", "wandb/*",
-                        "runs/*", "_*", ".*", "*.tmp", f"*{GGUF_SUFFIX}", f"*{MODELFILE_SUFFIX}"]
+                        "runs/*", "_*", ".*", "*.tmp", f"{GGUF_DIR}/*", f"*{GGUF_SUFFIX}",
+                        f"*{MODELFILE_SUFFIX}"]
 
 class HubPushError(OSError):
     """A push that cannot happen; the message says why and how to retry."""
@@ -43,14 +44,14 @@ def retry_command(run_dir: str | os.PathLike, repo_id: str | None, merged_repo_i
 
 
 def gguf_to_push(run: RunDir, asked: list[str] | None) -> list[Path]:
-    """The GGUF exports to push: none when not asked (None); every one in the run directory for an empty list;
+    """The GGUF exports to push: none when not asked (None); every one in RUN/gguf/ for an empty list;
     else the files named, each checked to be a .gguf that exists."""
     if asked is None:
         return []
     if not asked:
         found = gguf_files(run.path)
         if not found:
-            raise HubPushError(f"--gguf: {run.path} holds no {GGUF_SUFFIX} file; export one first: "
+            raise HubPushError(f"--gguf: {run.path / GGUF_DIR} holds no {GGUF_SUFFIX} file; export one first: "
                                f"python scripts/export_gguf.py --model_path {run.path}")
         return found
     files = [Path(name) for name in asked]
@@ -138,7 +139,7 @@ def push_run_to_hub(
 ) -> list[str]:
     """Push a finished run: model or adapter, tokenizer, model card, results and records; optionally its
     checkpoint-N/ folders, its merged/ model (to `merged_repo_id`) and GGUF exports (`gguf`, each with the Modelfile
-    beside it, to the run's repo, whose card lists them). Returns the repo URLs.
+    beside it, to gguf/ in the run's repo, whose card lists them). Returns the repo URLs.
 
     Raises HubPushError, within seconds, when the Hub cannot be reached or the run is not finished.
     """
@@ -173,9 +174,9 @@ def push_run_to_hub(
                 for checkpoint in run.complete_checkpoints():
                     api.upload_folder(repo_id=url.repo_id, folder_path=checkpoint, path_in_repo=checkpoint.name,
                                       token=token, revision=revision, commit_message=f"Upload {checkpoint.name}")
-            for export in ([] if merged else gguf or []):  # the file and its Modelfile, at the repo's root
-                api.upload_folder(repo_id=url.repo_id, folder_path=export.parent, token=token, revision=revision,
-                                  allow_patterns=[export.name, modelfile_of(export).name],
+            for export in ([] if merged else gguf or []):  # the file and its Modelfile, in the repo's gguf/
+                api.upload_folder(repo_id=url.repo_id, folder_path=export.parent, path_in_repo=GGUF_DIR, token=token,
+                                  revision=revision, allow_patterns=[export.name, modelfile_of(export).name],
                                   commit_message=f"Upload {export.name}")
         except OSError as error:  # HfHubHTTPError (401, 403, 5xx...) and connection errors are OSErrors
             raise HubPushError(

@@ -10,8 +10,8 @@ from typing import Any
 
 from ..config import ConfigError
 from ..files import atomic_write_text
+from ..gguf_export import GGUF_DIR, modelfile_of
 from ..gguf_export import gguf_files as gguf_exports
-from ..gguf_export import modelfile_of
 from ..hub import is_hub_id
 from ..quantization import bnb_config_code
 from ..quantization import describe as describe_quantization
@@ -269,16 +269,20 @@ def _gguf_section(files: list[Path], hub_model_id: str | None) -> list[str]:
         lines.append(f"| `{path.name}` | {described['quantization']} | {path.stat().st_size / 1e6:,.1f} MB | "
                      f"`{described['gguf_sha256']}` |")
     example, name = files[0], Path(hub_model_id or files[0].stem.split(".")[0]).name
-    modelfile = modelfile_of(example).name
-    download = ([f"hf download {hub_model_id} {example.name} {modelfile} --local-dir .   # the file and its Modelfile"]
-                if hub_model_id else [])
+    if hub_model_id:  # in the repo's gguf/ folder
+        folder = GGUF_DIR
+        download = [f"hf download {hub_model_id} {folder}/{example.name} {folder}/{modelfile_of(example).name} "
+                    "--local-dir .   # the file and its Modelfile"]
+    else:
+        folder, download = str(example.parent), []
+    modelfile = f"{folder}/{modelfile_of(example).name}"
     return lines + [
         "", "Each file holds the merged model, its tokenizer and the dialogue format it was trained on (as the chat "
         "template, and the turn's end as a stop token); `FILE.Modelfile` beside it is its Ollama Modelfile, with the "
         "same format as a Go template and its stop strings.", "",
         "```bash", *download,
         f"ollama create {name} -f {modelfile} && ollama run {name}",
-        f"llama-cli -m {example.name} --jinja -cnv       # chat in the file's template",
+        f"llama-cli -m {folder}/{example.name} --jinja -cnv    # chat in the file's template",
         "```", "",
     ]
 
