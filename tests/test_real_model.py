@@ -154,3 +154,26 @@ def test_the_gguf_and_the_folder_made_from_it_give_the_same_logits(smol_model, t
     inputs = torch.tensor([[19556, 28, 638, 359, 346, 47]])
     with torch.no_grad():
         torch.testing.assert_close(from_gguf(inputs).logits, smol_model(inputs).logits, atol=0, rtol=0)
+
+
+def test_the_lora_run_exports_to_one_gguf_that_loads_back_with_its_logits_and_perplexity(trained, tmp_path):
+    """scripts/export_gguf.py on a real base: the adapter merged in memory, written in f16, read back by transformers'
+    GGUF reader (tokenizer included) within f16's rounding, and the validation perplexity within 1%."""
+    pytest.importorskip("gguf")
+    from recipe.gguf_export import GGUFExportArguments, export_gguf, load_model_for_export
+    from test_gguf_export import load_gguf, validation_perplexity
+
+    out = trained["lora"].output_dir
+    merged, tokenizer, _ = load_model_for_export(str(out))
+    result = export_gguf(GGUFExportArguments(model_path=str(out), output=str(tmp_path / "smollm2-lora.F16.gguf")))
+    assert 260e6 < result.size_bytes < 290e6  # 135M weights in f16, the tied output layer written once
+    loaded, loaded_tokenizer = load_gguf(result.path)
+    text = "Alex: Did you see the game last night?\nBob: I did! What a finish.\nAlex:"
+    ids = tokenizer(text)["input_ids"]
+    assert loaded_tokenizer(text)["input_ids"] == ids
+    with torch.no_grad():
+        reference, exported = merged(torch.tensor([ids])).logits, loaded(torch.tensor([ids])).logits
+    assert (exported - reference).abs().max() < 0.25  # f16 rounding: 0.14 at most over 2,070 validation positions
+    assert (exported[0].argmax(-1) == reference[0].argmax(-1)).all()
+    assert validation_perplexity(loaded, loaded_tokenizer, out) == pytest.approx(
+        validation_perplexity(merged, tokenizer, out), rel=0.01)
