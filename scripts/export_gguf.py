@@ -1,6 +1,6 @@
 """Export a trained model to one GGUF file for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile beside it.
 
-    python scripts/export_gguf.py --model_path outputs/smollm2-lora                  # -> outputs/smollm2-lora/smollm2-lora.F16.gguf
+    python scripts/export_gguf.py --model_path outputs/smollm2-lora                  # -> outputs/smollm2-lora/gguf/smollm2-lora.F16.gguf
     python scripts/export_gguf.py --model_path outputs/smollm2-lora --outtype q8_0   # 8-bit blocks, about half the f16 size
     python scripts/export_gguf.py --model_path outputs/smoke-full --output exports/smoke.gguf
 
@@ -9,10 +9,11 @@ base); Llama-family (Llama, Mistral, Qwen2, SmolLM2) and GPT-2 models. The file 
 dialogue format; FILE.Modelfile beside it runs it in Ollama: `ollama create NAME -f FILE.Modelfile`.
 """
 
-from transformers import HfArgumentParser
+import argparse
+import dataclasses
 
 from recipe.cli import setup_logging, user_errors
-from recipe.gguf_export import GGUFExportArguments, export_gguf, format_export
+from recipe.gguf_export import OUTTYPES, GGUFExportArguments, export_gguf, format_export
 
 
 def main(args: GGUFExportArguments):
@@ -21,8 +22,24 @@ def main(args: GGUFExportArguments):
     return result
 
 
+def parser() -> argparse.ArgumentParser:
+    """Flags declared one by one, as push.py declares its own; each default and help is GGUFExportArguments'."""
+    fields = {f.name: f for f in dataclasses.fields(GGUFExportArguments)}
+
+    def help_of(name: str) -> str:
+        return fields[name].metadata["help"]
+
+    options = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    options.add_argument("--model_path", required=True, help=help_of("model_path"))
+    options.add_argument("--outtype", choices=OUTTYPES, default=fields["outtype"].default, help=help_of("outtype"))
+    options.add_argument("--output", help=help_of("output"))
+    options.add_argument("--base_model", help=help_of("base_model"))
+    options.add_argument("--speaker", help=help_of("speaker"))
+    options.add_argument("--user", help=help_of("user"))
+    return options
+
+
 if __name__ == "__main__":
     setup_logging()
     with user_errors():
-        (arguments,) = HfArgumentParser(GGUFExportArguments).parse_args_into_dataclasses()
-        main(arguments)
+        main(GGUFExportArguments(**vars(parser().parse_args())))
