@@ -21,7 +21,17 @@ from .hub import is_hub_id
 from .loss import label_nll
 from .metrics import DialoguePerplexity, perplexity_from_sums, quality_measures
 from .quantization import describe as describe_quantization
-from .run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, CHECKPOINT_PREFIX, EVALUATION, RunDir, read_json_file, weights_file
+from .run_dir import (
+    ADAPTER_CONFIG,
+    BASE_MODEL_DIR,
+    CHECKPOINT_PREFIX,
+    EVALUATION,
+    FSDP_SHARDED_MODEL,
+    RunDir,
+    read_json_file,
+    sharded_weights,
+    weights_file,
+)
 from .tracking import POSTHOC_EVAL_PREFIX, log_evaluation_to_wandb, read_wandb_record, refresh_model_cards
 
 
@@ -86,6 +96,23 @@ def _loading_arguments(trained: ModelArguments, source: str, dtype: str | None) 
     )
 
 
+def refuse_sharded_checkpoint(path: Path) -> None:
+    """A checkpoint of an FSDP or DeepSpeed run holds one shard per process, which no single loader reads: say how
+    to make it whole (the run's final model is whole already)."""
+    if not path.is_dir() or weights_file(path) is not None:
+        return
+    kind = sharded_weights(path)
+    if kind == "fsdp":
+        merge = f"accelerate merge-weights {path / FSDP_SHARDED_MODEL} OUT_DIR"
+    elif kind == "deepspeed":
+        merge = f"python {path / 'zero_to_fp32.py'} {path} OUT_DIR --safe_serialization"
+    else:
+        return
+    raise ConfigError(f"{path} holds {kind} shards, one per process, not a model: evaluate the run's final model "
+                      f"({path.parent}), or merge the shards with `{merge}` and copy config.json and the tokenizer "
+                      "beside them")
+
+
 def load_model_for_evaluation(model_path: str, base_model: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load a full model, a LoRA adapter (on its base) or a checkpoint, in eval mode, on the best device.
 
@@ -95,6 +122,7 @@ def load_model_for_evaluation(model_path: str, base_model: str | None = None, dt
     from .modeling import get_model, get_tokenizer, resolve_pretrained
 
     path = Path(model_path)
+    refuse_sharded_checkpoint(path)
     run_dir = RunDir.containing(model_path)
     trained = run_model_arguments(run_dir)
     checkpoint = path.name.startswith(CHECKPOINT_PREFIX)

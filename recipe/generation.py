@@ -118,11 +118,12 @@ class Reply:
 
 def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationArguments, turn_separator: str,
                      batch_size: int = 8, add_special_tokens: bool = True, reseed: bool = True,
-                     turn_end_ids: list[int] = ()) -> list[list[Reply]]:
+                     turn_end_ids: list[int] = (), synced_processes: bool = False) -> list[list[Reply]]:
     """Sample replies (num_return_sequences per prompt), each cut where its turn or the dialogue ends.
 
     The turn ends at `turn_separator` or at one of `turn_end_ids` (see `turn_end`). With `reseed`,
-    sampling starts from generation_seed, so the same prompts give the same replies.
+    sampling starts from generation_seed, so the same prompts give the same replies. `synced_processes`: every
+    process of a sharded model calls this with the same prompts and keeps stepping until all are done.
     """
     from transformers import set_seed
 
@@ -137,6 +138,8 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": [tokenizer.eos_token_id, *(turn_end_ids if gen_args.stop_at_turn_end else [])],
     }
+    if synced_processes:
+        options["synced_gpus"] = True  # transformers' name; it means every process of a sharded model
     if gen_args.do_sample:
         options.update(temperature=gen_args.temperature, top_k=gen_args.top_k, top_p=gen_args.top_p)
     if gen_args.stop_at_turn_end and turn_separator:
@@ -161,13 +164,14 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
 
 
 def reply_samples(model, tokenizer, prompts: list[Prompt], data_args: DataArguments, gen_args: GenerationArguments,
-                  batch_size: int = 8) -> list[dict[str, Any]]:
+                  batch_size: int = 8, synced_processes: bool = False) -> list[dict[str, Any]]:
     """Replies to prompts, one record each as evaluation.json and samples.jsonl hold them: prompt, reply,
     reference, speaker, how it ended (eos, turn_end or max_new_tokens) and the tokens generated."""
     separator, turn_end_ids = turn_end(data_args, tokenizer)
     replies = generate_replies(
         model, tokenizer, [p.prompt for p in prompts], gen_args, separator, batch_size,
         add_special_tokens=not data_args.use_chat_template, turn_end_ids=turn_end_ids,
+        synced_processes=synced_processes,
     )
     return [
         {"prompt": p.prompt, "reply": r.text, "reference": p.reference, "speaker": p.speaker, "ended_by": r.ended_by,

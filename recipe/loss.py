@@ -14,8 +14,8 @@ tests/test_train_cli.py trains with it in two DDP processes.
 `ChunkedCausalLMLoss` falls back to the model's own loss (full logits) where it does not apply:
 logits that are more than `lm_head(last hidden state)` (soft-capping, scaling), an LM head that is
 not a plain `nn.Linear` (a LoRA adapter or a trainable copy on the head), a model that returns no
-hidden states, and, decided by the trainer, sharded models (FSDP, DeepSpeed), whose head weight is
-not whole outside the forward pass.
+hidden states, and, decided by the trainer, DeepSpeed ZeRO-3 and FSDP 1, whose head weight is not whole
+outside the forward pass. Under FSDP 2 it runs as on one process (`unsharded_class`).
 """
 
 from __future__ import annotations
@@ -168,6 +168,25 @@ def unwrap_model(model):
             return model
 
 
+def unsharded_class(module) -> type:
+    """A module's own class under the one FSDP 2 swaps in when it shards it (`FSDPLinear` for a Linear). Its LM
+    head stays gathered from the end of the forward pass to the start of the backward pass (accelerate shards it
+    in a group that is not resharded after forward), so the loss may read its weight as on one process."""
+    cls = type(module)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a PyTorch built without distributed support
+        return cls
+    if issubclass(cls, FSDPModule):
+        return next(base for base in cls.__mro__[1:] if not issubclass(base, FSDPModule))
+    return cls
+
+
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    """A DTensor shard (FSDP 2 between a layer's forward and backward when it reshards after forward)."""
+    return hasattr(tensor, "_local_tensor")
+
+
 def fast_path_problem(model) -> str | None:
     """Why this model's loss cannot be computed from its last hidden state (None when it can)."""
     inner = unwrap_model(model)
@@ -177,7 +196,7 @@ def fast_path_problem(model) -> str | None:
         if value not in (None, 1, 1.0):
             return f"its config sets {name}={value}, so its logits are more than the LM head's output"
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear:
+    if unsharded_class(head) is not torch.nn.Linear:
         return f"its LM head is a {type(head).__name__}, not a plain Linear layer"
     if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
         return f"{type(inner).__name__}.forward takes no logits_to_keep"
@@ -266,6 +285,9 @@ class ChunkedCausalLMLoss:
             if not self.verified:
                 if hidden is None:
                     self._give_up("the model returned no hidden states")
+                    return None
+                if _is_sharded(head.weight):
+                    self._give_up("its LM head's weight is sharded after the forward pass")
                     return None
                 if not _head_reproduces(head, hidden[:, -1], last_logits):
                     self._give_up("its logits differ from its LM head applied to its last hidden state")

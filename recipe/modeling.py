@@ -219,14 +219,18 @@ def record_adapter_base(peft_model, model_args: ModelArguments, saved_base_dir: 
 
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts; a 4-bit weight counts its weights, not the bytes that pack them."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(_weights_in(p) for p in model.parameters())
+    trainable = sum(weights_in(p) for p in model.parameters() if p.requires_grad)
+    total = sum(weights_in(p) for p in model.parameters())
     return trainable, total
 
 
-def _weights_in(parameter) -> int:
+def weights_in(parameter) -> int:
+    """The weights a parameter stands for: a 4-bit one's unpacked count, a ZeRO-3 partitioned one's whole count
+    (DeepSpeed leaves an empty tensor in its place)."""
     shape = getattr(getattr(parameter, "quant_state", None), "shape", None)  # bitsandbytes' Params4bit
-    return int(torch.Size(shape).numel()) if shape is not None else parameter.numel()
+    if shape is not None:
+        return int(torch.Size(shape).numel())
+    return int(getattr(parameter, "ds_numel", None) or parameter.numel())
 
 
 def build_offline_model_dir(output_dir: str | os.PathLike, texts: list[str], vocab_size: int = 2048) -> Path:

@@ -215,8 +215,11 @@ def _lock_error(run: RunDir, error: Exception) -> OutputDirError:
 def estimated_bytes(model, args, lora_args, total_steps: int, resume: Path | None) -> dict[str, int]:
     """What the run will write: one checkpoint (weights or adapter, AdamW's two moments per trainable
     weight, a few MB of the rest), how many exist at once, and the final model (with merged/)."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    def stored(p) -> int:  # a ZeRO-3 partitioned parameter is an empty tensor; ds_numel is its size
+        return (getattr(p, "ds_numel", None) or p.numel()) * p.element_size()
+
+    weights = sum(stored(p) for p in model.parameters())
+    trainable = sum(stored(p) for p in model.parameters() if p.requires_grad)
     saved_weights = trainable if lora_args.use_lora else weights
     checkpoint = saved_weights + 2 * trainable + CHECKPOINT_OVERHEAD
     final = saved_weights + CHECKPOINT_OVERHEAD

@@ -11,6 +11,7 @@ dialogue alone. A model that leaks across dialogues is refused with the batching
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -70,6 +71,7 @@ def check_packing_isolation(model, tokenizer, train_examples, data_args: DataArg
             "%d training examples), so nothing checked that this model keeps packed dialogues apart. If it does not, "
             "it trains on cross-talk; to be sure, %s", data_args.max_length, len(train_examples), USE_INSTEAD)
         return None
+    model = _model_to_check(model)
     collator = get_data_collator(data_args, tokenizer)
     import pyarrow as pa
 
@@ -89,6 +91,20 @@ def check_packing_isolation(model, tokenizer, train_examples, data_args: DataArg
         )
     logger.info("packing check: packed dialogues are isolated in this model (largest difference %.2g)", difference)
     return difference
+
+
+def _model_to_check(model):
+    """The model itself; or, where DeepSpeed ZeRO-3 built it partitioned (no process holds its weights before
+    training starts), a one-layer random copy of its architecture: whether packed dialogues stay apart is decided by
+    the attention code, the same in the copy."""
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = copy.deepcopy(base.config)
+    config.num_hidden_layers = 1
+    logger.info("packing check on a one-layer copy of %s: DeepSpeed ZeRO-3 partitioned its weights",
+                type(base).__name__)
+    return type(base)(config)  # the class itself, not from_config: outside DeepSpeed's partitioning
 
 
 def _log_probs(model, batch: dict[str, torch.Tensor], use_cache: bool) -> torch.Tensor:

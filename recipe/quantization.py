@@ -196,9 +196,10 @@ def merge_on_full_precision_base(model_args: ModelArguments, adapter_dir: str | 
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
+    trained_on = f"the dequantized {bits(model_args)}-bit weights" if model_args.quantized else "sharded weights"
     logger.info("merged LoRA model written to %s: the adapter merged onto %s loaded at full precision (%s), "
-                "not onto the dequantized %d-bit weights it trained on", merged_dir,
-                recorded.base_model_name_or_path, base_args.dtype, bits(model_args))
+                "not onto the %s it trained on", merged_dir, recorded.base_model_name_or_path, base_args.dtype,
+                trained_on)
 
 
 def describe(config: dict[str, Any]) -> str | None:

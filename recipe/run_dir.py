@@ -37,6 +37,10 @@ MERGED_DIR = "merged"  # a LoRA run's base + adapter merged (merge_lora)
 ADAPTER_CONFIG = "adapter_config.json"
 # The weights of a model or adapter folder, in the order a reader prefers them.
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# A checkpoint of a sharded run holds its weights as one shard per process instead: FSDP's (torch.distributed.checkpoint,
+# whose .metadata is written once every shard is), or DeepSpeed's (a global_stepN/ folder, named by `latest` when whole).
+FSDP_SHARDED_MODEL = "pytorch_model_fsdp_0"
+DEEPSPEED_LATEST = "latest"
 CHECKPOINT_PREFIX = "checkpoint-"
 INCOMPLETE_PREFIX = "incomplete-"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -63,11 +67,26 @@ def weights_file(folder: str | os.PathLike) -> Path | None:
     return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
 
 
+def sharded_weights(folder: str | os.PathLike) -> str | None:
+    """"fsdp" or "deepspeed" when a checkpoint holds its weights as one shard per process, else None."""
+    folder = Path(folder)
+    if (folder / FSDP_SHARDED_MODEL / ".metadata").is_file():
+        return "fsdp"
+    latest = folder / DEEPSPEED_LATEST
+    try:
+        if latest.is_file() and (folder / latest.read_text(encoding="utf-8").strip()).is_dir():
+            return "deepspeed"
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
 def checkpoint_is_complete(path: str | os.PathLike) -> bool:
     """A checkpoint is complete once the Trainer wrote trainer_state.json, which it writes after the
-    weights, optimizer, scheduler and RNG states; a run killed mid-save leaves none or a torn one."""
+    weights (whole or sharded), optimizer, scheduler and RNG states; a run killed mid-save leaves none or a
+    torn one."""
     path = Path(path)
-    if weights_file(path) is None:
+    if weights_file(path) is None and sharded_weights(path) is None:
         return False
     try:
         return "global_step" in (read_json_file(path / TRAINER_STATE) or {})

@@ -25,6 +25,7 @@ import torch
 from transformers import TrainerCallback
 
 from .run_dir import RunDir
+from .sharding import launcher_command
 
 logger = logging.getLogger(__name__)
 
@@ -179,10 +180,10 @@ def raise_if_stopped(trainer) -> None:
 
 
 def resume_command(run: RunDir, args) -> str:
-    """The command that resumes this run: its run_config.yaml holds every option, output_dir included,
-    and a run with checkpoints resumes from the last complete one."""
-    launcher = ["python"] if args.world_size == 1 else ["torchrun", "--nproc_per_node", str(args.world_size)]
-    command = [*launcher, "scripts/train.py", "--config", str(Path(run.run_config))]
+    """The command that resumes this run: the launcher that started it, then its run_config.yaml, which holds every
+    option, output_dir included; a run with checkpoints resumes from the last complete one."""
+    # The same launcher: a sharded checkpoint resumes only under the sharding that wrote it.
+    command = [*launcher_command(args.world_size), "scripts/train.py", "--config", str(Path(run.run_config))]
     if args.overwrite_output_dir:
         command += ["--overwrite_output_dir", "false"]  # true would delete the checkpoint just saved
     return shlex.join(command)

@@ -50,11 +50,12 @@ class TensorMemoryMeter(TorchDispatchMode):
         return out
 
     def _track(self, tensor: torch.Tensor) -> None:
+        tensor = local_tensor(tensor)
         try:
             storage = tensor.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # tensor subclasses without one storage
+            size, address = storage.nbytes(), storage.data_ptr()
+        except (RuntimeError, NotImplementedError):  # subclasses without one storage (a collective's async wrapper)
             return
-        size, address = storage.nbytes(), storage.data_ptr()
         if size == 0 or address == 0 or tensor.device.type == "meta":
             return
         key = (str(tensor.device), address)
@@ -83,13 +84,22 @@ class TensorMemoryMeter(TorchDispatchMode):
         return round(self.peak / MIB, 1)
 
 
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """What this process holds of a tensor: the local shard of a DTensor (FSDP 2's sharded parameters, their
+    gradients and optimizer states), else the tensor itself."""
+    local = getattr(tensor, "_local_tensor", None)
+    return local if isinstance(local, torch.Tensor) else tensor
+
+
 def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
     return str(tensor.device), tensor.untyped_storage().data_ptr()
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> dict[tuple[str, int], int]:
-    """Bytes of each storage under `tensors`, each once (tied weights and views share one)."""
-    return {_storage_key(t): t.untyped_storage().nbytes() for t in tensors}
+    """Bytes of each storage under `tensors`, each once (tied weights and views share one; a sharded tensor
+    counts its local shard)."""
+    local = [local_tensor(t) for t in tensors]
+    return {_storage_key(t): t.untyped_storage().nbytes() for t in local if t.device.type != "meta"}
 
 
 def model_tensors(model) -> list[torch.Tensor]:

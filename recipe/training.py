@@ -31,7 +31,7 @@ from .environment import environment_record, peak_memory_mb
 from .files import atomic_write_json
 from .generation import chat_template_turn_end_ids
 from .loss import ChunkedCausalLMLoss
-from .memory import MIB
+from .memory import MIB, plan_memory
 from .memory_check import format_plan, plan_and_check_memory
 from .metrics import compute_perplexity_metrics, sequence_nll
 from .modeling import (
@@ -53,6 +53,7 @@ from .redaction import redact_argv
 from .resume import check_resume, record_resume
 from .run_dir import RunDir, read_json_file
 from .safeguards import WatchesLoss, attach_training_guard, raise_if_stopped
+from .sharding import allow_fsdp_on_cpu, get_sharding
 from .timing import TimesPhases, train_timing
 from .tensor_memory import TensorMemoryCallback
 from .tracking import RunTracker, run_mode
@@ -79,10 +80,34 @@ class DialogueTrainer(TimesPhases, WatchesLoss, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.real_tokens_trained = 0
-        # Sharded weights are not whole outside the forward pass; a label smoother or compute_loss_func wants logits.
-        own_loss = self.is_fsdp_enabled or self.is_deepspeed_enabled or self.label_smoother or self.compute_loss_func
-        chunked = getattr(self.args, "chunked_lm_loss", True) and not own_loss
-        self.lm_loss = ChunkedCausalLMLoss(self.accelerator.autocast, self.is_world_process_zero()) if chunked else None
+        self.chunked_loss_off: str | None = None  # why the sharding keeps the chunked loss off
+        self.lm_loss = self._chunked_loss()
+
+    def _chunked_loss(self) -> ChunkedCausalLMLoss | None:
+        """The chunked LM loss (recipe/loss.py), unless it is off or cannot apply: a label smoother or
+        compute_loss_func wants logits, and under DeepSpeed ZeRO-3 or FSDP 1 the head's weight is not whole
+        outside the forward pass (FSDP 2 keeps it gathered until the backward pass)."""
+        if not getattr(self.args, "chunked_lm_loss", True) or self.label_smoother or self.compute_loss_func:
+            return None
+        if self.sharding.kind == "zero3":
+            self.chunked_loss_off = "ZeRO-3 gathers the LM head's weight only inside the head's own forward pass"
+        elif self.sharding.kind == "fsdp" and self.sharding.fsdp_version == 1:
+            self.chunked_loss_off = "FSDP 1 keeps the LM head's weight in a flat shard outside the forward pass"
+        if self.chunked_loss_off:
+            return None
+        return ChunkedCausalLMLoss(self.accelerator.autocast, self.is_world_process_zero())
+
+    def create_accelerator_and_postprocess(self):
+        allow_fsdp_on_cpu(self.args)  # accelerate would run an FSDP launch on CPU processes as DDP
+        super().create_accelerator_and_postprocess()
+        self.sharding = get_sharding(self.args)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        # The Trainer records a checkpoint as the best one only if its folder exists after save_model, which under
+        # sharded FSDP writes nothing there (the shards come after): the best checkpoint would never be reloaded.
+        if output_dir is not None and _internal_call:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+        super().save_model(output_dir, _internal_call)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real_tokens = inputs.pop("num_real_tokens", None)
@@ -264,6 +289,9 @@ def run_training(
 
     training_args = tracker.configure(training_args, resume, parameters)  # W&B started; Hub off if unreachable
     trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
+    if trainer.chunked_loss_off and state.is_main_process:
+        logger.info("chunked LM loss off under %s: %s; the model's own loss holds the full logits%s",
+                    trainer.sharding.label, trainer.chunked_loss_off, _full_logits_cost(plan))
     tensor_memory = TensorMemoryCallback(model)  # the peak held in tensors, to set against the plan
     trainer.add_callback(tensor_memory)
     attach_training_guard(trainer, run)  # stop and save on SIGTERM / Ctrl-C; stop on a non-finite loss
@@ -279,6 +307,16 @@ def run_training(
     tracker.finish(train_metrics, eval_metrics)  # model card, W&B summary, final Hub push (main process)
     RunLock.release(run)
     return TrainingResult(run.path, train_metrics, eval_metrics)
+
+
+def _full_logits_cost(plan) -> str:
+    """What the model's own loss costs against the chunked one, by the memory plan (measured on SmolLM2 in the
+    README's scale-out table)."""
+    if plan is None:
+        return ""
+    chunked = plan_memory(plan.shape, dataclasses.replace(plan.options, chunked_loss=True)).peak
+    own = plan_memory(plan.shape, dataclasses.replace(plan.options, chunked_loss=False)).peak
+    return f" (+{(own - chunked) / MIB:,.0f} MB at the peak per process, by the memory plan)"
 
 
 def _set_recipe_log_level(training_args: DialogueTrainingArguments, is_main: bool) -> None:
@@ -389,13 +427,17 @@ def save_final_model(trainer: DialogueTrainer, tokenizer, lora_args: LoraArgumen
     base = model.get_base_model() if lora_args.use_lora else model
     base.config.use_cache = True  # the Trainer turned the KV cache off for training; generation wants it
     align_generation_config(base, tokenizer, chat_template_turn_end_ids(tokenizer))  # + the template's turn end
-    trainer.save_model(str(output_dir))  # the adapter alone for LoRA; main process only
+    if trainer.is_fsdp_enabled:  # checkpoints are sharded; the final model is one file that any loader reads
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(output_dir))  # the adapter alone for LoRA; gathered on every process, written by the main
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
         base.generation_config.save_pretrained(output_dir)
     if lora_args.use_lora and lora_args.merge_lora and trainer.is_world_process_zero():
         merged_dir = RunDir(output_dir).merged
-        if model_args is not None and model_args.quantized:
+        # A k-bit base merges onto its full-precision weights; a sharded one is not whole in any process: both
+        # merge the saved adapter onto the base read again from disk.
+        if (model_args is not None and model_args.quantized) or trainer.sharding.shards_weights:
             merge_on_full_precision_base(model_args, output_dir, merged_dir, tokenizer)
             return
         merged = trainer.accelerator.unwrap_model(model).merge_and_unload()

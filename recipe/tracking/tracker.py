@@ -118,7 +118,9 @@ class RunTracker:
 
             trainer.remove_callback(WandbCallback)  # same callback, guarded: W&B failures never stop training
             trainer.add_callback(guarded_wandb_callback_class()())
-        if self.is_main and prepared is not None and prepared.validation_dataset is not None:
+        # With sharded weights every process takes part in generating the replies; the main process writes them.
+        sharded = bool(getattr(getattr(trainer, "sharding", None), "shards_weights", False))
+        if (self.is_main or sharded) and prepared is not None and prepared.validation_dataset is not None:
             replies = training_replies_callback(trainer, prepared.validation_dialogues, data_args, self.args,
                                                 self.run.samples, self.wandb_run)
             if replies is not None:

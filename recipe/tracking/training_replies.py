@@ -72,8 +72,11 @@ class TrainingReplies(TrainerCallback):
     """
 
     def __init__(self, trainer, prompts: list[Prompt], data_args: DataArguments, gen_args: GenerationArguments,
-                 path: Path, wandb_run=None):
+                 path: Path, wandb_run=None, every_process: bool = False):
+        """`every_process`: the weights are sharded (FSDP, ZeRO-3), so every process generates, in step with the
+        others (each forward pass gathers the weights from all of them); the main process writes the rows."""
         self.trainer = trainer
+        self.every_process = every_process
         self.prompts = prompts
         self.data_args = data_args
         self.gen_args = gen_args
@@ -87,6 +90,8 @@ class TrainingReplies(TrainerCallback):
         # A resumed run keeps the rows up to its checkpoint; evaluations after it are run (and sampled) again, and
         # so is the one at its step with eval_on_start. A fresh start (step 0) keeps none.
         step = state.global_step
+        if not state.is_world_process_zero:  # generates in step with the main process, which writes the rows
+            return
         kept = [row for row in read_samples(self.path)
                 if row.get("step", 0) < step or (row.get("step") == step and step > 0 and not args.eval_on_start)]
         self.rows = kept
@@ -97,11 +102,13 @@ class TrainingReplies(TrainerCallback):
         self.training = False
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if not self.training or not state.is_world_process_zero or model is None:
+        if not self.training or model is None or not (state.is_world_process_zero or self.every_process):
             return
         started = time.perf_counter()
         new_rows = self.reply(model, state)
         seconds = time.perf_counter() - started
+        if not state.is_world_process_zero:
+            return
         self.rows += new_rows
         atomic_write_jsonl(self.path, self.rows)
         self.log_to_wandb(new_rows, state.global_step)
@@ -115,7 +122,8 @@ class TrainingReplies(TrainerCallback):
         try:
             with training_random_state_kept():
                 samples = reply_samples(model, self.trainer.processing_class, self.prompts, self.data_args,
-                                        self.gen_args, batch_size=len(self.prompts))
+                                        self.gen_args, batch_size=len(self.prompts),
+                                        synced_processes=self.every_process)
         finally:
             model.train(was_training)
         epoch = round(float(state.epoch or 0.0), 4)
@@ -139,13 +147,9 @@ class TrainingReplies(TrainerCallback):
 
 def training_replies_callback(trainer, validation_dialogues, data_args: DataArguments,
                               tracking_args: TrackingArguments, path: Path, wandb_run=None) -> TrainingReplies | None:
-    """The callback for a run, or None when it has nothing to do (eval_samples 0, no evaluation, no prompt)
-    or cannot work (FSDP and DeepSpeed shard the weights: one process alone cannot generate)."""
+    """The callback for a run, or None when it has nothing to do (eval_samples 0, no evaluation, no prompt).
+    Where the weights are sharded (FSDP, DeepSpeed ZeRO-3), every process takes part in generating."""
     if not tracking_args.eval_samples or trainer.args.eval_strategy == "no" or not validation_dialogues:
-        return None
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        logger.warning("eval_samples is off: the weights are sharded (FSDP / DeepSpeed), so the main process "
-                       "cannot generate alone; run scripts/evaluate.py on the saved model instead")
         return None
     prompts = prompts_from_dialogues(validation_dialogues, data_args, trainer.processing_class,
                                      tracking_args.eval_samples, tracking_args.eval_sample_context_turns)
@@ -153,4 +157,6 @@ def training_replies_callback(trainer, validation_dialogues, data_args: DataArgu
         return None
     gen_args = GenerationArguments(max_new_tokens=tracking_args.eval_sample_max_new_tokens, do_sample=False,
                                    generation_seed=trainer.args.seed)
-    return TrainingReplies(trainer, prompts, data_args, gen_args, path, wandb_run)
+    sharding = getattr(trainer, "sharding", None)
+    every_process = bool(sharding and sharding.shards_weights)
+    return TrainingReplies(trainer, prompts, data_args, gen_args, path, wandb_run, every_process)

@@ -28,8 +28,11 @@ def run_printed_command(stderr: str) -> subprocess.CompletedProcess:
     command = shlex.split(stderr.split("Resume with: ")[1].splitlines()[0])
     if command[0] == "python":
         command[0] = sys.executable
-    else:  # torchrun: the same launcher, on a free port
-        command[:1] = [sys.executable, "-m", "torch.distributed.run", "--master_port", str(free_port())]
+    else:  # torchrun or accelerate launch: the same launcher, on a free port
+        port = command.index("--master_port" if command[0] == "torchrun" else "--main_process_port")
+        command[port + 1] = str(free_port())
+        command[:1] = [sys.executable, "-m", "torch.distributed.run"] if command[0] == "torchrun" else \
+            [sys.executable, "-m", "accelerate.commands.launch"]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
@@ -75,8 +78,9 @@ def test_sigterm_under_torchrun_stops_every_process_and_resumes_to_the_same_loss
     stopped = train(out, "--per_device_train_batch_size", "1", fault="signal:SIGTERM:9", processes=2)
     assert stopped.returncode != 0
     assert stopped.stderr.count("training stopped by SIGTERM after step 9") == 1, stopped.stderr[-3000:]
-    assert f"Resume with: torchrun --nproc_per_node 2 scripts/train.py --config {out / 'run_config.yaml'}" \
-        in stopped.stderr
+    # The launcher as it was typed (fault_runs passes a port), then the train script on the run's config
+    assert "Resume with: torchrun --nproc_per_node 2 --master_port " in stopped.stderr
+    assert f" scripts/train.py --config {out / 'run_config.yaml'}" in stopped.stderr
     assert "SIGKILL" not in stopped.stderr  # both workers stopped by themselves, within torchrun's grace period
     checkpoint = out / "checkpoint-9"
     assert checkpoint_is_complete(checkpoint)
