@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 
 from .config import ConfigError
@@ -22,7 +23,8 @@ def user_errors():
     try:
         yield
     except USER_ERRORS as error:
-        say(f"error: {error}")
+        if is_first_process():  # every process of a launch refuses the same options: one message, not one each
+            say(f"error: {error}")
         sys.exit(2)
     except RunStopped as stopped:
         if stopped.show:
@@ -31,6 +33,11 @@ def user_errors():
     except KeyboardInterrupt:
         say("\ninterrupted (Ctrl-C)")
         sys.exit(130)
+
+
+def is_first_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch, or a process started alone."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def say(message: str) -> None:

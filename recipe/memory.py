@@ -92,6 +92,8 @@ class PlanOptions:
     attention_mask: bool = True  # packing and padding give the attention a 4D mask (and expand grouped k/v)
     eager_attention: bool = False
     random_init: bool = False  # a random k-bit base is built at full precision, then quantized
+    sharding: str = "single"  # how the processes divide the run (recipe/sharding.py): single, ddp, fsdp, zero1-3
+    processes: int = 1
 
     @property
     def autocast_bytes(self) -> int | None:
@@ -229,25 +231,78 @@ def plan_memory(shape: ModelShape, options: PlanOptions) -> MemoryPlan:
     dequantized = max(lin.d_in * lin.d_out for lin in shape.layer_linears) * 4 if options.bits else 0
     layer_gradients = tokens * (2 * shape.hidden + 2 * shape.intermediate) * 4
     recompute = one_layer if options.gradient_checkpointing else 0
-    accumulated = grad_bytes if options.gradient_accumulation > 1 else 0
+    share = _process_share(shape, options, weights, adapters, grad_bytes, optimizer, trainable_weights)
+    grads = share["gradients"]
+    accumulated = grads if options.gradient_accumulation > 1 else 0
+    head_gradient = vh * 4 if head_trains else 0
 
     phases = {
-        "forward pass": activations + loss_kept + max(loss_short, dequantized) + accumulated,
+        "forward pass": activations + loss_kept + max(loss_short, dequantized) + accumulated + share["gathered"],
         "backward pass": max(activations + loss_kept + loss_backward + recompute,
-                        grad_bytes + (vh * 4 if head_trains else 0)) + layer_gradients + dequantized,
-        "optimizer step": grad_bytes + (trainable_weights * 4 if options.optimizer == "adamw_torch" else 0),
+                             grads + max(head_gradient, share["gradients in flight"]))
+        + layer_gradients + dequantized + 2 * share["gathered"],  # one layer gathered ahead in backward
+        "optimizer step": grads + (trainable_weights * 4 // share["optimizer divisor"]
+                                   if options.optimizer == "adamw_torch" else 0),
     }
     if options.random_init and options.bits:  # the whole float model exists once, before bitsandbytes quantizes it
         phases["model loading"] = shape.parameters * options.weight_bytes - weights - adapters - optimizer
     phase = max(phases, key=phases.get)
     parts = {
-        "weights": weights,
-        "LoRA adapters": adapters,
-        "gradients": grad_bytes,
-        "optimizer states": optimizer,
+        "weights": share["weights"],
+        "LoRA adapters": share["adapters"],
+        "gradients": grads + share["held gradients"],
+        "optimizer states": share["optimizer states"],
+        "fp32 master weights": share["master weights"],
         "activations": activations,
         "loss buffers": loss_kept + max(loss_short, dequantized),
     }
-    peak = weights + adapters + optimizer + phases[phase]
+    held = share["weights"] + share["adapters"] + share["optimizer states"] + share["master weights"]
+    peak = held + share["held gradients"] + phases[phase]
     lora_bytes = adapters * 4 + lora_activations if options.use_lora else 0  # weights, grads, 2 states
     return MemoryPlan(parts, peak, phase, activations_other, lora_bytes, options, shape)
+
+
+def _process_share(shape: ModelShape, options: PlanOptions, weights: int, adapters: int, grad_bytes: int,
+                   optimizer: int, trainable_weights: int) -> dict[str, int]:
+    """What one process holds of the weights, gradients and optimizer states under its sharding (recipe/sharding.py):
+
+    - one process, DDP: everything whole. DDP keeps the gradients in its communication buckets, from its start to
+      the end of the run (the recipe makes them the gradients themselves, not a copy).
+    - FSDP: weights, gradients and states divided by the processes; each layer is gathered whole for its forward
+      and backward passes (in the autocast dtype, FSDP's mixed precision), the embeddings, final norm and LM head
+      from the start of the forward pass to their backward; a layer's whole gradients exist until they are
+      scattered.
+    - DeepSpeed ZeRO: the optimizer states divided, with a float32 copy of the trainable weights (divided); ZeRO-2
+      divides the gradients too, ZeRO-3 the weights as well, gathering each layer only while it runs. Gradients
+      pass through a reduction bucket of hidden x hidden floats ("auto" in the recipe's DeepSpeed configs).
+    """
+    n = max(1, options.processes)
+    kind = options.sharding
+    layer_params = sum(lin.d_in * lin.d_out + (lin.d_out if lin.has_bias else 0) for lin in shape.layer_linears) \
+        + 2 * shape.hidden
+    tail_params = max(0, shape.parameters - shape.layers * layer_params)  # embeddings, final norm, LM head
+    layer_bytes = max(0, weights - tail_params * options.weight_bytes) / max(1, shape.layers)
+    trainable_layer = adapters / max(1, shape.layers) if options.use_lora else layer_params * options.weight_bytes
+    trainable_tail = 0 if options.use_lora else tail_params * options.weight_bytes
+    share = {"weights": weights, "adapters": adapters, "gradients": grad_bytes, "held gradients": 0,
+             "optimizer states": optimizer, "master weights": 0, "gathered": 0, "gradients in flight": 0,
+             "optimizer divisor": 1}
+    if kind == "ddp":
+        share.update({"held gradients": grad_bytes, "gradients": 0})
+    elif kind == "fsdp":
+        gathered_bytes = options.autocast_bytes if options.autocast_bytes and not options.bits else None
+        ratio = gathered_bytes / options.weight_bytes if gathered_bytes else 1
+        share.update({"weights": weights // n, "adapters": adapters // n, "gradients": grad_bytes // n,
+                      "optimizer states": optimizer // n, "optimizer divisor": n,
+                      "gathered": int((tail_params * options.weight_bytes + layer_bytes) * ratio),
+                      "gradients in flight": int(trainable_layer + trainable_tail)})
+    elif kind.startswith("zero"):
+        bucket = shape.hidden * shape.hidden * 4
+        share.update({"optimizer states": optimizer // n, "master weights": trainable_weights * 4 // n,
+                      "optimizer divisor": n, "gradients in flight": bucket})
+        if kind in ("zero2", "zero3"):
+            share["gradients"] = trainable_weights * 4 // n
+        if kind == "zero3":  # the divided gradients live in one buffer from the start
+            share.update({"weights": weights // n, "adapters": adapters // n, "gathered": int(layer_bytes),
+                          "held gradients": share["gradients"], "gradients": 0})
+    return share

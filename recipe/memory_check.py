@@ -38,8 +38,11 @@ def shape_from_config(config, name: str = "") -> ModelShape:
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        # The class itself where transformers maps the config to one: from_config would build it inside
+        # DeepSpeed's ZeRO-3 partitioning when a ZeRO-3 launch is on, which cannot partition meta tensors.
+        model = model_class(config) if model_class is not None else AutoModelForCausalLM.from_config(config)
     get = lambda *names, default=None: next((getattr(config, n) for n in names if getattr(config, n, None)), default)
     hidden = get("hidden_size", "n_embd", "d_model")
     heads = get("num_attention_heads", "n_head")
@@ -81,7 +84,13 @@ def _in_first_layer(path: str) -> bool:
 
 def options_for_run(model_args: ModelArguments, data_args: DataArguments, lora_args: LoraArguments,
                     training_args: DialogueTrainingArguments) -> PlanOptions:
+    from .sharding import get_sharding
+
     targets = lora_args.lora_target_modules
+    sharding = get_sharding(training_args)
+    # The trainer keeps the chunked loss off where the LM head's weight is not whole outside its forward pass
+    chunked = training_args.chunked_lm_loss and not (
+        sharding.kind == "zero3" or (sharding.kind == "fsdp" and sharding.fsdp_version == 1))
     return PlanOptions(
         batch=training_args.per_device_train_batch_size,
         row_length=data_args.max_length,
@@ -96,10 +105,12 @@ def options_for_run(model_args: ModelArguments, data_args: DataArguments, lora_a
         weight_bytes=2 if model_args.dtype in ("bfloat16", "float16") else 4,
         autocast="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else None,
         optimizer=str(getattr(training_args.optim, "value", training_args.optim)),
-        chunked_loss=training_args.chunked_lm_loss,
+        chunked_loss=chunked,
         attention_mask=True,  # every padding mode gives the attention a mask (packing: block-diagonal, per layer)
         eager_attention=model_args.attn_implementation == "eager",
         random_init=model_args.random_init,
+        sharding=sharding.kind,
+        processes=sharding.processes,
     )
 
 
@@ -211,14 +222,19 @@ def _mb(count: float) -> str:
     return f"{count / MIB:,.0f} MB"
 
 
+_SHARDING_NAMES = {"ddp": "DDP", "fsdp": "FSDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
+
+
 def format_plan(plan: MemoryPlan) -> str:
     """The plan as the start-up summary and --dry_run print it."""
     o = plan.options
     parts = ", ".join(f"{name} {_mb(count)}" for name, count in plan.parts.items() if count)
     other = "without" if o.gradient_checkpointing else "with"
     precision = f"{o.bits}-bit base" if o.bits else ("fp32" if o.weight_bytes == 4 else "16-bit") + " weights"
+    who = "" if o.sharding == "single" else f" per process ({_SHARDING_NAMES.get(o.sharding, o.sharding)} over " \
+        f"{o.processes} processes)"
     lines = [
-        f"memory plan: peak {_mb(plan.peak)} in the {plan.phase} ({parts}; {precision}, "
+        f"memory plan{who}: peak {_mb(plan.peak)} in the {plan.phase} ({parts}; {precision}, "
         f"{o.autocast + ' autocast' if o.autocast else 'no autocast'}, {o.batch} rows of {o.row_length} tokens)",
         f"  activations {_mb(plan.parts['activations'])} {'with' if o.gradient_checkpointing else 'without'} "
         f"gradient checkpointing, {_mb(plan.activations_other)} {other}"
@@ -246,12 +262,14 @@ def check_memory_plan(plan: MemoryPlan | None, training_args: DialogueTrainingAr
     """Stop a run whose plan does not fit (before the model loads), unless --check_memory false."""
     if plan is None or plan.fits:
         return
-    sharded = bool(training_args.fsdp) or bool(training_args.deepspeed)  # the plan counts every weight unsharded
-    if training_args.check_memory and not sharded:
+    from .sharding import get_sharding
+
+    offload = get_sharding(training_args).offload  # what is offloaded to CPU memory is not in the plan
+    if training_args.check_memory and not offload:
         raise ConfigError(refusal(plan))
-    if sharded:
-        logger.warning("the memory plan counts weights, gradients and states unsharded; with FSDP or DeepSpeed "
-                       "they are divided between the processes, so it is not enforced")
+    if offload:
+        logger.warning("the memory plan does not count CPU offload (weights or optimizer states kept in CPU "
+                       "memory), so it is not enforced")
     logger.warning("%s", refusal(plan).replace("; or pass --check_memory false to start anyway", ""))
 
 

@@ -32,21 +32,27 @@ PLATFORMS = ("NVIDIA GPUs (CUDA, compute capability 6.0 or newer), AMD ROCm and 
              "details)")
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _QUANTIZATION_FIELDS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
-                        "bnb_4bit_compute_dtype")
+                        "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
 
 
 def bits(model_args: ModelArguments) -> int | None:
     return 4 if model_args.load_in_4bit else 8 if model_args.load_in_8bit else None
 
 
-def check_quantization(model_args: ModelArguments, lora_args: LoraArguments, device: torch.device | str) -> None:
-    """Refuse, before any model loads, a k-bit base without LoRA or on a machine bitsandbytes cannot serve."""
+def check_quantization(model_args: ModelArguments, lora_args: LoraArguments, device: torch.device | str,
+                       sharding=None) -> None:
+    """Refuse, before any model loads, a k-bit base without LoRA, on a machine bitsandbytes cannot serve, or (8-bit)
+    under FSDP or DeepSpeed, whose wrapping bitsandbytes' 8-bit weights do not survive."""
     if not model_args.quantized:
         return
     flag = f"--load_in_{bits(model_args)}bit"
     if not lora_args.use_lora:
         raise ConfigError(f"{flag} true needs --use_lora true: a quantized base cannot be trained itself, only LoRA "
                           f"adapters on it (QLoRA); add --use_lora true, or drop {flag}")
+    if model_args.load_in_8bit and sharding is not None and (sharding.kind == "fsdp" or sharding.is_deepspeed):
+        raise ConfigError(f"--load_in_8bit does not train under {sharding.label}: bitsandbytes' 8-bit weights do not "
+                          "survive its wrapping; use --load_in_4bit true (accelerate_configs/fsdp_qlora.yaml shards "
+                          "it), or 8 bits under DDP (accelerate_configs/multi_gpu.yaml)")
     require_bitsandbytes(torch.device(device).type, flag)
 
 
@@ -108,7 +114,25 @@ def bnb_config(model_args: ModelArguments):
         bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=model_args.bnb_4bit_use_double_quant,
         bnb_4bit_compute_dtype=compute_dtype(model_args),
+        bnb_4bit_quant_storage=quant_storage(model_args),
     )
+
+
+def zero3_requested() -> bool:
+    from .sharding import get_sharding
+
+    return get_sharding(None).kind == "zero3"
+
+
+def quant_storage(model_args: ModelArguments) -> torch.dtype:
+    """The dtype the packed 4-bit weights are stored in. Under FSDP and ZeRO-3, the compute dtype: they shard only
+    floating weights (accelerate leaves uint8-stored 4-bit weights whole in every process)."""
+    from .sharding import fsdp_requested
+
+    asked = model_args.bnb_4bit_quant_storage
+    if asked == "auto":
+        return compute_dtype(model_args) if fsdp_requested(None) or zero3_requested() else torch.uint8
+    return torch.uint8 if asked == "uint8" else _TORCH_DTYPES[asked]
 
 
 def quantized_loading(model_args: ModelArguments) -> dict[str, Any]:
@@ -119,6 +143,8 @@ def quantized_loading(model_args: ModelArguments) -> dict[str, Any]:
     from accelerate import PartialState
 
     require_bitsandbytes(PartialState().device.type, f"--load_in_{bits(model_args)}bit")
+    if zero3_requested():  # DeepSpeed places and partitions the weights itself
+        return {"quantization_config": bnb_config(model_args)}
     return {"quantization_config": bnb_config(model_args), "device_map": {"": PartialState().device}}
 
 

@@ -109,12 +109,15 @@ def _deepspeed_stage_and_offload(training_args) -> tuple[int, bool]:
 
 
 def get_sharding(training_args) -> Sharding:
-    """What this run's launch asked for; `processes` is the world size."""
-    processes = max(1, int(getattr(training_args, "world_size", 1) or 1))
+    """What this run's launch asked for (`training_args` None: from the launcher's environment alone); `processes` is
+    the world size."""
+    world_size = getattr(training_args, "world_size", None) or os.environ.get("WORLD_SIZE") or 1
+    processes = max(1, int(world_size))
     if fsdp_requested(training_args):
         config = getattr(training_args, "fsdp_config", None) or {}
         version = int(os.environ.get("FSDP_VERSION") or config.get("version", 2) or 2)
-        options = " ".join(str(getattr(option, "value", option)) for option in (training_args.fsdp or []))
+        asked = getattr(training_args, "fsdp", None) or []
+        options = " ".join(str(getattr(option, "value", option)) for option in asked)
         offload = _env_flag("FSDP_OFFLOAD_PARAMS") or "offload" in options
         return Sharding("fsdp", processes, offload, version)
     if deepspeed_requested(training_args):

@@ -27,7 +27,11 @@ MIB = 2**20
 
 class TensorMemoryMeter(TorchDispatchMode):
     """Bytes of live tensor storages: `existing` and `baseline_bytes`, then what is created while it is active;
-    and their peak."""
+    and their peak.
+
+    A storage is counted at its size when first seen. FSDP 2 frees a gathered layer by resizing its storage to
+    nothing while the tensors stay (and gathers into it again later), which no operator shows: before a new peak
+    is recorded, the sizes of the storages being counted are read again."""
 
     def __init__(self, baseline_bytes: int = 0, existing: Iterable[torch.Tensor] = ()):
         """`existing`: tensors there before the meter (a model's weights, an optimizer's states), their storages
@@ -40,7 +44,8 @@ class TensorMemoryMeter(TorchDispatchMode):
         self.baseline = baseline_bytes
         self.current = baseline_bytes
         self.peak = baseline_bytes
-        self._storages: dict[tuple[str, int], list[int]] = {}  # (device, address) -> [bytes, live tensors]
+        # (device, storage) -> [bytes counted, live tensors, the storage]
+        self._storages: dict[tuple[str, int], list] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -58,17 +63,27 @@ class TensorMemoryMeter(TorchDispatchMode):
             return
         if size == 0 or address == 0 or tensor.device.type == "meta":
             return
-        key = (str(tensor.device), address)
+        key = (str(tensor.device), storage._cdata)  # the storage itself: its address moves when FSDP regathers it
         if key in self._existing:
             return
         entry = self._storages.get(key)
         if entry is None:
-            self._storages[key] = [size, 1]
+            self._storages[key] = [size, 1, storage]
             self.current += size
-            self.peak = max(self.peak, self.current)
+            if self.current > self.peak:
+                self._resync()
+                self.peak = max(self.peak, self.current)
         else:
             entry[1] += 1
         weakref.finalize(tensor, self._release, key)
+
+    def _resync(self) -> None:
+        """Count each storage at its size now (see the class docstring)."""
+        for entry in self._storages.values():
+            size = entry[2].nbytes()
+            if size != entry[0]:
+                self.current += size - entry[0]
+                entry[0] = size
 
     def _release(self, key: tuple[str, int]) -> None:
         entry = self._storages.get(key)
@@ -92,20 +107,37 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
-    return str(tensor.device), tensor.untyped_storage().data_ptr()
+    return str(tensor.device), tensor.untyped_storage()._cdata
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> dict[tuple[str, int], int]:
     """Bytes of each storage under `tensors`, each once (tied weights and views share one; a sharded tensor
     counts its local shard)."""
-    local = [local_tensor(t) for t in tensors]
-    return {_storage_key(t): t.untyped_storage().nbytes() for t in local if t.device.type != "meta"}
+    sizes = {}
+    for tensor in tensors:
+        tensor = local_tensor(tensor)
+        if tensor.device.type == "meta":
+            continue
+        try:
+            sizes[_storage_key(tensor)] = tensor.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):  # a subclass without one storage of its own
+            continue
+    return sizes
 
 
 def model_tensors(model) -> list[torch.Tensor]:
     """A model's parameters, buffers and gradients."""
     tensors = [*model.parameters(), *model.buffers()]
     return tensors + [p.grad for p in model.parameters() if p.grad is not None]
+
+
+def live_tensors() -> list[torch.Tensor]:
+    """Every tensor a Python object holds now: the weights (or this process's shards of them), and what FSDP and
+    DeepSpeed built before training starts (DeepSpeed's flat fp32 partitions and gradient buffers, ZeRO-3's
+    partitioned weights), which no model attribute lists."""
+    import gc
+
+    return [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
 
 
 class TensorMemoryCallback(TrainerCallback):
@@ -124,7 +156,7 @@ class TensorMemoryCallback(TrainerCallback):
         if args.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(args.device)
         else:
-            self.meter = TensorMemoryMeter(existing=model_tensors(self.model))
+            self.meter = TensorMemoryMeter(existing=[*model_tensors(self.model), *live_tensors()])
             self.meter.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedDataParallelKwargs
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
 
 from .config import (
@@ -101,6 +102,18 @@ class DialogueTrainer(TimesPhases, WatchesLoss, Trainer):
         allow_fsdp_on_cpu(self.args)  # accelerate would run an FSDP launch on CPU processes as DDP
         super().create_accelerator_and_postprocess()
         self.sharding = get_sharding(self.args)
+
+    def _build_accelerator_args(self, **kwargs):
+        args = super()._build_accelerator_args(**kwargs)
+        for handler in args.get("kwargs_handlers") or []:
+            if isinstance(handler, DistributedDataParallelKwargs):
+                # DDP: gradients live in its communication buckets instead of beside them (one copy of the
+                # gradients less); every trainable weight gets a gradient each step, so the Trainer's default
+                # search for unused ones costs a graph traversal per step (and a warning) for nothing.
+                handler.gradient_as_bucket_view = True
+                if self.args.ddp_find_unused_parameters is None:
+                    handler.find_unused_parameters = False
+        return args
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         # The Trainer records a checkpoint as the best one only if its folder exists after save_model, which under
@@ -262,7 +275,8 @@ def run_training(
     redact_argv()  # no --hub_token in what W&B records as the command line
     state = PartialState()
     _set_recipe_log_level(training_args, state.is_main_process)
-    check_quantization(model_args, lora_args, training_args.device)  # before anything is written or loaded
+    sharding = get_sharding(training_args)
+    check_quantization(model_args, lora_args, training_args.device, sharding)  # before anything is written or loaded
     plan = plan_and_check_memory(model_args, data_args, lora_args, training_args, state.is_main_process)
     if training_args.dry_run:  # the plan is printed; nothing is written or loaded
         return None
@@ -297,8 +311,13 @@ def run_training(
     attach_training_guard(trainer, run)  # stop and save on SIGTERM / Ctrl-C; stop on a non-finite loss
     tracker.attach(trainer, prepared, data_args)  # with replies to validation prompts at each evaluation
     train_metrics, eval_metrics = train_and_evaluate(trainer, prepared, lora_args, parameters, resume)
-    train_metrics.update(peak_tensor_memory_mb=tensor_memory.peak_mb, tensor_memory_steps=tensor_memory.measured_steps,
-                         memory_plan_mb=round(plan.peak / MIB, 1) if plan else None)
+    peaks = per_process(tensor_memory.peak_mb)  # every process holds its own share: the largest is the one to fit
+    train_metrics.update(peak_tensor_memory_mb=max(peaks, key=lambda peak: peak or 0),
+                         tensor_memory_steps=tensor_memory.measured_steps,
+                         memory_plan_mb=round(plan.peak / MIB, 1) if plan else None,
+                         sharding=sharding.kind, processes=sharding.processes)
+    if len(peaks) > 1:
+        train_metrics["peak_tensor_memory_mb_per_process"] = peaks
 
     save_final_model(trainer, tokenizer, lora_args, run.path, model_args)
     if trainer.is_world_process_zero():
@@ -306,7 +325,21 @@ def run_training(
     state.wait_for_everyone()
     tracker.finish(train_metrics, eval_metrics)  # model card, W&B summary, final Hub push (main process)
     RunLock.release(run)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every process leaves together: DeepSpeed's CPU backend aborts a process whose group is torn down while
+        # another is still in it (exit -6 after a finished run).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return TrainingResult(run.path, train_metrics, eval_metrics)
+
+
+def per_process(value) -> list:
+    """`value` of every process, in rank order (call on every process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    values = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
 
 
 def _full_logits_cost(plan) -> str:

@@ -71,12 +71,19 @@ class ModelArguments:
         metadata={"help": "dtype the 4-bit weights are dequantized to for each matmul. auto: the run's precision "
                           "(bfloat16 under --bf16, float16 under --fp16, else float32)."},
     )
+    bnb_4bit_quant_storage: Literal["auto", "uint8", "float32", "bfloat16", "float16"] = field(
+        default="auto",
+        metadata={"help": "dtype the packed 4-bit weights are stored in; numbers are the same either way. auto: the "
+                          "compute dtype under FSDP (so the 4-bit weights are sharded with the rest: FSDP-QLoRA), "
+                          "else uint8."},
+    )
 
     def __post_init__(self) -> None:
         errors = []
         if self.load_in_4bit and self.load_in_8bit:
             errors.append("load_in_4bit and load_in_8bit are both true; choose one (4-bit takes half the memory)")
-        defaults = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "auto"}
+        defaults = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "auto",
+                    "bnb_4bit_quant_storage": "auto"}
         for name, default in defaults.items():
             if not self.load_in_4bit and getattr(self, name) != default:
                 errors.append(f"{name} is set ({getattr(self, name)!r}) but load_in_4bit is false; add --load_in_4bit "
