@@ -138,3 +138,32 @@ def test_every_memory_benchmark_row_parses_on_the_smollm2_qlora_recipe(tmp_path)
         assert training_args.gradient_checkpointing == name.endswith("checkpointing"), name
         if lora_args.use_lora:
             assert lora_args.lora_dropout == 0  # the recipe's, kept for the LoRA rows
+
+
+def test_scaling_quick_mode_records_each_mode_against_one_process(tmp_path):
+    """benchmarks/scaling.py --quick: one process, DDP and FSDP on the tiny random GPT-2, 2 CPU processes each;
+    every mode trains the one process's losses, and the record has each process's peak and the plan (no timing is
+    checked)."""
+    command = [sys.executable, "benchmarks/scaling.py", "--quick", "--recipes", "full", "--output_dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (record_path,) = tmp_path.glob("scaling-tiny-gpt2-*.json")
+    record = json.loads(record_path.read_text())
+    rows = {row["mode"]: row for row in record["rows"]}
+    assert list(rows) == ["single", "ddp", "fsdp"] and record["max_steps"] == 2
+    assert "git_commit" in record["environment"] and record["environment"]["packages"]["torch"]
+    assert [rows[mode]["processes"] for mode in rows] == [1, 2, 2]
+    assert [rows[mode]["sharding"] for mode in rows] == ["single", "ddp", "fsdp"]
+    for mode in ("ddp", "fsdp"):
+        row = rows[mode]
+        assert len(row["losses"]) == 2 and row["losses_equal_single"], row["loss_max_relative_difference"]
+        assert len(row["tensor_peak_mb_per_process"]) == 2 and len(row["plan_error_per_process"]) == 2
+        assert row["per_device_train_batch_size"] * 2 == rows["single"]["per_device_train_batch_size"]
+        assert row["tokens_per_s"] > 0 and row["relative_to_single"] > 0
+    assert "| DDP | full | 2 x 4 |" in record_path.with_suffix(".md").read_text()
+    # a second record of the day gets its own name: the first is never overwritten
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from scaling import record_stem
+
+    again = record_stem(tmp_path, record["base"], record["date"][:10])
+    assert again.name == record_path.stem + "-2" and not again.with_suffix(".json").exists()
