@@ -140,7 +140,7 @@ def row_environment(row: dict, args) -> dict:
 def run_timed(command: list[str], env: dict, log_path: Path, timeout_s: float) -> dict:
     """Run `command`, its output to `log_path`; the arrival time of every loss line, the exit code, and the largest
     peak RSS of any process of the run (wait4's ru_maxrss covers the launcher's children it waited for)."""
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1, start_new_session=True)  # its own group: a timeout ends all
     timed_out = threading.Event()
@@ -155,17 +155,24 @@ def run_timed(command: list[str], env: dict, log_path: Path, timeout_s: float) -
     watchdog = threading.Timer(timeout_s, stop)
     watchdog.start()
     loss_times = []
-    with log_path.open("w") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        for line in process.stdout:
-            if LOSS_LINE.match(line):
-                loss_times.append(time.perf_counter())
-            log.write(line)
-    _, status, usage = os.wait4(process.pid, 0)
-    watchdog.cancel()
+    try:
+        with log_path.open("w") as log:
+            log.write("$ " + " ".join(command) + "\n")
+            for line in process.stdout:
+                if LOSS_LINE.match(line):
+                    loss_times.append(time.perf_counter())
+                log.write(line)
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        watchdog.cancel()
+        if process.returncode is None and process.poll() is None:  # the benchmark stopped: its run stops too
+            stop()
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
     return {"returncode": process.returncode, "timed_out": timed_out.is_set(), "loss_times": loss_times,
-            "wall_s": round(time.perf_counter() - started, 1), "rss_peak_mb": round(usage.ru_maxrss / 1024, 1)}
+            "wall_s": round(time.perf_counter() - started, 1), "rss_peak_mb": round(usage.ru_maxrss / 1024, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            # 1-minute load average: this run's own processes count in it; above the cores, others were running
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def step_times(loss_times: list[float]) -> list[float]:
@@ -208,7 +215,7 @@ def read_run(run_dir: Path, timed: dict) -> dict:
         "rss_peak_mb_main_process": train.get("peak_memory_mb"),
         "losses": losses,
         "trainable_parameters": train.get("trainable_parameters"),
-        "wall_s": timed["wall_s"],
+        "wall_s": timed["wall_s"], "cpu_s": timed["cpu_s"], "load_average_before_after": timed["load_average"],
     }
 
 
@@ -382,6 +389,7 @@ def environment(rows: list[dict], scratch: Path) -> dict:
 
 
 def main(args) -> dict:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped benchmark stops the run it launched
     started = datetime.datetime.now()
     base = args.base or (QUICK_BASE if args.quick else DEFAULT_BASE)
     args.random_init = args.random_init or (args.quick and args.base is None)
@@ -400,6 +408,11 @@ def main(args) -> dict:
     notes = [f"{row['name']}: {row['skipped']}" for row in results if "skipped" in row]
     notes += [f"{row['name']} failed ({row['failed']}): {row['log_tail'][-1] if row['log_tail'] else ''}"
               for row in results if "failed" in row]
+    loads = {row["name"]: row["load_average_before_after"] for row in results if "load_average_before_after" in row}
+    if loads:
+        notes.append(f"1-minute load average before / after each row ({os.cpu_count()} CPUs; a row's own processes "
+                     "count in it, so above the cores others shared them): "
+                     + ", ".join(f"{name} {before:.1f} / {after:.1f}" for name, (before, after) in loads.items()))
     notes.append(f"train_results.json's train_real_tokens_per_second (recipe/timing.py) is all real tokens over all "
                  f"steps' time, the first step and the {METERED_STEPS} steps under the tensor meter included: "
                  "the 'recipe tokens/s' column. The 'real tokens/s' column times the steps after those from the "
