@@ -163,8 +163,11 @@ def launcher_command(world_size: int) -> list[str]:
         name = Path(arg).name
         if name in ("accelerate", "torchrun", "deepspeed"):
             return [name, *launcher[index + 1:]]
-        if arg == "-m" and index + 1 < len(launcher) and launcher[index + 1] == "torch.distributed.run":
+        module = launcher[index + 1] if arg == "-m" and index + 1 < len(launcher) else None
+        if module == "torch.distributed.run":
             return ["torchrun", *launcher[index + 2:]]
+        if module == "accelerate.commands.launch":
+            return ["accelerate", "launch", *launcher[index + 2:]]
     return fallback
 
 

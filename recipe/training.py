@@ -209,7 +209,7 @@ def total_steps(num_rows: int, training_args: DialogueTrainingArguments) -> int:
     return math.ceil(steps_per_epoch(num_rows, training_args) * training_args.num_train_epochs)
 
 
-def start_summary(model_args, lora_args, training_args, prepared, trainable, total, resume) -> str:
+def start_summary(model_args, lora_args, training_args, prepared, trainable, total, resume, sharding) -> str:
     train = prepared.report["train"]
     effective_batch = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
@@ -226,7 +226,8 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
         f"tokens per epoch: {train['tokens']:,} ({train['loss_tokens']:,} in the loss), "
         f"in {len(prepared.train_dataset):,} rows",
         f"batch: {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
-        f"accumulation x {training_args.world_size} processes = {effective_batch} rows per step",
+        f"accumulation x {training_args.world_size} processes = {effective_batch} rows per step"
+        + (f" ({sharding.describe()})" if sharding.processes > 1 else ""),
         f"steps: {per_epoch} per epoch, {all_steps} in all; device {training_args.device}, {precision}",
         f"output: {training_args.output_dir}" + (f" (resuming from {resume})" if resume else ""),
     ]
@@ -296,7 +297,7 @@ def run_training(
     )
     parameters = count_parameters(model)
     if state.is_main_process:
-        summary = start_summary(model_args, lora_args, training_args, prepared, *parameters, resume)
+        summary = start_summary(model_args, lora_args, training_args, prepared, *parameters, resume, sharding)
         logger.info("run summary\n%s", summary + (f"\n{format_plan(plan)}" if plan else ""))
     check_disk_space(run, model, training_args, lora_args, total_steps(len(prepared.train_dataset), training_args),
                      resume, state)
@@ -397,8 +398,13 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
     set_seed(training_args.seed)  # same initial weights whatever the data step consumed
     if model_args.quantized:  # a random base is saved to base_model/ at full precision first
         model = get_quantized_base(model_args, training_args, tokenizer, run.base_model, is_main)
-    else:
+    elif model_args.random_init:
         model = get_model(model_args, tokenizer)
+    else:
+        # Loading draws no random numbers on one process, but does under DeepSpeed ZeRO-3 (it initialises each layer
+        # as it partitions it): the adapters below start from the same random state either way.
+        with torch.random.fork_rng():
+            model = get_model(model_args, tokenizer)
     if lora_args.use_lora:
         if model_args.random_init and is_main and not model_args.quantized:
             # An adapter works only on its exact base, and a random base exists nowhere else: keep it.

@@ -10,6 +10,8 @@ signal:NAME:STEP[:TIMES]  when step STEP begins, the main process sends the sign
                           worker), or, without one, to itself; with FAULT_TARGET=parent, to the process
                           that started it (scripts/sweep.py, which passes it on).
 nan:STEP                  the model's activations are NaN during step STEP (as after an overflow).
+kill:STEP:RANK            when step STEP begins, the process of that rank dies at once (SIGKILL: a lost
+                          machine or the kernel's out-of-memory killer); the launcher stops the others.
 """
 
 import os
@@ -30,6 +32,8 @@ class Fault(TrainerCallback):
         if kind == "signal":
             self.signal, self.step = getattr(signal, rest[0]), int(rest[1])
             self.times = int(rest[2]) if len(rest) > 2 else 1
+        elif kind == "kill":
+            self.step, self.rank = int(rest[0]), int(rest[1])
         else:
             self.step = int(rest[0])
         self.poisoned = False
@@ -45,6 +49,8 @@ class Fault(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         this_step = state.global_step + 1
+        if self.kind == "kill" and this_step == self.step and args.process_index == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)
         self.poisoned = self.kind == "nan" and this_step == self.step
         if self.kind == "signal" and this_step == self.step and state.is_world_process_zero:
             to_parent = "TORCHELASTIC_RUN_ID" in os.environ or os.environ.get("FAULT_TARGET") == "parent"
