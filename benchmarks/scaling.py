@@ -4,7 +4,7 @@ cores. Each row is a real training run (`scripts/train.py`, launched as a user w
 batch (the recipe's 8 rows of 128 tokens per step: per-device batch 4 in each of 2 processes, 8 in one), so every
 mode should train the same losses as one process, and differs only in time and in what each process holds.
 
-    python benchmarks/scaling.py --base /path/to/SmolLM2-135M-Instruct    # every row (~30 min on 2 CPU cores)
+    python benchmarks/scaling.py --base /path/to/SmolLM2-135M-Instruct    # every row (~15 min on 2 idle CPU cores)
     python benchmarks/scaling.py --modes single zero2 zero3 --recipes full     # a subset
     python benchmarks/scaling.py --quick --output_dir /tmp/x                   # smoke: tiny random GPT-2, ~1 min
 
