@@ -1,16 +1,28 @@
-"""The README stays true: every option it names exists, and CI runs its test command."""
+"""The README and the pages under docs/ stay true: every option they name exists, every link between them resolves,
+the README stays short, its install matches CI's, and CI runs its test command."""
 
+import dataclasses
 import re
 
+import pytest
 from conftest import REPO
-import dataclasses
 
 from recipe.config import RECIPE_DATACLASSES
+
+README = REPO / "README.md"
+DOCS = REPO / "docs"
+# Every check that applies to the README applies to each page under docs/ as well.
+PAGES = [README, *sorted(DOCS.glob("*.md"))]
+PAGE_IDS = [str(page.relative_to(REPO)) for page in PAGES]
+# Written by the options-page generator from the dataclasses' help; its existence is asserted on its own below.
+OPTIONS_PAGE = DOCS / "options.md"
+README_MAX_LINES = 250
 
 # Flags of other tools (pip, accelerate, torchrun, hf) and of the scripts' own parsers.
 OTHER_FLAGS = {
     "index-url", "extra-index-url", "no-deps", "require-hashes", "local-dir", "config_file", "num_processes", "num_machines", "machine_rank", "main_process_ip",
     "main_process_port", "multi_gpu", "cpu", "nproc_per_node", "output_dir", "any_option", "shutdown_timeout",
+    "retries", "timeout",
 }
 
 
@@ -23,24 +35,59 @@ def script_options():
     return {f.name for dc in RECIPE_DATACLASSES for f in dataclasses.fields(dc)} | {"config", "help"} | declared
 
 
-def test_every_option_in_the_readme_exists():
-    readme = (REPO / "README.md").read_text()
-    named = set(re.findall(r"(?<![\w-])--([a-z][a-z0-9_-]*)", readme))
+def without_code_blocks(text):
+    """The page's prose and tables: fenced blocks hold shell comments (`# ...`) and output, not headings or links."""
+    return re.sub(r"(?ms)^ *```.*?^ *```[^\n]*$", "", text)
+
+
+def code_blocks(text):
+    return re.findall(r"(?ms)^ *```[^\n]*\n(.*?)^ *```", text)
+
+
+def section(text, heading):
+    """The body of the `## heading` section (up to the next `## `)."""
+    return text.split(f"\n## {heading}\n")[1].split("\n## ")[0]
+
+
+def github_anchors(path):
+    """The anchors GitHub gives a Markdown page's headings: lower case, punctuation dropped, spaces to hyphens,
+    a repeated heading numbered (-1, -2, ...)."""
+    anchors, seen = set(), {}
+    for heading in re.findall(r"(?m)^#{1,6} +(.+?) *#* *$", without_code_blocks(path.read_text())):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def relative_links(path):
+    """(link, target file, anchor) for every link of a page that is not a web address."""
+    links = re.findall(r"\[[^\]]*\]\(([^)\s]+)\)", without_code_blocks(path.read_text()))
+    for link in links:
+        if re.match(r"[a-z]+:", link):
+            continue
+        file, _, anchor = link.partition("#")
+        yield link, (path.parent / file).resolve() if file else path, anchor
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_every_option_named_exists(page):
+    named = set(re.findall(r"(?<![\w-])--([a-z][a-z0-9_-]*)", page.read_text()))
     unknown = sorted(named - script_options() - OTHER_FLAGS)
-    assert not unknown, f"README names options that do not exist: {unknown}"
+    assert not unknown, f"{page.relative_to(REPO)} names options that do not exist: {unknown}"
 
 
 def test_ci_runs_the_readme_test_command():
-    readme = (REPO / "README.md").read_text()
-    command = re.search(r"## Tests\n\n```bash\n(.+?)\n```", readme).group(1)
+    command = re.search(r"## Tests\n\n```bash\n(.+?)\n```", README.read_text()).group(1)
     ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert command in ci_lines
 
 
 def test_every_accelerate_launch_command_names_its_config_file():
     """Without --config_file, accelerate applies the user's own defaults (`accelerate config`), not the
-    launch setup the README describes."""
-    texts = {path: path.read_text() for path in [REPO / "README.md", *(REPO / "scripts").glob("*.py"),
+    launch setup the docs describe."""
+    texts = {path: path.read_text() for path in [*PAGES, *(REPO / "scripts").glob("*.py"),
                                                  *(REPO / "recipe" / "configs").glob("*.yaml")]}
     lines = [(path.name, line) for path, text in texts.items() for line in text.splitlines()
              if re.search(r"accelerate launch (?!--cpu --num_processes 2`)", line)]
@@ -58,14 +105,30 @@ def test_ci_installs_the_pinned_cpu_build_of_torch():
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in install[0]
 
 
+def test_the_readme_installs_torch_as_ci_does():
+    """The README's install line is CI's (less `python -m` and `--quiet`): PyTorch's CPU index beside PyPI, and
+    few retries, so an unreachable index costs two short tries instead of replacing PyPI."""
+    ci = (REPO / ".ci" / "run").read_text()
+    ci_line = next(line for line in ci.splitlines() if re.search(r"pip install .*torch==", line))
+    readme_line = ci_line.replace("python -m pip", "pip").replace(" --quiet", "")
+    install = section(README.read_text(), "Install")
+    assert readme_line in code_blocks(install)[0].splitlines()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_no_command_replaces_pypi_with_another_index(page):
+    """`--index-url` makes pip look only there: where that index is unreachable, nothing installs."""
+    commands = "\n".join(code_blocks(page.read_text()))
+    assert not re.search(r"(?<![\w-])--index-url", commands), f"{page.relative_to(REPO)}: use --extra-index-url"
+
+
 def test_the_quick_start_says_what_a_second_run_does(tmp_path):
     """Running the quick start twice stops with exit status 2 (a finished run is never overwritten): the README
     says so, with the message the recipe prints and the flag that replaces the run."""
     from recipe.config import DialogueTrainingArguments
     from recipe.output_dir import OutputDirError, prepare_output_dir
 
-    readme = (REPO / "README.md").read_text()
-    quick_start = readme.split("## Quick start")[1].split("\n## ")[0]
+    quick_start = section(README.read_text(), "Quick start")
     run = tmp_path / "smoke-full"
     run.mkdir()
     for name in ("run_config.yaml", "train_results.json"):
@@ -88,3 +151,60 @@ def test_the_quick_start_says_what_a_second_run_does(tmp_path):
     assert "exits with status 2" in quick_start
     assert f"error: {message}" in " ".join(quick_start.split())
     assert "--overwrite_output_dir true" in quick_start
+
+
+def test_the_quick_start_shows_the_summary_a_run_prints():
+    """The README's printed end of the quick start has the lines, in the layout, that a run prints today (the
+    figures are one real run's)."""
+    from recipe.training import end_summary
+
+    train = {key: 1234.5 for key in ("train_runtime", "train_steps_runtime", "train_evaluation_runtime",
+                                     "train_checkpoint_runtime", "train_real_tokens_per_second", "peak_memory_mb",
+                                     "final_train_loss", "peak_tensor_memory_mb", "memory_plan_mb")}
+    evaluation = {"eval_token_loss": 5.0, "eval_num_tokens": 7547, "eval_perplexity": 155.5}
+    printed = end_summary("outputs/smoke-full", train, evaluation).splitlines()
+    number = r"\d[\d,]*(?:\.\d+)?"
+    patterns = ["".join(re.escape(part) if i % 2 == 0 else number
+                        for i, part in enumerate(re.split(f"({number})", line)))
+                for line in printed]
+    shown = code_blocks(section(README.read_text(), "Quick start"))[1].splitlines()
+    start = next(i for i, line in enumerate(shown) if re.fullmatch(patterns[0], line))
+    assert all(re.fullmatch(pattern, line) for pattern, line in zip(patterns, shown[start:])), (
+        f"the quick start's printed summary is not what a run prints now:\n{shown[start:]}\nexpected:\n{printed}")
+    assert len(shown[start:]) == len(printed)
+
+
+def test_the_readme_stays_short():
+    lines = len(README.read_text().splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move detail to a page under docs/"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_every_link_resolves(page):
+    """Links to files name files that exist (the options page has its own test), and anchors name a heading of
+    the page they point to."""
+    broken = []
+    for link, target, anchor in relative_links(page):
+        if target == OPTIONS_PAGE.resolve():
+            continue
+        if not target.exists():
+            broken.append(f"{link}: no such file")
+        elif anchor and target.suffix == ".md" and anchor not in github_anchors(target):
+            broken.append(f"{link}: no heading #{anchor} in {target.relative_to(REPO)}")
+    assert not broken, f"{page.relative_to(REPO)}: {broken}"
+
+
+def test_the_readme_links_every_docs_page():
+    linked = {target for _, target, _ in relative_links(README)}
+    index = {target for _, target, _ in relative_links(DOCS / "index.md")}
+    pages = {page.resolve() for page in DOCS.glob("*.md")} | {OPTIONS_PAGE.resolve()}
+    assert not pages - linked, f"docs pages missing from the README's index: {sorted(pages - linked)}"
+    assert not pages - index - {(DOCS / 'index.md').resolve()}, "docs pages missing from docs/index.md"
+
+
+# MARKED: docs/options.md is generated by the options-page change, not yet merged. Strict, so this fails as XPASS once
+# the page lands: then delete this mark and the check stands as written.
+@pytest.mark.xfail(strict=True, reason="docs/options.md is not generated yet (the options-page change); remove this mark "
+                                       "when it lands")
+def test_the_options_page_exists():
+    assert OPTIONS_PAGE.exists(), "docs/options.md (generated from the dataclasses' help) is missing"
