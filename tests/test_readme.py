@@ -17,6 +17,11 @@ PAGE_IDS = [str(page.relative_to(REPO)) for page in PAGES]
 # Written by the options-page generator from the dataclasses' help; its existence is asserted on its own below.
 OPTIONS_PAGE = DOCS / "options.md"
 README_MAX_LINES = 250
+# Paths the docs name that are not files of the repository (placeholders such as NAME.yaml aside).
+NOT_FILES = {
+    "benchmarks/padding_modes.py",  # folded into throughput.py; named as the origin of a kept record
+    "data/d.json",  # the user's file in an example error message
+}
 
 # Flags of other tools (pip, accelerate, torchrun, hf) and of the scripts' own parsers.
 OTHER_FLAGS = {
@@ -126,7 +131,8 @@ def test_the_quick_start_says_what_a_second_run_does(tmp_path):
     """Running the quick start twice stops with exit status 2 (a finished run is never overwritten): the README
     says so, with the message the recipe prints and the flag that replaces the run."""
     from recipe.config import DialogueTrainingArguments
-    from recipe.output_dir import OutputDirError, prepare_output_dir
+    from recipe.common.run_dir import RunDir
+    from recipe.training.output_dir import OutputDirError, RunLock, prepare_output_dir
 
     quick_start = section(README.read_text(), "Quick start")
     run = tmp_path / "smoke-full"
@@ -138,15 +144,12 @@ def test_the_quick_start_says_what_a_second_run_does(tmp_path):
         is_main_process, num_processes = True, 1
 
     try:
-        prepare_output_dir(DialogueTrainingArguments(output_dir=str(run), bf16=False), OneProcess())
+        prepare_output_dir(RunDir(run), DialogueTrainingArguments(output_dir=str(run), bf16=False), OneProcess())
     except OutputDirError as error:
         message = str(error).replace(str(run), "outputs/smoke-full")
     else:
         raise AssertionError("a finished run was not refused")
     finally:
-        from recipe.output_dir import RunLock
-        from recipe.run_dir import RunDir
-
         RunLock.release(RunDir(run))
     assert "exits with status 2" in quick_start
     assert f"error: {message}" in " ".join(quick_start.split())
@@ -156,7 +159,7 @@ def test_the_quick_start_says_what_a_second_run_does(tmp_path):
 def test_the_quick_start_shows_the_summary_a_run_prints():
     """The README's printed end of the quick start has the lines, in the layout, that a run prints today (the
     figures are one real run's)."""
-    from recipe.training import end_summary
+    from recipe.training.summary import end_summary
 
     train = {key: 1234.5 for key in ("train_runtime", "train_steps_runtime", "train_evaluation_runtime",
                                      "train_checkpoint_runtime", "train_real_tokens_per_second", "peak_memory_mb",
@@ -192,6 +195,28 @@ def test_every_link_resolves(page):
         elif anchor and target.suffix == ".md" and anchor not in github_anchors(target):
             broken.append(f"{link}: no heading #{anchor} in {target.relative_to(REPO)}")
     assert not broken, f"{page.relative_to(REPO)}: {broken}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_every_file_named_exists(page):
+    """Modules, scripts, recipes and records are named by their path from the repository root: each one exists
+    (a module that moved is renamed in the docs too)."""
+    named = set(re.findall(r"(?<![\w/.])((?:recipe|scripts|benchmarks|tests|data|accelerate_configs)/[\w./-]+"
+                           r"\.(?:py|yaml|json|md|sh|txt))\b", page.read_text()))
+    missing = sorted(path for path in named - NOT_FILES if not (REPO / path).exists() and not re.search(r"\b[A-Z]+\.", path))
+    assert not missing, f"{page.relative_to(REPO)} names files that do not exist: {missing}"
+
+
+def test_the_layout_names_every_module():
+    """docs/architecture.md's layout names every module of the package and every script, and only files that exist."""
+    layout = code_blocks(section((DOCS / "architecture.md").read_text(), "Layout"))[0]
+    named = set(re.findall(r"\b(\w+\.py)\b", layout))
+    modules = {path.name for path in (REPO / "recipe").rglob("*.py") if path.name != "__init__.py"}
+    scripts = {path.name for path in (REPO / "scripts").glob("*.py")}
+    existing = {path.name for folder in ("recipe", "scripts", "benchmarks", "tests", "data")
+                for path in (REPO / folder).rglob("*.py")}
+    assert not (modules | scripts) - named, f"missing from the layout: {sorted((modules | scripts) - named)}"
+    assert not named - existing, f"the layout names files that do not exist: {sorted(named - existing)}"
 
 
 def test_the_readme_links_every_docs_page():
