@@ -9,7 +9,7 @@ model, for the same epochs.
 The loop is the report's (every dialogue padded to 128 tokens with pad = EOS, labels = input_ids,
 batch 8, fp32, `torch.optim.AdamW` at a constant learning rate: the recipe's, and half of it; the better
 of the two sets the perplexity to reach); its perplexity is the
-recipe's exact one (recipe.evaluation.perplexity_by_speaker) on the recipe's validation split. Each
+recipe's exact one (recipe.evaluation.perplexity.perplexity_by_speaker) on the recipe's validation split. Each
 variant is the recipe's own training path (prepare_data_and_model, build_trainer) on the recipe YAML
 plus the variant's flags. Evaluation time is not training time. Writes
 benchmarks/results/epoch_quality-<date>.json and prints a table.
@@ -29,13 +29,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from throughput_tools import CLOCKS, StepTimer, TokenCountingCollator, reference_batches, write_json  # noqa: E402
-
+from recipe.common.run_dir import RunDir  # noqa: E402
 from recipe.config import DataArguments, DialogueTrainingArguments, LoraArguments, ModelArguments, RecipeParser  # noqa: E402
 from recipe.data import load_dialogue_splits, render_dialogue  # noqa: E402
-from recipe.evaluation import perplexity_by_speaker  # noqa: E402
-from recipe.run_dir import RunDir  # noqa: E402
-from recipe.training import build_trainer, prepare_data_and_model  # noqa: E402
+from recipe.evaluation.perplexity import perplexity_by_speaker  # noqa: E402
+from recipe.training.run import prepare_data_and_model  # noqa: E402
+from recipe.training.trainer import build_trainer  # noqa: E402
+from throughput_tools import CLOCKS, StepTimer, TokenCountingCollator, reference_batches, write_json  # noqa: E402
 
 VARIANTS = {
     "shipped": [],
@@ -121,11 +121,11 @@ def run_loop(recipe: str, scratch: Path, args, scale: float) -> dict:
             if step % every == 0 or step == steps_per_epoch * int(training_args.num_train_epochs):
                 model.eval()
                 ppl = perplexity_by_speaker(model, tokenizer, splits.validation, data_args, batch_size=16)["perplexity"]
-                curve.append({"step": step, "epoch": round(step / steps_per_epoch, 3), "train_seconds": round(seconds, 2),
-                              "perplexity": round(ppl, 3)})
-    return {"name": f"report-style loop, lr x {scale:g}", "rows_per_step": 8, "learning_rate": training_args.learning_rate,
-            "max_length": 128, "steps_per_epoch": steps_per_epoch, "epochs": training_args.num_train_epochs,
-            "precision": "fp32", "curve": curve}
+                curve.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
+                              "train_seconds": round(seconds, 2), "perplexity": round(ppl, 3)})
+    return {"name": f"report-style loop, lr x {scale:g}", "rows_per_step": 8,
+            "learning_rate": training_args.learning_rate, "max_length": 128, "steps_per_epoch": steps_per_epoch,
+            "epochs": training_args.num_train_epochs, "precision": "fp32", "curve": curve}
 
 
 def time_to(curve: list[dict], perplexity: float) -> float | None:
@@ -147,7 +147,8 @@ def main(args) -> dict:
     record = {"benchmark": "epoch_quality", "date": started.isoformat(timespec="seconds"), "recipe": args.recipe,
               "clock": args.clock, "threads": torch.get_num_threads(), "target_perplexity": target,
               "command": " ".join(["python", "benchmarks/epoch_quality.py", *sys.argv[1:]]), "rows": rows}
-    write_json(Path(args.output_dir) / f"epoch_quality-{Path(args.recipe).stem}-{started.date().isoformat()}.json", record)
+    name = f"epoch_quality-{Path(args.recipe).stem}-{started.date().isoformat()}.json"
+    write_json(Path(args.output_dir) / name, record)
     print(f"| run | rows/step | lr | steps/epoch | perplexity after {loop['epochs']:g} epochs | train s "
           f"| s to the loop's {target:.1f} |\n|---|---|---|---|---|---|---|")
     for r in rows:

@@ -77,8 +77,8 @@ def run_figures(run_dir: Path) -> dict:
     train = json.loads((run_dir / "train_results.json").read_text())
     config_epochs = float(train.get("epoch") or 0) or len(checkpoints(run_dir))
     steps = train.get("train_steps_runtime", train["train_runtime"])  # the training steps, evaluation apart
-    return {"train_runtime_s": train["train_runtime"], "train_steps_s": steps, "seconds_per_epoch": steps / config_epochs,
-            "real_tokens_per_second": train["train_real_tokens_per_second"],
+    return {"train_runtime_s": train["train_runtime"], "train_steps_s": steps,
+            "seconds_per_epoch": steps / config_epochs, "real_tokens_per_second": train["train_real_tokens_per_second"],
             "peak_memory_mb": train["peak_memory_mb"], "peak_tensor_memory_mb": train.get("peak_tensor_memory_mb"),
             "memory_plan_mb": train.get("memory_plan_mb"), "trainable_parameters": train["trainable_parameters"],
             "total_parameters": train["total_parameters"], "mode": train["mode"]}
@@ -142,16 +142,18 @@ def markdown(record: dict, samples_shown: int) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in record["rows"]:
         lines.append("| " + " | ".join([
-            r["model"], str(r["epoch"]), f"{r['perplexity']:.2f}", *[_f(r["per_speaker"].get(s), ".2f") for s in speakers],
+            r["model"], str(r["epoch"]), f"{r['perplexity']:.2f}",
+            *[_f(r["per_speaker"].get(s), ".2f") for s in speakers],
             _f(r["clean_ends"] and 100 * r["clean_ends"], ".1f") + "%", _f(r["distinct_1"], ".3f"),
             _f(r["distinct_2"], ".3f"), _f(r["token_f1"], ".3f"), _f(r["mean_reply_words"], ".1f")]) + " |")
     lines += ["", "| run | trainable parameters | training steps per epoch (s) | real tokens/s "
               "| peak memory in tensors (MB) | memory plan (MB) | peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
     for mode, figures in record["runs"].items():
         share = figures["trainable_parameters"] / figures["total_parameters"]
-        lines.append(f"| {mode} | {figures['trainable_parameters']:,} ({share:.2%}) | {figures['seconds_per_epoch']:.0f} "
-                     f"| {figures['real_tokens_per_second']:,.0f} | {_f(figures['peak_tensor_memory_mb'], ',.0f')} "
-                     f"| {_f(figures['memory_plan_mb'], ',.0f')} | {figures['peak_memory_mb']:,.0f} |")
+        lines.append(f"| {mode} | {figures['trainable_parameters']:,} ({share:.2%}) "
+                     f"| {figures['seconds_per_epoch']:.0f} | {figures['real_tokens_per_second']:,.0f} "
+                     f"| {_f(figures['peak_tensor_memory_mb'], ',.0f')} | {_f(figures['memory_plan_mb'], ',.0f')} "
+                     f"| {figures['peak_memory_mb']:,.0f} |")
     lines += ["", "Replies (greedy, the same prompts; the last epoch of each run):", ""]
     models = list(record["samples"])
     first = record["samples"][models[0]]

@@ -6,8 +6,8 @@ recipe's own set-up (`prepare_data_and_model`, `build_trainer`).
     python benchmarks/memory.py --model tiny                                            # the smoke model, ~1 min
     python benchmarks/memory.py --model_name_or_path ... --clock cpu --threads 1 --output_dir DIR   # busy machine
 
-Each row: the plan's peak (recipe/memory.py, from the config, before the model loads), the peak measured by
-counting tensors (recipe/tensor_memory.py; CUDA: the allocator's peak), the process's peak RSS (the
+Each row: the plan's peak (recipe/memory/plan.py, from the config, before the model loads), the peak measured by
+counting tensors (recipe/memory/measured.py; CUDA: the allocator's peak), the process's peak RSS (the
 allocator, not the tensors: shown, never compared), and the median step time after the first step.
 Writes benchmarks/results/memory/<date>-<device>.json and .md.
 """
@@ -29,16 +29,22 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from recipe.common.run_dir import RunDir  # noqa: E402
+from recipe.config import (  # noqa: E402
+    DataArguments,
+    DialogueTrainingArguments,
+    LoraArguments,
+    ModelArguments,
+    RecipeParser,
+    load_recipe_yaml,
+)
+from recipe.memory.check import plan_for_run  # noqa: E402
+from recipe.memory.measured import TensorMemoryCallback  # noqa: E402
+from recipe.memory.plan import MIB  # noqa: E402
+from recipe.training.environment import environment_record  # noqa: E402
+from recipe.training.run import prepare_data_and_model  # noqa: E402
+from recipe.training.trainer import build_trainer  # noqa: E402
 from throughput_tools import CLOCKS, PeakMemory, StepTimer, TokenCountingCollator, release_memory  # noqa: E402
-
-from recipe.config import DataArguments, DialogueTrainingArguments, LoraArguments, ModelArguments  # noqa: E402
-from recipe.config import RecipeParser, load_recipe_yaml  # noqa: E402
-from recipe.environment import environment_record  # noqa: E402
-from recipe.memory import MIB  # noqa: E402
-from recipe.memory_check import plan_for_run  # noqa: E402
-from recipe.run_dir import RunDir  # noqa: E402
-from recipe.tensor_memory import TensorMemoryCallback  # noqa: E402
-from recipe.training import build_trainer, prepare_data_and_model  # noqa: E402
 
 MODES = {
     "full": ["--use_lora", "false", "--load_in_4bit", "false"],
@@ -192,7 +198,8 @@ def parse_args(argv=None):
     parser.add_argument("--config", default=None, help="another recipe to build the rows on")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), help="these rows only")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per row (the peak is steady from step 2)")
-    parser.add_argument("--bf16", choices=["true", "false"], default=None, help="default: the recipe's automatic choice")
+    parser.add_argument("--bf16", choices=["true", "false"], default=None,
+                        help="default: the recipe's automatic choice")
     parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
                         help="cpu: the process's CPU seconds, which other jobs disturb far less (with --threads 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

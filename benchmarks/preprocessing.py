@@ -26,8 +26,9 @@ from pathlib import Path
 
 from recipe.config import DataArguments, ModelArguments
 from recipe.data import build_datasets, read_dialogues, render_dialogue
-from recipe.environment import cpu_name
-from recipe.modeling import OFFLINE_MODEL_DIR, get_tokenizer
+from recipe.models.loading import get_tokenizer
+from recipe.models.offline import OFFLINE_MODEL_DIR
+from recipe.training.environment import cpu_name
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_dialogues.json"
 RESULTS = Path(__file__).parent / "results"

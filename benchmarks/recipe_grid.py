@@ -6,9 +6,9 @@ cells by their best validation perplexity.
     python benchmarks/recipe_grid.py benchmarks/grids/smollm2.yaml --cells full-lr5e-5 lora-r16-lr5e-4
 
 A grid file names a `recipe` per mode (any name: full, lora, qlora), optional `flags` that every trained cell
-gets before its own (a precision pinned for the whole grid, say), and its `cells` (name, mode, flags). Cells run one after the other
-into `--work_dir` (default benchmarks/results/scratch/grid-NAME/); a cell whose run finished is read, not
-rerun, so an interrupted grid resumes where it stopped. Checkpoints are off (`--save_strategy no`): a cell
+gets before its own (a precision pinned for the whole grid, say), and its `cells` (name, mode, flags). Cells run
+one after the other into `--work_dir` (default benchmarks/results/scratch/grid-NAME/); a cell whose run finished is
+read, not rerun, so an interrupted grid resumes where it stopped. Checkpoints are off (`--save_strategy no`): a cell
 measures what the recipe learns per epoch, not how it saves. Writes benchmarks/results/grid-NAME-DATE.json
 (every cell: flags, per-epoch validation perplexity and loss, train time, peak memory, tokens/s) and the
 same table in .md.
@@ -50,7 +50,8 @@ def read_cell(grid: dict, cell: dict, run_dir: Path) -> dict:
         if "eval_perplexity" in entry and entry["epoch"] not in seen:
             seen.add(entry["epoch"])
             epochs.append({"epoch": round(entry["epoch"], 2), "perplexity": round(entry["eval_perplexity"], 4),
-                           "token_loss": round(entry["eval_token_loss"], 5), "loss_tokens": entry.get("eval_num_tokens")})
+                           "token_loss": round(entry["eval_token_loss"], 5),
+                           "loss_tokens": entry.get("eval_num_tokens")})
     best = min(epochs, key=lambda e: e["perplexity"])
     device = json.loads((run_dir / "environment.json").read_text()).get("device", {})
     return {
@@ -61,7 +62,8 @@ def read_cell(grid: dict, cell: dict, run_dir: Path) -> dict:
         "trainable_parameters": train["trainable_parameters"], "global_step": train["global_step"],
         "peak_tensor_memory_mb": train.get("peak_tensor_memory_mb"), "read_from": cell.get("run"),
         "learning_rate": yaml.safe_load((run_dir / "run_config.yaml").read_text()).get("learning_rate"),
-        "precision": "bf16" if device.get("bf16") else "fp16" if device.get("fp16") else "fp32",  # as this machine ran it
+        # as this machine ran it
+        "precision": "bf16" if device.get("bf16") else "fp16" if device.get("fp16") else "fp32",
     }
 
 
@@ -122,17 +124,18 @@ def main(args) -> dict:
         cells = [c for c in cells if c["name"] in done] + [c for c in cells if c["name"] not in done]
         rows = [next(r for r in rows if r["name"] == c["name"]) for c in cells if c["name"] in done]
     date = datetime.date.today().isoformat()
-    from recipe.environment import cpu_name
+    from recipe.training.environment import cpu_name
 
     record = {"benchmark": "recipe_grid", "grid": str(grid_file), "date": date, "device": cpu_name(),
-              "cpu_count": os.cpu_count(), "grid_flags": grid.get("flags", []), "command": " ".join(["python", "benchmarks/recipe_grid.py", *sys.argv[1:]]),
-              "rows": rows}
+              "cpu_count": os.cpu_count(), "grid_flags": grid.get("flags", []),
+              "command": " ".join(["python", "benchmarks/recipe_grid.py", *sys.argv[1:]]), "rows": rows}
     out = Path(args.output_dir) / f"grid-{name}-{date}"
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     table = markdown_table(rows)
     common = " ".join(map(str, grid.get("flags", [])))
     every = f"Every trained cell also had `{common}`.\n\n" if common else ""
-    out.with_suffix(".md").write_text(f"# {grid_file}, {date}, {cpu_name()}\n\n`{record['command']}`\n\n{every}{table}\n")
+    out.with_suffix(".md").write_text(f"# {grid_file}, {date}, {cpu_name()}\n\n`{record['command']}`\n\n"
+                                      f"{every}{table}\n")
     print(table)
     return record
 

@@ -19,10 +19,10 @@ Each row reads the run's train_results.json (tensor peak per process, the recipe
 steps' time), its trainer_state.json (the loss of every step) and times the steps itself: the Trainer prints each
 step's loss line as the step ends (--logging_steps 1), and the benchmark timestamps those lines as they arrive, so
 it can leave out the first step (start-up work, the optimizer states' allocation) and the steps the recipe's tensor
-meter watches (steps 1-3, a Python call per operator; see recipe/tensor_memory.py). Hence 6 steps by default: steps
+meter watches (steps 1-3, a Python call per operator; see recipe/memory/measured.py). Hence 6 steps by default: steps
 4-6 are timed (real tokens at the run's mean per step: packed rows hold within ~1% the same). train_results' own
-tokens/s divides all real tokens by all steps' time, the first and the metered steps included (recipe/timing.py):
-it is recorded beside, as `recipe_tokens_per_s`, and so is the rate over steps 2-N. Writes
+tokens/s divides all real tokens by all steps' time, the first and the metered steps included
+(recipe/training/timing.py): it is recorded beside, as `recipe_tokens_per_s`, and so is the rate over steps 2-N. Writes
 OUTPUT_DIR/scaling-BASE-DATE.json and .md (a second record of the same day gets a numbered suffix; an existing one
 is never overwritten).
 """
@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from recipe.config import load_recipe_yaml  # noqa: E402
-from recipe.tensor_memory import TensorMemoryCallback  # noqa: E402
+from recipe.memory.measured import TensorMemoryCallback  # noqa: E402
 
 # mode -> the accelerate config it launches with (None: one process, `python scripts/train.py`)
 MODES = {
@@ -380,7 +380,7 @@ def markdown(record: dict) -> str:
              f"{record['max_steps']} steps per row. Real tokens/s and s/step over steps {record['timed_steps']} "
              f"(after the first and the steps the tensor meter watches); the recipe's own figure "
              "(train_results.json, every step) and the rate over steps 2-N beside it. Tensor peaks per process "
-             f"over steps {record['tensor_meter_steps']} (recipe/tensor_memory.py); the plan is the recipe's "
+             f"over steps {record['tensor_meter_steps']} (recipe/memory/measured.py); the plan is the recipe's "
              "per-process memory plan; plan error = plan / measured - 1. RSS: the largest process's peak "
              "(allocator included: shown, never compared). Others' CPU share: what other processes of the machine "
              "used of its CPUs during the row (/proc/stat less the row's own CPU time); a row above "
@@ -428,7 +428,7 @@ def markdown(record: dict) -> str:
 
 def environment(rows: list[dict], scratch: Path) -> dict:
     """Versions, git SHA and CPU: from a run's environment.json (what the recipe records), plus deepspeed's."""
-    from recipe.environment import cpu_name, git_commit
+    from recipe.training.environment import cpu_name, git_commit
 
     git = git_commit() or {}
     env = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
@@ -469,8 +469,8 @@ def main(args) -> dict:
         notes.append(f"1-minute load average before / after each row ({os.cpu_count()} CPUs; a row's own processes "
                      "count in it, so above the cores others shared them): "
                      + ", ".join(f"{name} {before:.1f} / {after:.1f}" for name, (before, after) in loads.items()))
-    notes.append(f"train_results.json's train_real_tokens_per_second (recipe/timing.py) is all real tokens over all "
-                 f"steps' time, the first step and the {METERED_STEPS} steps under the tensor meter included: "
+    notes.append(f"train_results.json's train_real_tokens_per_second (recipe/training/timing.py) is all real tokens "
+                 f"over all steps' time, the first step and the {METERED_STEPS} steps under the tensor meter included: "
                  "the 'recipe tokens/s' column. The 'real tokens/s' column times the steps after those from the "
                  "arrival of each step's loss line, at the run's mean real tokens per step (packed rows).")
     record = {

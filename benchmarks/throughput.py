@@ -19,9 +19,9 @@ overrides its name says. With `--base DIR` the rows run on that real model inste
 tokenizer; smollm2-full.yaml and smollm2-lora.yaml, or --full_recipe / --lora_recipe), the reference on
 its architecture. Each recipe row also gets a tensor peak: the most bytes of live tensors (weights,
 gradients, optimizer states, activations) during one more step, counted by torch's MemTracker, which,
-unlike the process's RSS, leaves out what the allocator keeps. It writes benchmarks/results/<date>-<device>.json (and .md) and prints the
-table: real (non-padding) and processed tokens/s, padding share, median step time after warm-up,
-peak memory, MFU (6 x parameters per real token, against the matmul peak measured in this run for
+unlike the process's RSS, leaves out what the allocator keeps. It writes benchmarks/results/<date>-<device>.json
+(and .md) and prints the table: real (non-padding) and processed tokens/s, padding share, median step time after
+warm-up, peak memory, MFU (6 x parameters per real token, against the matmul peak measured in this run for
 the row's precision) and the ratio to `reference`; then evaluation tokens/s, batched generation
 replies/s, LoRA against full, and the loss curves of the chunked and the model's own loss.
 """
@@ -41,6 +41,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from recipe.common.run_dir import RunDir  # noqa: E402
+from recipe.config import (  # noqa: E402
+    DataArguments,
+    DialogueTrainingArguments,
+    GenerationArguments,
+    LoraArguments,
+    ModelArguments,
+    RecipeParser,
+    load_recipe_yaml,
+)
+from recipe.data import render_dialogue  # noqa: E402
+from recipe.training.environment import environment_record  # noqa: E402
+from recipe.training.run import prepare_data_and_model  # noqa: E402
+from recipe.training.trainer import build_trainer  # noqa: E402
 from throughput_tools import (  # noqa: E402
     CLOCKS,
     PeakMemory,
@@ -52,23 +66,10 @@ from throughput_tools import (  # noqa: E402
     matmul_peak_gflops,
     release_memory,
     run_reference,
-    write_json,
     tensor_peak_mb,
+    write_json,
     write_model_dir,
 )
-
-from recipe.config import (  # noqa: E402
-    DataArguments,
-    DialogueTrainingArguments,
-    GenerationArguments,
-    LoraArguments,
-    ModelArguments,
-    RecipeParser,
-    load_recipe_yaml,
-)
-from recipe.data import render_dialogue  # noqa: E402
-from recipe.run_dir import RunDir  # noqa: E402
-from recipe.training import build_trainer, environment_record, prepare_data_and_model  # noqa: E402
 
 CONFIGS = REPO / "recipe" / "configs"
 FP32 = ["--bf16", "false"]
@@ -185,7 +186,7 @@ def reference_row(model_dir: Path, scratch: Path, args) -> dict:
 
     model_args, data_args, _, _ = recipe_options(model_dir, scratch, "default", args)
     from recipe.data import load_dialogue_splits
-    from recipe.modeling import get_tokenizer
+    from recipe.models.loading import get_tokenizer
 
     tokenizer = get_tokenizer(model_args)
     texts = [render_dialogue(d.speakers, d.texts, d.roles, data_args).text + tokenizer.eos_token
@@ -219,7 +220,7 @@ def measure_evaluation(trainer, prepared) -> dict:
 
 def measure_generation(trainer, prepared, num_prompts: int) -> dict:
     """Batched sampling (the evaluation script's settings) on prompts from the validation split."""
-    from recipe.generation import generate_replies, prompts_from_dialogues
+    from recipe.models.generation import generate_replies, prompts_from_dialogues
 
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     model.config.use_cache = True
@@ -289,8 +290,8 @@ def markdown(record: dict) -> str:
                   f"up to {g['max_new_tokens']} new tokens; {g['new_tokens_per_s']:,.0f} new tokens/s)"]
     if record.get("loss_curve"):
         c = record["loss_curve"]
-        lines += [f"loss curve, chunked vs model's own loss: largest relative difference {c['max_relative_difference']:.2e} "
-                  f"over {c['steps']} steps"]
+        lines += [f"loss curve, chunked vs model's own loss: largest relative difference "
+                  f"{c['max_relative_difference']:.2e} over {c['steps']} steps"]
     if record.get("lora_vs_full"):
         lv = record["lora_vs_full"]
         tensors = (f", tensor peak {lv['lora_tensor_peak_mb']:,.0f} MB vs {lv['full_tensor_peak_mb']:,.0f} MB"
@@ -314,7 +315,8 @@ def main(args) -> dict:
     started = datetime.datetime.now(datetime.timezone.utc)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     if args.base:
-        use_recipes(args.full_recipe or CONFIGS / "smollm2-full.yaml", args.lora_recipe or CONFIGS / "smollm2-lora.yaml")
+        use_recipes(args.full_recipe or CONFIGS / "smollm2-full.yaml",
+                    args.lora_recipe or CONFIGS / "smollm2-lora.yaml")
     rows_wanted = args.rows or ((BASE_ROWS if args.base else QUICK_ROWS) if args.quick else ALL_ROWS)
     for name, flags in args.extra_row:
         ROWS[name] = flags.split()
@@ -369,7 +371,8 @@ def main(args) -> dict:
     shutil.rmtree(scratch, ignore_errors=True)
     table = markdown(record)
     # a real base's runs are named after it, so they never overwrite the random model's record of the same day
-    stem = Path(args.output_dir) / "-".join([started.date().isoformat(), args.device, *([Path(args.base).name] if args.base else [])])
+    base_name = [Path(args.base).name] if args.base else []
+    stem = Path(args.output_dir) / "-".join([started.date().isoformat(), args.device, *base_name])
     write_json(stem.with_suffix(".json"), record)
     stem.with_suffix(".md").write_text(table)
     print(table + f"recorded in {stem}.json and {stem}.md")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from recipe.environment import cpu_name
+from recipe.training.environment import cpu_name
 
 HELLO_IDS = [15496, 11, 703, 389, 345, 30]  # "Hello, how are you?" in GPT-2's vocabulary
 DISTILGPT2 = {"n_layer": 6, "n_embd": 768, "n_head": 12, "n_positions": 1024}  # dropout 0.1 as distilgpt2
@@ -133,9 +133,9 @@ class PeakMemory:
 
 def tensor_peak_mb(trainer) -> float:
     """The peak of live tensor bytes (weights, gradients, optimizer states, activations, temporaries) during one
-    more training step of `trainer`, by the recipe's own meter (recipe/tensor_memory.py: slow, so outside the
+    more training step of `trainer`, by the recipe's own meter (recipe/memory/measured.py: slow, so outside the
     timed steps). Unlike RSS, it leaves out memory the allocator keeps after tensors are freed."""
-    from recipe.tensor_memory import TensorMemoryMeter, model_tensors
+    from recipe.memory.measured import TensorMemoryMeter, model_tensors
 
     model, optimizer = trainer.model, trainer.optimizer
     model.train()
@@ -196,7 +196,10 @@ class TokenCountingCollator:
 
     def __call__(self, features):
         batch = self.collator(features)
-        real = int(batch["num_real_tokens"]) if "num_real_tokens" in batch else sum(len(f["input_ids"]) for f in features)
+        if "num_real_tokens" in batch:
+            real = int(batch["num_real_tokens"])
+        else:
+            real = sum(len(f["input_ids"]) for f in features)
         self.batches.append((real, batch["input_ids"].numel()))
         return batch
 

@@ -9,7 +9,7 @@ import argparse
 
 from recipe.config import DataArguments
 from recipe.data import read_dialogues, render_dialogue
-from recipe.modeling import OFFLINE_MODEL_DIR, build_offline_model_dir
+from recipe.models import OFFLINE_MODEL_DIR, build_offline_model_dir
 
 
 def main(data_path: str, vocab_size: int, output_dir: str) -> None:

@@ -9,19 +9,19 @@ context window, oldest turns dropped first.
 
 import sys
 
-from recipe.cli import setup_logging, user_errors
-from recipe.config import ChatArguments, GenerationArguments, RecipeParser
-from recipe.evaluation import evaluation_data_args, load_model_for_evaluation
-from recipe.generation import ChatSession, chat_speakers
+from recipe.common.cli import setup_logging, user_errors
+from recipe.config import ChatArguments, GenerationArguments, RecipeParser, run_data_arguments
+from recipe.models import ChatSession, chat_speakers, load_model_for_evaluation
 
 
 def main(chat_args: ChatArguments, gen_args: GenerationArguments) -> None:
     loaded = load_model_for_evaluation(chat_args.model_path, chat_args.base_model, chat_args.dtype)
-    data_args = evaluation_data_args(loaded.run_dir.read_config() if loaded.run_dir else None, None)
+    data_args = run_data_arguments(loaded.run_dir.read_config() if loaded.run_dir else None)
     user, speaker = chat_speakers(loaded.run_dir, chat_args.user, chat_args.speaker)
     context = chat_args.max_context_tokens or max(16, data_args.max_length - gen_args.max_new_tokens)
     session = ChatSession(loaded.model, loaded.tokenizer, data_args, gen_args, speaker, user, context)
-    print(f"Chatting with {chat_args.model_path} as {speaker}; you are {user}. /reset clears the history, /quit leaves.")
+    print(f"Chatting with {chat_args.model_path} as {speaker}; you are {user}. /reset clears the history, "
+          "/quit leaves.")
     while True:
         try:
             line = input(f"{user}: ").strip()

@@ -16,7 +16,7 @@ the loss plot. Reads only the run directories: works offline, without W&B. Per-s
 
 import argparse
 
-from recipe.cli import setup_logging, user_errors
+from recipe.common.cli import setup_logging, user_errors
 from recipe.comparison import compare_runs
 
 

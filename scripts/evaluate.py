@@ -11,10 +11,16 @@ training run did (see --wandb). Evaluating a run's final model also writes its m
 these figures in its metadata (model-index).
 """
 
-from recipe.cli import setup_logging, user_errors
+from recipe.common.cli import setup_logging, user_errors
+from recipe.common.files import atomic_write_json
 from recipe.config import EvaluationArguments, GenerationArguments, RecipeParser
-from recipe.evaluation import default_output_file, evaluate_model, format_results, log_results_to_wandb, refresh_run_card
-from recipe.files import atomic_write_json
+from recipe.evaluation import (
+    default_output_file,
+    evaluate_model,
+    format_results,
+    log_results_to_wandb,
+    refresh_run_card,
+)
 
 
 def main(eval_args: EvaluationArguments, gen_args: GenerationArguments) -> dict:

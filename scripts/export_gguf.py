@@ -1,7 +1,7 @@
 """Export a trained model to one GGUF file for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile beside it.
 
-    python scripts/export_gguf.py --model_path outputs/smollm2-lora                  # -> outputs/smollm2-lora/gguf/smollm2-lora.F16.gguf
-    python scripts/export_gguf.py --model_path outputs/smollm2-lora --outtype q8_0   # 8-bit blocks, about half the f16 size
+    python scripts/export_gguf.py --model_path outputs/smollm2-lora   # outputs/smollm2-lora/gguf/smollm2-lora.F16.gguf
+    python scripts/export_gguf.py --model_path outputs/smollm2-lora --outtype q8_0   # 8-bit blocks, half of f16
     python scripts/export_gguf.py --model_path outputs/smoke-full --output exports/smoke.gguf
 
 A full run, a LoRA adapter (merged into its base in memory) or a QLoRA adapter (merged into its full-precision
@@ -12,8 +12,8 @@ dialogue format; FILE.Modelfile beside it runs it in Ollama: `ollama create NAME
 import argparse
 import dataclasses
 
-from recipe.cli import setup_logging, user_errors
-from recipe.gguf_export import OUTTYPES, GGUFExportArguments, export_gguf, format_export
+from recipe.common.cli import setup_logging, user_errors
+from recipe.export import OUTTYPES, GGUFExportArguments, export_gguf, format_export
 
 
 def main(args: GGUFExportArguments):

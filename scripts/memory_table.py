@@ -1,4 +1,4 @@
-"""The README's table of what fits on 8, 24 and 80 GB GPUs, computed by the memory plan (recipe/memory.py) from
+"""The README's table of what fits on 8, 24 and 80 GB GPUs, computed by the memory plan (recipe/memory/plan.py) from
 the published configs of four model sizes: computed, not run.
 
     python scripts/memory_table.py            # prints the Markdown table the README holds
@@ -9,8 +9,7 @@ The runs are the recipe's defaults on a GPU: 8 rows of 128 tokens per step, bf16
 
 from transformers import LlamaConfig, Qwen2Config
 
-from recipe.memory import FIT_SHARE, GIB, PlanOptions, plan_memory
-from recipe.memory_check import shape_from_config
+from recipe.memory import FIT_SHARE, GIB, PlanOptions, plan_memory, shape_from_config
 
 # From each model's config.json on the Hub (the shapes the plan reads), written out: no download.
 MODELS = {
@@ -52,7 +51,8 @@ def memory_table() -> str:
             plain = plan_memory(shape, options).peak
             checkpointed = plan_memory(shape, PlanOptions(**{**options.__dict__, "gradient_checkpointing": True})).peak
             cells = [fits(plain, checkpointed, gb) for gb in GPUS_GB]
-            lines.append(f"| {name} | {mode} | {plain / GIB:.1f} | {checkpointed / GIB:.1f} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {mode} | {plain / GIB:.1f} | {checkpointed / GIB:.1f} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -10,10 +10,10 @@ EOS written out) and DIR/data_report.json, and prints a summary. Training runs t
 
 from dataclasses import dataclass, field
 
-from recipe.cli import setup_logging, user_errors
+from recipe.common.cli import setup_logging, user_errors
 from recipe.config import DEFAULT_RECIPE, DataArguments, ModelArguments, RecipeParser
 from recipe.data import build_datasets, format_report, write_prepared_data
-from recipe.modeling import get_tokenizer
+from recipe.models import get_tokenizer
 
 
 @dataclass

@@ -12,7 +12,7 @@ This is how a push that failed during training is retried. The token comes from 
 import argparse
 import sys
 
-from recipe.cli import setup_logging, user_errors
+from recipe.common.cli import setup_logging, user_errors
 from recipe.tracking import HubPushError, push_run_dir
 
 
@@ -39,8 +39,8 @@ if __name__ == "__main__":
                         help="also push every checkpoint-N/ folder, to checkpoint-N/ in the repo (true/false)")
     parser.add_argument("--hub_revision", help="branch to push to (default: main)")
     parser.add_argument("--gguf", nargs="*", metavar="FILE",
-                        help="also push GGUF exports (scripts/export_gguf.py), each with the Modelfile beside it, to the "
-                             "run's repo; without FILE, every .gguf in the run directory (default: none)")
+                        help="also push GGUF exports (scripts/export_gguf.py), each with the Modelfile beside it, to "
+                             "the run's repo; without FILE, every .gguf in the run directory (default: none)")
     arguments = parser.parse_args()
     with user_errors():
         try:

@@ -15,9 +15,9 @@ with the same command. Exit status: 0, 1 when a cell failed (the report still co
 
 import sys
 
-from recipe.cli import setup_logging, user_errors
+from recipe.common.cli import setup_logging, user_errors
+from recipe.comparison import SweepInterrupted, run_sweep, split_train_options
 from recipe.config import RecipeParser, SweepArguments
-from recipe.sweep import SweepInterrupted, run_sweep, split_train_options
 
 
 def main(sweep_args: SweepArguments) -> int:

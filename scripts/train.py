@@ -7,7 +7,7 @@
 Without --config, runs recipe/configs/distilgpt2-full.yaml. Every option is listed by --help.
 """
 
-from recipe.cli import setup_logging, user_errors
+from recipe.common.cli import setup_logging, user_errors
 from recipe.config import (
     DEFAULT_RECIPE,
     DataArguments,
@@ -17,7 +17,7 @@ from recipe.config import (
     RecipeParser,
     TrackingArguments,
 )
-from recipe.training import run_training
+from recipe.training.run import run_training
 
 
 def main(model_args, data_args, lora_args, training_args, tracking_args=None):

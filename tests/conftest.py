@@ -23,7 +23,7 @@ SMOLLM2 = Path(os.environ.get("DIALOGUE_FINETUNE_SMOLLM2", REPO / "models" / "Sm
 @pytest.fixture(scope="session")
 def tokenizer():
     from recipe.config import ModelArguments
-    from recipe.modeling import get_tokenizer
+    from recipe.models.loading import get_tokenizer
 
     return get_tokenizer(ModelArguments(model_name_or_path=str(OFFLINE_MODEL)))
 
@@ -44,8 +44,9 @@ def data_args(tmp_path):
 def tiny_model(tokenizer):
     """A random 2-layer GPT-2 in eval mode (no dropout), built from the offline config."""
     import torch
+
     from recipe.config import ModelArguments
-    from recipe.modeling import get_model
+    from recipe.models.loading import get_model
 
     torch.manual_seed(0)
     model = get_model(ModelArguments(model_name_or_path=str(OFFLINE_MODEL), random_init=True), tokenizer)

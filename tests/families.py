@@ -152,7 +152,8 @@ def _tokenizer_object(family: Family):
         {family.bos} if family.add_bos else {family.eos} if family.appends_eos else set())
     if ends:
         template = processors.TemplateProcessing(
-            single=single, pair=single.replace("$A", "$A $B"), special_tokens=[(t, backend.token_to_id(t)) for t in ends]
+            single=single, pair=single.replace("$A", "$A $B"),
+            special_tokens=[(t, backend.token_to_id(t)) for t in ends],
         )
         backend.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), template])
     return backend

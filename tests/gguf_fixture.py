@@ -41,7 +41,8 @@ def tiny_llama(vocab_size: int, seed: int = 0):
 
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                         rope_parameters={"rope_theta": 10000.0, "rope_type": "default"}, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         rope_parameters={"rope_theta": 10000.0, "rope_type": "default"}, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True,
                          bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()
@@ -67,7 +68,8 @@ def write_tiny_llama_gguf(path: Path, quantization: str = "F32", seed: int = 0):
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_vocab_size(len(tokens))
     qtype = gguf.GGMLQuantizationType[quantization]
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if quantization == "F32" else gguf.LlamaFileType[f"MOSTLY_{quantization}"])
+    file_type = gguf.LlamaFileType.ALL_F32 if quantization == "F32" else gguf.LlamaFileType[f"MOSTLY_{quantization}"]
+    writer.add_file_type(file_type)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)

@@ -109,7 +109,7 @@ def assert_same_final_model(sharded: Path, single: Path, lora: bool) -> None:
 def evaluated_perplexity(model_path: Path) -> float:
     """scripts/evaluate.py's perplexity of a run's final model (stock from_pretrained loading underneath)."""
     from recipe.config import EvaluationArguments, GenerationArguments
-    from recipe.evaluation import evaluate_model
+    from recipe.evaluation.run import evaluate_model
 
     return evaluate_model(EvaluationArguments(model_path=str(model_path), num_samples=0, wandb="off"),
                           GenerationArguments())["perplexity"]["perplexity"]

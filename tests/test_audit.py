@@ -83,7 +83,8 @@ def test_closest_speaker():
 
 def test_eos_never_in_the_loss_is_refused(tmp_path, data_args, tokenizer):
     path = write(tmp_path / "d.json", '[{"Alex": "Hi", "Bob": "Hey"}, {"Alex": "Yo", "Bob": "Bye"}]')
-    with pytest.raises(DialogueDataError, match=r"no dialogue's final EOS carries loss.*no dialogue ends with a turn of 'Alex'"):
+    with pytest.raises(DialogueDataError,
+                       match=r"no dialogue's final EOS carries loss.*no dialogue ends with a turn of 'Alex'"):
         build_datasets(data_args(data_path=path, validation_split_ratio=0, train_on_speakers=["Alex"]), tokenizer)
 
 

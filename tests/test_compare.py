@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from conftest import REPO
-from recipe.comparison import ComparisonError, compare_runs, read_run
+from recipe.common.run_dir import RunDir
+from recipe.comparison.report import compare_runs
+from recipe.comparison.runs import ComparisonError, read_run
 from test_training import train
 
 SMOKE_LORA = REPO / "recipe" / "configs" / "smoke-lora.yaml"
@@ -58,7 +60,8 @@ def test_report_puts_full_and_lora_side_by_side(runs, tmp_path):
         f"{r['trainable_parameters']:,} ({r['trainable_parameters'] / r['total_parameters']:.2%})" for r in results]
     assert row(report, "trainable parameters")[0].endswith("(100.00%)")
     assert row(report, "wall time (s)") == [f"{r['train_runtime']:.1f}" for r in results]
-    assert row(report, "tokens/s (real tokens, in the steps)") == [f"{r['train_real_tokens_per_second']:,.0f}" for r in results]
+    assert row(report, "tokens/s (real tokens, in the steps)") == [f"{r['train_real_tokens_per_second']:,.0f}"
+                                                                  for r in results]
     assert row(report, "peak RSS (MB)") == [f"{r['peak_memory_mb']:,.0f}" for r in results]
     assert row(report, "peak memory in tensors (MB)") == [f"{r['peak_tensor_memory_mb']:,.0f}" for r in results]
     assert row(report, "memory plan (MB)") == [f"{r['memory_plan_mb']:,.0f}" for r in results]
@@ -72,7 +75,7 @@ def test_report_puts_full_and_lora_side_by_side(runs, tmp_path):
 
 
 def test_curves_are_the_logged_losses_per_epoch(runs):
-    run = read_run(runs[0])
+    run = read_run(RunDir(runs[0]))
     history = read_json(runs[0] / "trainer_state.json")["log_history"]
     assert run.train_curve == [(e["epoch"], e["loss"]) for e in history if "loss" in e]
     assert len(run.train_curve) == 14
@@ -135,16 +138,18 @@ def make_run(source, target, perplexity, runtime, trainable):
 
 
 def test_n_runs_are_ranked_by_perplexity_with_their_pareto_fronts(runs, tmp_path):
-    from recipe.ranking import COSTS, pareto_front
+    from recipe.comparison.ranking import COSTS, pareto_front
 
     full, lora = runs
-    made = [make_run(full, tmp_path / "a-full", 100.0, 10.0, 1000), make_run(lora, tmp_path / "b-lora", 120.0, 5.0, 100),
-            make_run(lora, tmp_path / "c-lora", 130.0, 8.0, 50), make_run(full, tmp_path / "d-full", 110.0, 20.0, 2000),
+    made = [make_run(full, tmp_path / "a-full", 100.0, 10.0, 1000),
+            make_run(lora, tmp_path / "b-lora", 120.0, 5.0, 100),
+            make_run(lora, tmp_path / "c-lora", 130.0, 8.0, 50),
+            make_run(full, tmp_path / "d-full", 110.0, 20.0, 2000),
             make_run(lora, tmp_path / "e-lora", 150.0, 5.0, 100)]
     (made[1] / "evaluation.json").write_text(json.dumps({
         "perplexity": {"per_speaker": {"Alex": {"perplexity": 111.0}, "Bob": {"perplexity": 125.5}}},
         "quality": {"clean_end_share": 0.75, "distinct_2": 0.5}}))
-    summaries = [read_run(d) for d in made]
+    summaries = [read_run(RunDir(d)) for d in made]
     assert [r.label for r in pareto_front(summaries, COSTS["time"][1])] == ["b-lora", "a-full"]
     assert [r.label for r in pareto_front(summaries, COSTS["parameters"][1])] == ["c-lora", "b-lora", "a-full"]
     # the LoRA copies hold the LoRA run's tensor peak, the full copies the full run's (higher)
@@ -204,7 +209,7 @@ def test_run_comparison_on_a_pretrained_base_evaluates_it_first_as_the_base_row(
 
     from conftest import OFFLINE_MODEL
     from recipe.config import ModelArguments
-    from recipe.modeling import get_model
+    from recipe.models.loading import get_model
 
     torch.manual_seed(0)
     base = tmp_path / "base"

@@ -40,7 +40,8 @@ def test_cli_overrides_yaml_which_overrides_defaults(tmp_path):
 
 def test_unknown_yaml_key_names_the_closest_valid_one(tmp_path):
     recipe = write(tmp_path / "r.yaml", "learnig_rate: 0.1\nmax_lenght: 3\n")
-    with pytest.raises(ConfigError, match=r"(?s)unknown option 'learnig_rate'; did you mean 'learning_rate'\?.*'max_lenght'; did you mean 'max_length'"):
+    with pytest.raises(ConfigError, match=r"(?s)unknown option 'learnig_rate'; did you mean 'learning_rate'\?.*"
+                                           r"'max_lenght'; did you mean 'max_length'"):
         parse(["--config", recipe])
 
 
@@ -68,7 +69,8 @@ def test_every_shipped_recipe_loads(recipe, tmp_path):
 
 def test_resolved_config_reproduces_the_run(tmp_path):
     recipe = REPO / "recipe" / "configs" / "smoke.yaml"
-    *configs, _ = parse(["--config", str(recipe), "--output_dir", str(tmp_path / "o"), "--train_on_speakers", "Bob", "Alex"])
+    *configs, _ = parse(["--config", str(recipe), "--output_dir", str(tmp_path / "o"), "--train_on_speakers", "Bob",
+                         "Alex"])
     saved = tmp_path / "run_config.yaml"
     save_resolved_config(saved, *configs)
     assert "hub_token" not in saved.read_text()

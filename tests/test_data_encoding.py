@@ -1,7 +1,7 @@
 """Formatting, labels, windows, packing, batching, splits and caching of the data pipeline."""
 
-import torch
 import pytest
+import torch
 
 from conftest import ASSETS, SAMPLE_DATA, write
 from recipe.data import (
@@ -29,7 +29,8 @@ HELLO = dialogue(("Alex", "Hello, how are you?"), ("Bob", "Fine, you?"), ("Alex"
 def test_text_is_speaker_lines_then_eos(tokenizer, data_args):
     encoded = encode_dialogue(HELLO, tokenizer, data_args())
     (window,) = encoded.windows
-    assert tokenizer.decode(window.input_ids) == "Alex: Hello, how are you?\nBob: Fine, you?\nAlex: Good too.<|endoftext|>"
+    assert (tokenizer.decode(window.input_ids)
+            == "Alex: Hello, how are you?\nBob: Fine, you?\nAlex: Good too.<|endoftext|>")
     assert window.input_ids[-1] == tokenizer.eos_token_id
 
 
@@ -83,7 +84,8 @@ def test_train_on_speakers_masks_exactly_the_other_speakers(tokenizer, data_args
 
 
 def long_dialogue(turns=30):
-    return dialogue(*[("Alex" if i % 2 == 0 else "Bob", f"This is sentence number {i} of a long talk.") for i in range(turns)])
+    return dialogue(*[("Alex" if i % 2 == 0 else "Bob", f"This is sentence number {i} of a long talk.")
+                      for i in range(turns)])
 
 
 def non_special(window):
@@ -140,7 +142,8 @@ def test_split_is_deterministic_and_disjoint():
 
 def test_too_few_dialogues_for_a_split(tmp_path, data_args, tokenizer, caplog):
     path = write(tmp_path / "one.json", '[{"Alex": "hi", "Bob": "hello"}]')
-    with pytest.raises(DialogueDataError, match=r"one\.json has 1 valid dialogue: too few for a 20% validation split.*--validation_split_ratio 0"):
+    with pytest.raises(DialogueDataError, match=r"one\.json has 1 valid dialogue: too few for a 20% validation "
+                                                r"split.*--validation_split_ratio 0"):
         build_datasets(data_args(data_path=path), tokenizer)
     prepared = build_datasets(data_args(data_path=path, validation_split_ratio=0), tokenizer)
     assert len(prepared.train_examples) == 1 and prepared.validation_dataset is None
@@ -184,6 +187,7 @@ def token_losses(model, input_ids, labels, **inputs):
 def test_packed_dialogue_has_the_same_loss_as_alone(tokenizer, data_args, tiny_model):
     """Packing must not let dialogues see each other, nor drop or add a target."""
     import datasets
+
     from recipe.data import pack_batch
 
     dialogues = [
@@ -193,11 +197,14 @@ def test_packed_dialogue_has_the_same_loss_as_alone(tokenizer, data_args, tiny_m
     ]
     windows = [encode_dialogue(d, tokenizer, data_args()).windows[0] for d in dialogues]
     table = {"input_ids": [w.input_ids for w in windows], "labels": [w.labels for w in windows]}
-    packed = datasets.Dataset.from_dict(table).with_format("arrow").map(pack_batch, batched=True, fn_kwargs={"max_length": 256}, remove_columns=["input_ids", "labels"]).with_format(None)
+    packed = datasets.Dataset.from_dict(table).with_format("arrow").map(
+        pack_batch, batched=True, fn_kwargs={"max_length": 256}, remove_columns=["input_ids", "labels"]
+    ).with_format(None)
     assert len(packed) == 1
     batch = DialogueCollator(tokenizer.pad_token_id, padding="packing")([packed[0]])
     assert "attention_mask" not in batch
-    packed_losses, packed_mask = token_losses(tiny_model, batch["input_ids"], batch["labels"], position_ids=batch["position_ids"])
+    packed_losses, packed_mask = token_losses(tiny_model, batch["input_ids"], batch["labels"],
+                                              position_ids=batch["position_ids"])
     alone = []
     for w in windows:
         losses, mask = token_losses(tiny_model, torch.tensor([w.input_ids]), torch.tensor([w.labels]))
@@ -211,13 +218,16 @@ def test_packed_dialogue_has_the_same_loss_as_alone(tokenizer, data_args, tiny_m
 
 
 def test_packed_batch_with_padding_keeps_losses(tokenizer, data_args, tiny_model):
-    windows = [encode_dialogue(d, tokenizer, data_args()).windows[0] for d in (HELLO, dialogue(("A", "hi"), ("B", "yo")))]
-    features = [{"input_ids": w.input_ids, "labels": w.labels, "position_ids": list(range(len(w.input_ids)))} for w in windows]
+    windows = [encode_dialogue(d, tokenizer, data_args()).windows[0]
+               for d in (HELLO, dialogue(("A", "hi"), ("B", "yo")))]
+    features = [{"input_ids": w.input_ids, "labels": w.labels, "position_ids": list(range(len(w.input_ids)))}
+                for w in windows]
     batch = DialogueCollator(tokenizer.pad_token_id, padding="packing", pad_to_multiple_of=8)(features)
     assert batch["input_ids"].shape[1] % 8 == 0
     short = windows[1]
     with torch.no_grad():
-        padded = tiny_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[1, : len(short.input_ids)]
+        padded = tiny_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                            use_cache=False).logits[1, : len(short.input_ids)]
         alone = tiny_model(input_ids=torch.tensor([short.input_ids]), use_cache=False).logits[0]
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
 
@@ -249,7 +259,8 @@ def test_tokenization_cache_is_reused(tokenizer, data_args, monkeypatch):
     assert second.train_examples.cache_files == first.train_examples.cache_files
     # A changed option is a different fingerprint: it must tokenize again.
     with pytest.raises(AssertionError, match="tokenized again"):
-        build_datasets(data_args(data_path=str(ASSETS / "seed_format.json"), validation_split_ratio=0, max_length=100), tokenizer)
+        build_datasets(data_args(data_path=str(ASSETS / "seed_format.json"), validation_split_ratio=0, max_length=100),
+                       tokenizer)
 
 
 def test_a_second_preparation_comes_from_the_cache_without_reading_the_file(tokenizer, data_args, tmp_path,

@@ -32,7 +32,8 @@ def test_jsonl_mixes_every_shape_one_per_line(data_args):
     dialogues = result.dialogues
     assert [d.format for d in dialogues] == ["turns", "turns", "speaker_map", "messages"]
     assert turns_of(dialogues[1]) == [("Bob", "A bare list of turns"), ("Alex", "is one dialogue")]
-    assert turns_of(dialogues[2]) == [("Alex", "Seed format works"), ("Bob", "in JSON Lines too"), ("Alex", "with repeats")]
+    assert turns_of(dialogues[2]) == [("Alex", "Seed format works"), ("Bob", "in JSON Lines too"),
+                                      ("Alex", "with repeats")]
     assert turns_of(dialogues[3]) == [("User", "What time is it?"), ("Assistant", "Noon.")]
     assert dialogues[2].source.endswith("line 4")  # the blank line 3 is skipped, numbering is the file's
 
@@ -97,7 +98,8 @@ def test_hub_dataset_name_fails_fast_offline(data_args, monkeypatch):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('[{"Alex": "hi", "Bob": "yo"},\n {"Alex": "hi" "Bob": "x"}]', r"bad\.json line 2 column 16: invalid JSON \(Expecting ',' delimiter\)"),
+        ('[{"Alex": "hi", "Bob": "yo"},\n {"Alex": "hi" "Bob": "x"}]',
+         r"bad\.json line 2 column 16: invalid JSON \(Expecting ',' delimiter\)"),
         ('[{"Alex": "hi"}', r"bad\.json line 1 column 16: invalid JSON"),
         ('{"Alex": "a"}\n{"Bob": "b"}\n', r"bad\.json line 2 column 1: invalid JSON \(Extra data\).*name it \.jsonl"),
         ("  \n", r"bad\.json is empty"),
@@ -118,7 +120,8 @@ def test_malformed_jsonl_line(tmp_path, data_args):
 
 def test_non_utf8_names_byte_offset(tmp_path, data_args):
     path = write(tmp_path / "latin.json", '[{"Alex": "caf\xe9"}]'.encode("latin-1"))
-    with pytest.raises(DialogueDataError, match=r"latin\.json is not valid UTF-8: byte 0xe9 at offset 14 \(line 1\).*iconv"):
+    with pytest.raises(DialogueDataError,
+                       match=r"latin\.json is not valid UTF-8: byte 0xe9 at offset 14 \(line 1\).*iconv"):
         read_dialogues(path, data_args())
 
 
@@ -137,7 +140,8 @@ BAD_ENTRIES = [
     ("{}", r"entry \[1\] \(line 3\): empty dialogue"),
     ('{"Alex": 3}', r"entry \[1\] \(line 3\): turn 1 \(Alex\) has a value that is a number; it must be a string"),
     ('{"Alex": "hi", "Bob": "   "}', r"entry \[1\] \(line 3\): turn 2 \(Bob\) is empty"),
-    ('{"turns": [{"speaker": "A", "text": "x"}, {"text": "y"}]}', r'entry \[1\] \(line 3\): turn 2 has no "speaker" \(keys: \[\'text\'\]\); add it, or set --speaker_field'),
+    ('{"turns": [{"speaker": "A", "text": "x"}, {"text": "y"}]}',
+     r'entry \[1\] \(line 3\): turn 2 has no "speaker" \(keys: \[\'text\'\]\); add it, or set --speaker_field'),
     ('{"turns": [{"speaker": "A", "speaker": "B", "text": "x"}]}', r"turn 1 has the key 'speaker' twice"),
     ('{"turns": [{"speaker": "A", "words": "x"}]}', r'turn 1 \(A\) has no "text".*set --text_field'),
     ('{"messages": [{"content": "x"}]}', r'message 1 has no "role"'),
@@ -158,7 +162,8 @@ def test_bad_dialogue_errors_name_entry_and_fix(tmp_path, data_args, entry, mess
 
 def test_explicit_format_that_does_not_fit(tmp_path, data_args):
     path = write(tmp_path / "d.json", '[{"Alex": "hi", "Bob": "yo"}]')
-    with pytest.raises(DialogueDataError, match=r"has no 'turns' key \(keys: \['Alex', 'Bob'\]\); set --turns_field or --data_format"):
+    with pytest.raises(DialogueDataError,
+                       match=r"has no 'turns' key \(keys: \['Alex', 'Bob'\]\); set --turns_field or --data_format"):
         read_dialogues(path, data_args(data_format="turns"))
 
 
@@ -174,7 +179,8 @@ def test_skip_mode_counts_and_reports(tmp_path, data_args, caplog):
 
 def test_many_bad_dialogues_are_counted_not_all_listed(tmp_path, data_args):
     path = write(tmp_path / "d.jsonl", "{}\n" * 9 + '{"A": "x", "B": "y"}\n')
-    with pytest.raises(DialogueDataError, match=r"(?s)9 of 10 dialogues are invalid.*line 5: empty dialogue[^\n]*\n  \.\.\. and 4 more\n"):
+    with pytest.raises(DialogueDataError,
+                       match=r"(?s)9 of 10 dialogues are invalid.*line 5: empty dialogue[^\n]*\n  \.\.\. and 4 more\n"):
         read_dialogues(path, data_args())
 
 

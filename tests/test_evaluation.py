@@ -10,14 +10,16 @@ import pytest
 import torch
 
 from conftest import REPO
+from recipe.common.files import file_sha256
 from recipe.config import DataArguments, EvaluationArguments, GenerationArguments
 from recipe.data import Dialogue, encode_dialogue
-from recipe.evaluation import evaluate_model, load_model_for_evaluation, perplexity_by_speaker
-from recipe.metrics import DialoguePerplexity, distinct_n, repeat_share, token_f1
-from recipe.files import file_sha256
-from recipe.generation import Reply, cut_reply, generate_replies, read_prompts_file
+from recipe.evaluation.metrics import DialoguePerplexity, distinct_n, repeat_share, token_f1
+from recipe.evaluation.perplexity import perplexity_by_speaker
+from recipe.evaluation.run import evaluate_model
+from recipe.models.generation import Reply, cut_reply, generate_replies, read_prompts_file
+from recipe.models.trained import load_model_for_evaluation
+from recipe.training.run import run_training
 from test_training import parse, smoke_args
-from recipe.training import run_training
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,8 @@ def test_generation_stops_at_the_speaker_boundary(tmp_path):
     (reply,), = generate_replies(loaded.model, loaded.tokenizer, ["Alex: hi\nBob:"], greedy, "\n")
     assert reply == Reply("hello there friend", "turn_end", reply.new_tokens)
     assert reply.new_tokens < 10  # stopped at the boundary, not run on to max_new_tokens
-    (last,), = generate_replies(loaded.model, loaded.tokenizer, ["Alex: hi\nBob: hello there friend\nAlex:"], greedy, "\n")
+    (last,), = generate_replies(loaded.model, loaded.tokenizer, ["Alex: hi\nBob: hello there friend\nAlex:"], greedy,
+                                "\n")
     assert last.text == "bye now" and last.ended_by == "eos"  # the dialogue's end is learned too
 
 
@@ -229,8 +232,8 @@ def test_chat_through_standard_input(runs):
 
 
 def test_chat_history_is_trimmed_to_the_context(runs):
-    from recipe.evaluation import evaluation_data_args
-    from recipe.generation import ChatSession
+    from recipe.config import run_data_arguments
+    from recipe.models.generation import ChatSession
 
     loaded = load_model_for_evaluation(str(runs["full"]))
     session = ChatSession(loaded.model, loaded.tokenizer, DataArguments(), GenerationArguments(max_new_tokens=4),
@@ -240,11 +243,11 @@ def test_chat_history_is_trimmed_to_the_context(runs):
     prompt = session.prompt()
     assert len(loaded.tokenizer(prompt)["input_ids"]) <= 24
     assert "first message" not in prompt and "fourth one" in prompt and prompt.endswith("Bob:")
-    assert evaluation_data_args(None, None).turn_separator == "\n"
+    assert run_data_arguments(None, None).turn_separator == "\n"
 
 
 SCRIPT_NAMED_EVALUATE = """
-from recipe.metrics import DialoguePerplexity
+from recipe.evaluation.metrics import DialoguePerplexity
 print(DialoguePerplexity().compute(nll_sum=[2.0, 4.0], num_tokens=[2, 4])["perplexity"])
 """
 
@@ -264,8 +267,9 @@ def test_an_edited_data_file_is_not_called_the_same_quantity(tmp_path, data_args
     """The run's split is rebuilt from its data file: once the file changes, the evaluation says so, by SHA-256."""
     import yaml
 
-    from recipe.evaluation import LoadedModel, differences_from_training_eval
-    from recipe.run_dir import RunDir
+    from recipe.common.run_dir import RunDir
+    from recipe.evaluation.run import differences_from_training_eval
+    from recipe.models.trained import LoadedModel
 
     data = tmp_path / "dialogues.json"
     data.write_text(SAMPLE_DIALOGUES_TEXT)
@@ -285,7 +289,8 @@ def test_an_edited_data_file_is_not_called_the_same_quantity(tmp_path, data_args
 
     run.environment.unlink()  # a run directory without its records cannot vouch for its data
     (reason,) = differences_from_training_eval(EvaluationArguments(model_path=str(run.path)), args, loaded)
-    assert reason == f"{data} cannot be checked against the file the run trained on (environment.json records no SHA-256 of it)"
+    assert reason == (f"{data} cannot be checked against the file the run trained on (environment.json records no "
+                      "SHA-256 of it)")
 
 
 SAMPLE_DIALOGUES_TEXT = json.dumps([{"Alex": "Hello, how are you?", "Bob": "Fine, you?"}] * 10)

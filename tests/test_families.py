@@ -8,13 +8,15 @@ import torch
 
 from conftest import SAMPLE_DATA, SMOLLM2
 from families import FAMILIES, FAMILY_BY_NAME
-from recipe.config import ConfigError, DataArguments, GenerationArguments, ModelArguments
+from recipe.config import ConfigError, DataArguments, GenerationArguments, ModelArguments, run_data_arguments
 from recipe.data import IGNORE_INDEX, Dialogue, DialogueDataError, build_datasets, encode_dialogue
-from recipe.evaluation import evaluation_data_args, load_model_for_evaluation, perplexity_by_speaker
-from recipe.generation import build_prompt, generate_replies, turn_end
-from recipe.modeling import get_model, get_tokenizer
-from recipe.packing_check import check_packing_isolation
-from recipe.training import build_trainer, run_training
+from recipe.data.packing_check import check_packing_isolation
+from recipe.evaluation.perplexity import perplexity_by_speaker
+from recipe.models.generation import build_prompt, generate_replies, turn_end
+from recipe.models.loading import get_model, get_tokenizer
+from recipe.models.trained import load_model_for_evaluation
+from recipe.training.run import run_training
+from recipe.training.trainer import build_trainer
 from test_training import parse, smoke_args
 
 EVERY_FAMILY = pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
@@ -66,7 +68,8 @@ def test_eos_ends_every_dialogue_exactly_once_and_carries_loss(family, family_di
         assert window.labels[1:] == window.input_ids[1:]  # every token after the first is predicted
     # Over a data set: every dialogue's EOS is a target, and no predicted token is lost (on main, a
     # tokenizer that appends EOS lost it: 453 predicted tokens where 463 exist for 10 dialogues).
-    prepared = build_datasets(data_args(data_path=str(SAMPLE_DATA), max_dialogues=10, validation_split_ratio=0), tokenizer)
+    prepared = build_datasets(data_args(data_path=str(SAMPLE_DATA), max_dialogues=10, validation_split_ratio=0),
+                              tokenizer)
     train = prepared.report["train"]
     assert train["labels"]["dialogues_with_eos_in_loss"] == train["dialogues"] == 10
     assert train["loss_tokens"] == train["tokens"] - train["examples"]
@@ -170,7 +173,7 @@ def test_a_trained_model_stops_at_the_end_of_its_turn_and_its_perplexity_is_exac
     run = train_by_heart(family, family_dir, tmp_path)
     loaded = load_model_for_evaluation(str(run.output_dir))
     model, tokenizer = loaded.model, loaded.tokenizer
-    args = evaluation_data_args(loaded.run_dir.read_config(), None)  # the run's formatting, as evaluate.py reads it
+    args = run_data_arguments(loaded.run_dir.read_config(), None)  # the run's formatting, as evaluate.py reads it
 
     prompt = build_prompt(["Alex"], ["hi"], "Bob", args, tokenizer)
     separator, turn_end_ids = turn_end(args, tokenizer)
@@ -226,7 +229,8 @@ def test_lora_defaults_fit_the_family_and_the_adapter_saves_merges_and_reloads(f
 
 def test_a_model_that_mixes_packed_dialogues_is_refused_before_the_first_step(family_dir, tmp_path):
     """OPT builds a plain causal mask whatever the positions: packing would train on cross-talk."""
-    with pytest.raises(ConfigError, match=r"opt \(OPTForCausalLM\) does not keep packed dialogues apart.*--padding longest"):
+    with pytest.raises(ConfigError,
+                       match=r"opt \(OPTForCausalLM\) does not keep packed dialogues apart.*--padding longest"):
         run_training(*parse(*smoke_args(tmp_path, "--model_name_or_path", str(family_dir("opt")))))
     assert not list((tmp_path / "run").glob("checkpoint-*")) and not (tmp_path / "run" / "trainer_state.json").exists()
 
@@ -343,4 +347,5 @@ def test_a_tokenizer_whose_pieces_depend_on_their_place_is_refused_for_such_a_me
     assert encode_dialogue(dialogue(("Alex", "hi there"), ("Bob", "fine")), tokenizer, args).windows
     with pytest.raises(DialogueDataError, match=r"^x\.json entry \[3\]: a message contains '</s>', a special token of "
                                                 r"this tokenizer.*unset --use_chat_template"):
-        encode_dialogue(dialogue(("Alex", "hi </s> there"), ("Bob", "fine"), source="x.json entry [3]"), tokenizer, args)
+        encode_dialogue(dialogue(("Alex", "hi </s> there"), ("Bob", "fine"), source="x.json entry [3]"), tokenizer,
+                        args)

@@ -12,13 +12,20 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from recipe.config import ConfigError, EvaluationArguments, GenerationArguments, TrackingArguments
+from recipe.common.files import file_sha256
+from recipe.common.run_dir import RunDir
+from recipe.config import (
+    ConfigError,
+    EvaluationArguments,
+    GenerationArguments,
+    TrackingArguments,
+    run_data_arguments,
+    run_model_arguments,
+)
 from recipe.data import load_dialogue_splits
-from recipe.evaluation import evaluate_model, evaluation_data_args, run_model_arguments
-from recipe.files import file_sha256
-from recipe.generation import prompts_from_dialogues
-from recipe.modeling import get_tokenizer
-from recipe.run_dir import RunDir
+from recipe.evaluation.run import evaluate_model
+from recipe.models.generation import prompts_from_dialogues
+from recipe.models.loading import get_tokenizer
 from recipe.tracking import read_samples
 from recipe.tracking.training_replies import TABLE_COLUMNS
 from test_tracking import SMOKE_LORA, read_offline_run, series, train_tracked
@@ -65,7 +72,7 @@ def test_every_evaluation_answers_the_evaluation_scripts_prompts(pair):
 
     # The prompts are the evaluation script's own: the same builder on the same validation split.
     config = RunDir(full).read_config()
-    data_args = evaluation_data_args(config, None)
+    data_args = run_data_arguments(config, None)
     tokenizer = get_tokenizer(run_model_arguments(RunDir(full)))
     expected = prompts_from_dialogues(load_dialogue_splits(data_args).validation, data_args, tokenizer, 3, 1)
     assert [row["prompt"] for row in rows[:3]] == [p.prompt for p in expected]

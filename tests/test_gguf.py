@@ -1,4 +1,4 @@
-"""A GGUF file as the base: dequantized once into a float folder (recipe/gguf.py) that trains, checkpoints,
+"""A GGUF file as the base: dequantized once into a float folder (recipe/models/gguf_base.py) that trains, checkpoints,
 resumes, merges and loads in stock clients like any other base. The GGUFs are tiny Llamas written offline
 (tests/gguf_fixture.py), F32 where logits must match exactly, Q8_0 where a real quantisation is recorded."""
 
@@ -11,11 +11,11 @@ import torch
 
 from conftest import REPO
 from gguf_fixture import write_tiny_llama_gguf
+from recipe.common.files import file_sha256
 from recipe.config import ConfigError, ModelArguments
-from recipe.files import file_sha256
-from recipe.modeling import get_model, get_tokenizer
+from recipe.models.loading import get_model, get_tokenizer
+from recipe.training.run import run_training
 from test_training import parse, smoke_args
-from recipe.training import run_training
 
 SMOKE_LORA = REPO / "recipe" / "configs" / "smoke-lora.yaml"
 INPUTS = torch.tensor([[265, 26, 1371, 12, 553, 338, 284, 31, 199, 266, 26]])
@@ -56,12 +56,12 @@ def test_a_gguf_base_gives_its_models_logits_and_is_dequantized_once_per_file(tm
     assert provenance["gguf_sha256"] == file_sha256(path) and provenance["source"] == "gguf"
     assert provenance["architecture"] == "llama" and provenance["dequantized_to"] == "float32"
 
-    import recipe.gguf
+    import recipe.models.gguf_base
 
     def no_second_conversion(*args, **kwargs):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(recipe.gguf, "write_dequantized", no_second_conversion)
+    monkeypatch.setattr(recipe.models.gguf_base, "write_dequantized", no_second_conversion)
     torch.testing.assert_close(logits(load(path, tmp_path / "cache")), logits(held))
     monkeypatch.undo()
     edited = write_tiny_llama_gguf(path, "F32", seed=1)  # another file under the same name: converted anew
@@ -79,9 +79,9 @@ def test_a_folder_with_gguf_file_and_the_errors_that_name_the_file(q8_base, tmp_
 
 
 def test_without_the_gguf_package_the_error_names_the_extra(q8_base, tmp_path, monkeypatch):
-    import recipe.gguf
+    import recipe.models.gguf_base
 
-    recipe.gguf._describe.cache_clear()
+    recipe.models.gguf_base._describe.cache_clear()
     monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf raises ImportError
     with pytest.raises(ConfigError, match=r"needs the gguf package: pip install"):
         load(q8_base, tmp_path / "cache")
@@ -91,7 +91,7 @@ def test_lora_on_a_gguf_base_checkpoints_merges_and_loads_in_stock_clients(q8_ba
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    from recipe.evaluation import load_model_for_evaluation
+    from recipe.models.trained import load_model_for_evaluation
 
     result = gguf_train(tmp_path, q8_base, "--config", str(SMOKE_LORA), "--merge_lora", "true",
                         "--num_train_epochs", "1", output="lora")

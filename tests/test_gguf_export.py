@@ -1,4 +1,4 @@
-"""GGUF export (recipe/gguf_export.py): one file per model that transformers' GGUF reader loads back to the run's
+"""GGUF export (recipe/export/gguf_export.py): one file per model that transformers' GGUF reader loads back to the run's
 logits and perplexity, with the tokenizer, the special tokens and the run's dialogue format (its chat template, or
 a Jinja template writing `Speaker: text` turns as training did), an Ollama Modelfile beside it, and the families
 it does not write refused in one line.
@@ -21,17 +21,13 @@ import torch
 
 from conftest import REPO
 from families import FAMILY_BY_NAME
+from recipe.common.run_dir import modelfile_of
 from recipe.config import ConfigError, DataArguments, EvaluationArguments, ModelArguments
-from recipe.gguf_export import (
-    GGUFExportArguments,
-    dialogue_format,
-    export_gguf,
-    go_template,
-    modelfile_of,
-)
-from recipe.generation import build_prompt
-from recipe.modeling import get_model, get_tokenizer
-from recipe.training import run_training
+from recipe.export.dialogue_format import dialogue_format, go_template
+from recipe.export.gguf_export import GGUFExportArguments, export_gguf
+from recipe.models.generation import build_prompt
+from recipe.models.loading import get_model, get_tokenizer
+from recipe.training.run import run_training
 from test_training import parse, smoke_args
 
 gguf = pytest.importorskip("gguf")
@@ -205,16 +201,18 @@ def train(root, *extra, output):
 
 def validation_perplexity(model, tokenizer, run_dir):
     """scripts/evaluate.py's perplexity over the run's validation split, for any model and tokenizer."""
-    from recipe.evaluation import evaluation_data_args, evaluation_dialogues, perplexity_by_speaker
-    from recipe.run_dir import RunDir
+    from recipe.common.run_dir import RunDir
+    from recipe.config import run_data_arguments
+    from recipe.evaluation.perplexity import perplexity_by_speaker
+    from recipe.evaluation.run import evaluation_dialogues
 
-    data_args = evaluation_data_args(RunDir(run_dir).read_config(), None)
+    data_args = run_data_arguments(RunDir(run_dir).read_config(), None)
     dialogues, _ = evaluation_dialogues(EvaluationArguments(model_path=str(run_dir)), data_args)
     return perplexity_by_speaker(model, tokenizer, dialogues, data_args)["perplexity"]
 
 
 def check_round_trip(run_dir, tmp_path, **options):
-    from recipe.gguf_export import load_model_for_export
+    from recipe.export.gguf_export import load_model_for_export
 
     model, tokenizer, _ = load_model_for_export(str(run_dir))
     reference = validation_perplexity(model, tokenizer, run_dir)
@@ -229,7 +227,8 @@ def test_a_full_run_exports_into_its_directory_and_its_card_lists_the_file(tmp_p
     run = train(tmp_path, output="full").output_dir
     check_round_trip(run, tmp_path)
     result = export(run, "q8_0")
-    assert result.path == run / "gguf" / "full.Q8_0.gguf" and result.kind == "full" and result.cards == [run / "README.md"]
+    assert result.path == run / "gguf" / "full.Q8_0.gguf" and result.kind == "full"
+    assert result.cards == [run / "README.md"]
     card = (run / "README.md").read_text()
     assert "## GGUF (llama.cpp, Ollama, LM Studio)" in card and "| `full.Q8_0.gguf` | Q8_0 |" in card
     assert f"ollama create full -f {run / 'gguf' / 'full.Q8_0.Modelfile'}" in card
@@ -242,7 +241,7 @@ def test_a_lora_run_with_a_chat_template_is_merged_in_memory(family_dir, tmp_pat
                 "--use_chat_template", "true", "--role_to_speaker", *ROLES, "--lora_dropout", "0",
                 "--learning_rate", "1e-2", output="lora").output_dir
     model, tokenizer = check_round_trip(run, tmp_path)
-    from recipe.evaluation import load_model_for_evaluation
+    from recipe.models.trained import load_model_for_evaluation
 
     adapter = load_model_for_evaluation(str(run), dtype="float32").model
     ids = tokenizer(TEXT)["input_ids"]
@@ -255,9 +254,9 @@ def test_a_lora_run_with_a_chat_template_is_merged_in_memory(family_dir, tmp_pat
 
 def test_a_qlora_run_is_merged_on_its_full_precision_base(tmp_path):
     pytest.importorskip("bitsandbytes")
-    from recipe.evaluation import load_model_for_evaluation
-
     from transformers import AutoModelForCausalLM
+
+    from recipe.models.trained import load_model_for_evaluation
 
     run = train(tmp_path, "--config", str(SMOKE_LORA), "--load_in_4bit", "true", "--merge_lora", "true",
                 output="qlora").output_dir

@@ -1,4 +1,4 @@
-"""The chunked LM loss (recipe/loss.py) gives the model's own loss and gradients: for every model
+"""The chunked LM loss (recipe/models/loss.py) gives the model's own loss and gradients: for every model
 family, with LoRA, in bf16, and it falls back to the model's own loss where it does not apply."""
 
 import logging
@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 
-from recipe.loss import ChunkedCausalLMLoss, fast_path_problem, linear_cross_entropy
-from recipe.metrics import sequence_nll
+from recipe.evaluation.metrics import sequence_nll
+from recipe.models.loss import ChunkedCausalLMLoss, fast_path_problem, linear_cross_entropy
 
 SMALL = {"num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 128}
 LLAMA_LIKE = SMALL | {"hidden_size": 32, "intermediate_size": 64, "num_key_value_heads": 2}
@@ -89,7 +89,7 @@ def test_chunked_loss_equals_the_models_own_loss_and_gradients(family, tokenizer
 
 def test_lora_model_gets_the_same_adapter_gradients(tokenizer):
     from recipe.config import LoraArguments
-    from recipe.modeling import apply_lora
+    from recipe.models.lora import apply_lora
 
     model = apply_lora(tiny_model("gpt2", len(tokenizer)), LoraArguments(use_lora=True, lora_r=4, lora_dropout=0.0))
     with torch.no_grad():  # adapters start at zero; move them so that every gradient path is exercised
@@ -152,7 +152,7 @@ def test_models_whose_logits_are_transformed_fall_back_to_their_own_loss(tokeniz
     scaled.load_state_dict(model.state_dict())
     batch = packed_batch(tokenizer)
     chunked = ChunkedCausalLMLoss()
-    with caplog.at_level(logging.WARNING, logger="recipe.loss"):
+    with caplog.at_level(logging.WARNING, logger="recipe.models.loss"):
         loss = chunked.forward_for(scaled)(**batch, use_cache=False).loss
     assert not chunked.active and "logits differ" in caplog.text
     with torch.no_grad():
@@ -161,12 +161,11 @@ def test_models_whose_logits_are_transformed_fall_back_to_their_own_loss(tokeniz
 
 
 def trainer_for(tmp_path, tokenizer, data_args, **options):
+    from conftest import OFFLINE_MODEL
     from recipe.config import DialogueTrainingArguments, ModelArguments
     from recipe.data import build_datasets
-    from recipe.modeling import get_model
-    from recipe.training import build_trainer
-
-    from conftest import OFFLINE_MODEL
+    from recipe.models.loading import get_model
+    from recipe.training.trainer import build_trainer
 
     data = data_args(max_dialogues=60)
     prepared = build_datasets(data, tokenizer)
@@ -205,7 +204,7 @@ def test_chunked_loss_runs_in_the_trainers_mixed_precision(tmp_path, tokenizer, 
 
 @pytest.mark.parametrize("family", ["gpt2", "Gemma2Config"])  # the chunked path, and the fallback (soft-capping)
 def test_label_nll_for_evaluation_equals_the_logits_cross_entropy(family, tokenizer):
-    from recipe.loss import label_nll
+    from recipe.models.loss import label_nll
 
     model = tiny_model(family, len(tokenizer), **({"head_dim": 8} if family != "gpt2" else {}))
     batch = packed_batch(tokenizer)

@@ -17,11 +17,12 @@ import torch
 import yaml
 
 from conftest import REPO, SAMPLE_DATA
-from recipe.evaluation import load_model_for_evaluation
+from recipe.common.run_dir import RunDir
+from recipe.models.trained import load_model_for_evaluation
 from recipe.tracking import build_model_card
 from recipe.tracking.hub_push import PUSH_IGNORE_PATTERNS
+from recipe.training.run import run_training
 from test_training import losses, parse, smoke_args
-from recipe.training import run_training
 
 SMOKE_LORA = REPO / "recipe" / "configs" / "smoke-lora.yaml"
 PROMPT = "Alex: hi\nBob: hello there friend\nAlex:"
@@ -146,11 +147,12 @@ def test_an_adapter_on_a_hub_base_loads_on_the_revision_it_was_trained_on(hub_ba
 
 
 def test_evaluation_loads_the_base_as_training_did(hub_base_run, monkeypatch):
-    import recipe.modeling
+    import recipe.models.trained
 
     seen = []
-    real_get_model = recipe.modeling.get_model
-    monkeypatch.setattr(recipe.modeling, "get_model", lambda args, tok: seen.append(args) or real_get_model(args, tok))
+    real_get_model = recipe.models.trained.get_model
+    monkeypatch.setattr(recipe.models.trained, "get_model",
+                        lambda args, tok, *source: seen.append(args) or real_get_model(args, tok, *source))
     loaded = load_model_for_evaluation(str(hub_base_run))
     (args,) = seen  # the base, through the same loader as training
     assert (args.model_name_or_path, args.model_revision, args.trust_remote_code, args.attn_implementation,
@@ -207,13 +209,14 @@ def test_the_pushed_cards_code_loads_a_random_base_from_the_adapter_repo(runs, t
 
     fake_hub_cache(tmp_path / "hub", "me/smoke-lora", {"main": runs["lora"]})  # what a push of the run uploads
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    code = re.search(r"```python\n(.*?)```", build_model_card(runs["lora"], hub_model_id="me/smoke-lora").text,
+    code = re.search(r"```python\n(.*?)```", build_model_card(RunDir(runs["lora"]), hub_model_id="me/smoke-lora").text,
                      re.S).group(1)
     assert 'GPT2LMHeadModel.from_pretrained("me/smoke-lora", subfolder="base_model")' in code
     monkeypatch.chdir(tmp_path)
     namespace, _ = run_code(code)
     assert isinstance(namespace["model"], PeftModel)
-    torch.testing.assert_close(logits(namespace["model"].eval()), logits(load_model_for_evaluation(str(runs["lora"])).model))
+    torch.testing.assert_close(logits(namespace["model"].eval()),
+                               logits(load_model_for_evaluation(str(runs["lora"])).model))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ def test_prepare_data_reports_bad_input_and_skips_on_request(tmp_path):
     skipped = run_script(*common, "--on_bad_dialogue", "skip")
     assert skipped.returncode == 0, skipped.stderr
     report = json.loads((tmp_path / "p" / "data_report.json").read_text())
-    assert report["skipped"] == {"count": 1, "first": [{"where": f"{data} line 2", "reason": "turn 1 (Alex) has a value that is a number; it must be a string"}]}
+    reason = "turn 1 (Alex) has a value that is a number; it must be a string"
+    assert report["skipped"] == {"count": 1, "first": [{"where": f"{data} line 2", "reason": reason}]}
 
 
 def test_prepare_data_without_hub_fails_fast_with_the_offline_way(tmp_path):

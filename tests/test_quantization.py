@@ -11,11 +11,11 @@ from safetensors import safe_open
 
 from conftest import REPO
 from recipe.config import ConfigError, LoraArguments, ModelArguments
-from recipe.evaluation import load_model_for_evaluation
-from recipe.quantization import is_quantized
+from recipe.models.quantization import is_quantized
+from recipe.models.trained import load_model_for_evaluation
+from recipe.training.run import run_training
 from test_outputs import card_code, logits, run_code
 from test_training import losses, parse, smoke_args
-from recipe.training import run_training
 
 pytest.importorskip("bitsandbytes")
 
@@ -117,8 +117,8 @@ def test_8bit_lora_trains_adapters_and_evaluates_in_8_bits(tmp_path):
 def test_qlora_on_a_llama_base_with_bf16_matmuls_and_gradient_checkpointing(family_dir, tmp_path):
     """bf16 4-bit matmuls (the compute dtype follows --bf16) pass the packing check, which runs them in float32."""
     result = train(tmp_path, "--config", str(SMOKE_LORA), "--model_name_or_path", str(family_dir("llama3")),
-                   "--load_in_4bit", "true", "--gradient_checkpointing", "true", "--bf16", "true", "--max_dialogues", "30",
-                   "--num_train_epochs", "1", output="llama")
+                   "--load_in_4bit", "true", "--gradient_checkpointing", "true", "--bf16", "true",
+                   "--max_dialogues", "30", "--num_train_epochs", "1", output="llama")
     assert result.train_metrics["trainable_parameters"] > 0
     assert json.loads((result.output_dir / "adapter_config.json").read_text())["target_modules"]
 
@@ -130,9 +130,9 @@ def test_qlora_on_a_llama_base_with_bf16_matmuls_and_gradient_checkpointing(fami
 def qlora_model(family_dir, family="llama3", dropout=0.0, bf16=False, quantized=True):
     """A 4-bit (or float) tiny base with LoRA adapters whose B matrices are not zero (so every adapter gets a
     gradient)."""
-    from recipe.modeling import apply_lora, get_model, get_tokenizer
-    from recipe.quantization import get_quantized_base
     from recipe.config import DialogueTrainingArguments
+    from recipe.models.loading import get_model, get_tokenizer
+    from recipe.models.lora import apply_lora, get_quantized_base
 
     folder = family_dir(family)
     model_args = ModelArguments(model_name_or_path=str(folder), random_init=True, load_in_4bit=quantized)
@@ -197,7 +197,7 @@ def test_float32_compute_runs_the_4bit_matmuls_of_a_bf16_run_in_float32(family_d
     SmolLM2-135M's log-probabilities, measured) as dialogues leaking into each other."""
     import bitsandbytes
 
-    from recipe.quantization import float32_compute
+    from recipe.data.packing_check import float32_compute
 
     model = qlora_model(family_dir, bf16=True)
     layer = next(m for m in model.modules() if isinstance(m, bitsandbytes.nn.Linear4bit))
@@ -212,15 +212,17 @@ def test_float32_compute_runs_the_4bit_matmuls_of_a_bf16_run_in_float32(family_d
 
 
 def test_the_disk_estimate_counts_the_merged_model_at_full_precision(family_dir, tmp_path):
+    from recipe.common.run_dir import RunDir
     from recipe.config import DialogueTrainingArguments
-    from recipe.modeling import count_parameters
-    from recipe.output_dir import estimated_bytes
+    from recipe.models.loading import count_parameters
+    from recipe.training.output_dir import estimated_bytes
 
     model = qlora_model(family_dir)
     args = DialogueTrainingArguments(output_dir=str(tmp_path / "run"), save_strategy="no", eval_strategy="no",
                                      load_best_model_at_end=False, report_to="none")
-    merged = estimated_bytes(model, args, LoraArguments(use_lora=True, merge_lora=True), 10, None)["final"]
-    adapter = estimated_bytes(model, args, LoraArguments(use_lora=True), 10, None)["final"]
+    run = RunDir(args.output_dir)
+    merged = estimated_bytes(run, model, args, LoraArguments(use_lora=True, merge_lora=True), 10, None)["final"]
+    adapter = estimated_bytes(run, model, args, LoraArguments(use_lora=True), 10, None)["final"]
     assert merged - adapter == count_parameters(model)[1] * 4  # every weight in float32, not its packed bytes
 
 
@@ -230,13 +232,13 @@ def test_the_disk_estimate_counts_the_merged_model_at_full_precision(family_dir,
 
 @pytest.fixture
 def no_model_loads(monkeypatch):
-    import recipe.training
+    import recipe.training.run
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model or tokenizer was loaded")
 
     for name in ("get_model", "get_tokenizer", "get_quantized_base"):
-        monkeypatch.setattr(recipe.training, name, refuse)
+        monkeypatch.setattr(recipe.training.run, name, refuse)
 
 
 def test_a_kbit_base_without_lora_is_refused(tmp_path, no_model_loads):
@@ -250,10 +252,10 @@ def test_a_kbit_base_without_lora_is_refused(tmp_path, no_model_loads):
 def test_a_machine_without_bitsandbytes_is_told_the_package_and_the_platforms(tmp_path, no_model_loads, monkeypatch):
     import importlib.util
 
-    import recipe.quantization
+    import recipe.models.quantization
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(recipe.quantization.importlib.util, "find_spec",
+    monkeypatch.setattr(recipe.models.quantization.importlib.util, "find_spec",
                         lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
     with pytest.raises(ConfigError, match=r"needs the bitsandbytes package.*pip install -e '\.\[qlora\]'.*NVIDIA GPUs"):
         train(tmp_path, *QLORA, output="run")

@@ -16,9 +16,9 @@ import torch
 from conftest import REPO, SMOLLM2
 from recipe.config import ModelArguments, TrackingArguments
 from recipe.data import IGNORE_INDEX, Dialogue, build_datasets, encode_dialogue
-from recipe.modeling import get_model, get_tokenizer
+from recipe.models.loading import get_model, get_tokenizer
+from recipe.training.run import run_training
 from test_training import parse
-from recipe.training import run_training
 
 pytestmark = pytest.mark.skipif(
     not (SMOLLM2 / "config.json").is_file(),
@@ -73,7 +73,7 @@ def test_a_few_steps_lower_the_validation_loss_below_the_bases(trained, mode):
 def test_the_lora_adapter_loads_in_stock_peft_with_the_recipes_logits(trained):
     from peft import AutoPeftModelForCausalLM
 
-    from recipe.evaluation import load_model_for_evaluation
+    from recipe.models.trained import load_model_for_evaluation
 
     out = trained["lora"].output_dir
     stock = AutoPeftModelForCausalLM.from_pretrained(str(out)).eval()
@@ -86,12 +86,14 @@ def test_the_lora_adapter_loads_in_stock_peft_with_the_recipes_logits(trained):
 def test_evaluation_equals_an_independent_computation(trained, smol_tokenizer):
     """evaluate.py's perplexity over the run's validation split against a forward pass per dialogue window,
     the log-probability of every token after the first summed by hand (no recipe code on the model side)."""
-    from recipe.evaluation import evaluation_data_args, load_model_for_evaluation, perplexity_by_speaker
+    from recipe.config import run_data_arguments
     from recipe.data import load_dialogue_splits
+    from recipe.evaluation.perplexity import perplexity_by_speaker
+    from recipe.models.trained import load_model_for_evaluation
 
     out = trained["full"].output_dir
     loaded = load_model_for_evaluation(str(out), dtype="float32")
-    data_args = evaluation_data_args(json_config(out), None)
+    data_args = run_data_arguments(json_config(out), None)
     validation = load_dialogue_splits(data_args).validation
     figures = perplexity_by_speaker(loaded.model, loaded.tokenizer, validation, data_args, batch_size=4)
     nll, count = 0.0, 0
@@ -135,7 +137,7 @@ def test_smollm2s_template_keeps_headers_out_of_the_loss_and_im_end_in_it(smol_t
 
 @pytest.mark.parametrize("use_chat_template", [False, True])
 def test_the_packing_check_passes_on_smollm2(smol_model, smol_tokenizer, data_args, use_chat_template):
-    from recipe.packing_check import check_packing_isolation
+    from recipe.data.packing_check import check_packing_isolation
 
     args = data_args(data_path=str(REPO / "data" / "sample_dialogues.json"), max_dialogues=40,
                      use_chat_template=use_chat_template, role_to_speaker=ROLES if use_chat_template else None)
@@ -145,10 +147,12 @@ def test_the_packing_check_passes_on_smollm2(smol_model, smol_tokenizer, data_ar
 
 
 def test_the_gguf_and_the_folder_made_from_it_give_the_same_logits(smol_model, tmp_path):
-    provenance = json.loads((SMOLLM2 / "provenance.json").read_text()) if (SMOLLM2 / "provenance.json").is_file() else {}
+    record = SMOLLM2 / "provenance.json"
+    provenance = json.loads(record.read_text()) if record.is_file() else {}
     gguf_file = Path(provenance.get("gguf_file", ""))
     if provenance.get("source") != "gguf" or not gguf_file.is_file():
-        pytest.skip(f"{SMOLLM2} was not made from a GGUF file that is still on disk (provenance: {provenance.get('source')})")
+        pytest.skip(f"{SMOLLM2} was not made from a GGUF file that is still on disk (provenance: "
+                    f"{provenance.get('source')})")
     model_args = ModelArguments(model_name_or_path=str(gguf_file), gguf_cache_dir=str(tmp_path / "gguf"))
     from_gguf = get_model(model_args, get_tokenizer(model_args)).eval()
     inputs = torch.tensor([[19556, 28, 638, 359, 346, 47]])
@@ -160,7 +164,7 @@ def test_the_lora_run_exports_to_one_gguf_that_loads_back_with_its_logits_and_pe
     """scripts/export_gguf.py on a real base: the adapter merged in memory, written in f16, read back by transformers'
     GGUF reader (tokenizer included) within f16's rounding, and the validation perplexity within 1%."""
     pytest.importorskip("gguf")
-    from recipe.gguf_export import GGUFExportArguments, export_gguf, load_model_for_export
+    from recipe.export.gguf_export import GGUFExportArguments, export_gguf, load_model_for_export
     from test_gguf_export import load_gguf, validation_perplexity
 
     out = trained["lora"].output_dir

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from recipe.common.run_dir import RunDir
+from recipe.comparison.sweep import grid_cells, run_sweep, train_arguments
 from recipe.config import ConfigError, SweepArguments
-from recipe.run_dir import RunDir
-from recipe.sweep import grid_cells, run_sweep, train_arguments
 from test_tracking import read_offline_run
 
 SMOKE, SMOKE_LORA = "recipe/configs/smoke.yaml", "recipe/configs/smoke-lora.yaml"
@@ -133,7 +133,7 @@ def finished_run(tmp_path_factory):
 
 
 def test_a_failed_cell_stays_failed_until_asked_and_the_report_names_it(tmp_path, finished_run, monkeypatch):
-    import recipe.sweep
+    import recipe.comparison.sweep
 
     calls = []
 
@@ -146,7 +146,7 @@ def test_a_failed_cell_stays_failed_until_asked_and_the_report_names_it(tmp_path
             return 0
         return 1
 
-    monkeypatch.setattr(recipe.sweep, "run_child", child)
+    monkeypatch.setattr(recipe.comparison.sweep, "run_child", child)
     secret = "hf_" + "s3cr3t" * 6
     args = SweepArguments(sweep_dir=str(tmp_path / "sweep"), grid=["lora_r=8", "learning_rate_scale=1"],
                           evaluate=False, train_options=["--hub_token", secret])

@@ -16,15 +16,20 @@ import pytest
 import yaml
 
 from conftest import REPO
+from recipe.common.redaction import redact_command
+from recipe.common.run_dir import RunDir
 from recipe.config import (
     ConfigError,
     DataArguments,
     DialogueTrainingArguments,
+    EvaluationArguments,
+    GenerationArguments,
     LoraArguments,
     ModelArguments,
     RecipeParser,
     TrackingArguments,
 )
+from recipe.evaluation.run import evaluate_model, log_results_to_wandb
 from recipe.tracking import (
     CARD_TAG,
     HubPushError,
@@ -35,11 +40,8 @@ from recipe.tracking import (
     log_evaluation_to_wandb,
     push_run_to_hub,
 )
-from recipe.config import EvaluationArguments, GenerationArguments
-from recipe.evaluation import evaluate_model, log_results_to_wandb
-from recipe.redaction import redact_command
-from recipe.environment import environment_record
-from recipe.training import run_training
+from recipe.training.environment import environment_record
+from recipe.training.run import run_training
 from test_training import smoke_args
 
 SMOKE_LORA = REPO / "recipe" / "configs" / "smoke-lora.yaml"
@@ -211,7 +213,8 @@ def test_a_lora_run_sits_in_the_lora_group_under_the_same_metric_names(tmp_path,
 
     card = ModelCard.load(result.output_dir / "README.md")
     assert card.data.library_name == "peft" and CARD_TAG in card.data.tags and "lora" in card.data.tags
-    assert f'AutoPeftModelForCausalLM.from_pretrained("{result.output_dir}")' in card.text  # tests/test_outputs.py runs it
+    # tests/test_outputs.py runs it
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{result.output_dir}")' in card.text
     merged = ModelCard.load(result.output_dir / "merged" / "README.md")  # merged/ gets a card of its own
     assert merged.data.library_name == "transformers"
     assert f'AutoModelForCausalLM.from_pretrained("{result.output_dir}/merged")' in merged.text
@@ -310,8 +313,8 @@ def test_posthoc_evaluation_has_its_own_names_and_records_its_data(wandb_run, tm
     eval_args = EvaluationArguments(model_path=str(run_dir), num_samples=2, output_file=str(tmp_path / "e.json"))
     results = evaluate_model(eval_args, GenerationArguments(max_new_tokens=4))
     assert results["differs_from_training_eval"] == []  # the run's split, every token, fp32 as trained
-    assert results["perplexity"]["token_loss"] == pytest.approx(read_json(run_dir / "eval_results.json")["eval_token_loss"],
-                                                                rel=1e-4)
+    trained = read_json(run_dir / "eval_results.json")["eval_token_loss"]
+    assert results["perplexity"]["token_loss"] == pytest.approx(trained, rel=1e-4)
     data = results["data"]
     assert (data["data_path"], data["split"], data["num_dialogues"], data["train_on_speakers_ignored"]) == (
         "data/sample_dialogues.json", "validation", 16, False)
@@ -324,7 +327,8 @@ def test_posthoc_evaluation_has_its_own_names_and_records_its_data(wandb_run, tm
     assert series(history, "posthoc_eval/token_loss") == [results["perplexity"]["token_loss"]]
     assert not [key for row in history for key in row if key.startswith("eval/")]  # the Trainer's names stay its own
     assert config["posthoc_eval"] == summary["posthoc_eval/source"]
-    assert {k: config["posthoc_eval"][k] for k in data} == data and config["posthoc_eval"]["differs_from_training_eval"] == []
+    assert {k: config["posthoc_eval"][k] for k in data} == data
+    assert config["posthoc_eval"]["differs_from_training_eval"] == []
 
     # Another quantity: every speaker's tokens of a run that trained on Bob's only.
     recipe_file = tmp_path / "bob.yaml"
@@ -389,7 +393,7 @@ def test_model_card_metadata_for_a_hub_base_model_and_dataset(wandb_run, tmp_pat
     config.update(model_name_or_path="distilgpt2", random_init=False, data_path="someone/dialogues",
                   use_lora=True, lora_r=16, lora_alpha=32)
     (copy / "run_config.yaml").write_text(yaml.safe_dump(config))
-    card = build_model_card(copy, hub_model_id="me/dialogue-distilgpt2")
+    card = build_model_card(RunDir(copy), hub_model_id="me/dialogue-distilgpt2")
     assert card.data.base_model == "distilgpt2" and card.data.datasets == ["someone/dialogues"]
     assert card.data.library_name == "peft" and card.data.model_name == "dialogue-distilgpt2"
     assert 'AutoPeftModelForCausalLM.from_pretrained("me/dialogue-distilgpt2")  # base: distilgpt2' in card.text
@@ -414,7 +418,7 @@ def test_hub_options_configure_the_trainer():
     assert training_args.hub_always_push  # even while the previous push is still uploading
     assert tracking_args.hub_merged_model_id == "me/smoke-merged"
     with pytest.raises(ConfigError, match="hub_merged_model_id needs --use_lora true --merge_lora true"):
-        RunTracker(tracking_args, LoraArguments(use_lora=True), Path("out"), True, push_to_hub=True)
+        RunTracker(tracking_args, LoraArguments(use_lora=True), RunDir("out"), True, push_to_hub=True)
 
 
 class FakeHubApi:
@@ -470,7 +474,8 @@ def fake_hub(monkeypatch):
 
 def test_every_epoch_checkpoint_and_then_the_model_with_our_card_are_pushed(tmp_path, fake_hub):
     api = fake_hub()
-    result = train_tracked(tmp_path, "--push_to_hub", "true", "--hub_model_id", "me/smoke", "--hub_private_repo", "true")
+    result = train_tracked(tmp_path, "--push_to_hub", "true", "--hub_model_id", "me/smoke", "--hub_private_repo",
+                           "true")
     out = result.output_dir
     assert ("me/smoke", True) in api.created
     checkpoint_pushes = [u["path_in_repo"] for u in api.uploads if u["path_in_repo"]]
@@ -522,12 +527,13 @@ def test_failed_pushes_warn_with_the_retry_command_and_lose_nothing(tmp_path, fa
 def test_push_refuses_an_unfinished_run_and_an_unreachable_hub(tmp_path, wandb_run, monkeypatch):
     (tmp_path / "half").mkdir()
     with pytest.raises(HubPushError, match="has no train_results.json: it is not a finished training run"):
-        push_run_to_hub(tmp_path / "half", "me/x")
+        push_run_to_hub(RunDir(tmp_path / "half"), "me/x")
     import recipe.tracking
 
-    monkeypatch.setattr(recipe.tracking.hub_push, "hub_unreachable_reason", lambda: "http://127.0.0.1:9 is not reachable")
+    monkeypatch.setattr(recipe.tracking.hub_push, "hub_unreachable_reason",
+                        lambda: "http://127.0.0.1:9 is not reachable")
     with pytest.raises(HubPushError, match=r"127.0.0.1:9 is not reachable\. Every local file is intact; retry"):
-        push_run_to_hub(wandb_run[0], "me/x")
+        push_run_to_hub(RunDir(wandb_run[0]), "me/x")
 
 
 def test_an_unreachable_hub_does_not_stop_training(tmp_path):
@@ -577,7 +583,7 @@ class FakeHubApiWithPatterns(FakeHubApi):
 def test_gguf_exports_are_pushed_only_when_asked_with_their_modelfile_and_listed_in_the_card(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     import recipe.tracking
-    from recipe.gguf_export import GGUFExportArguments, export_gguf
+    from recipe.export.gguf_export import GGUFExportArguments, export_gguf
     from recipe.tracking.hub_push import push_run_dir
 
     out = train_tracked(tmp_path, "--num_train_epochs", "1", "--max_dialogues", "40", output="smoke").output_dir
@@ -596,7 +602,8 @@ def test_gguf_exports_are_pushed_only_when_asked_with_their_modelfile_and_listed
     run_files, gguf_files = api.uploads[1:]
     assert gguf_files["files"] == ["smoke.Q8_0.Modelfile", "smoke.Q8_0.gguf"] and gguf_files["repo"] == "me/smoke"
     assert gguf_files["path_in_repo"] == "gguf"
-    assert "## GGUF (llama.cpp, Ollama, LM Studio)" in run_files["readme"] and "`smoke.Q8_0.gguf` | Q8_0" in run_files["readme"]
+    assert "## GGUF (llama.cpp, Ollama, LM Studio)" in run_files["readme"]
+    assert "`smoke.Q8_0.gguf` | Q8_0" in run_files["readme"]
     assert "hf download me/smoke gguf/smoke.Q8_0.gguf gguf/smoke.Q8_0.Modelfile --local-dir ." in run_files["readme"]
     assert "ollama create smoke -f gguf/smoke.Q8_0.Modelfile" in run_files["readme"]
 

@@ -65,7 +65,7 @@ def test_default_recipe_fails_fast_offline_and_names_the_offline_recipe(tmp_path
     elapsed = time.monotonic() - start
     assert result.returncode == 2
     assert elapsed < 30
-    assert "cannot download the tokenizer 'distilgpt2'" in result.stderr
+    assert "cannot download the model 'distilgpt2'" in result.stderr  # its source is settled first, once
     assert "http://127.0.0.1:9 is not reachable" in result.stderr
     assert "recipe/configs/smoke.yaml" in result.stderr and "hf download distilgpt2" in result.stderr
     assert "python scripts/get_base_model.py" in result.stderr  # a real model without the Hub

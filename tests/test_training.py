@@ -16,7 +16,8 @@ from recipe.config import (
     ModelArguments,
     RecipeParser,
 )
-from recipe.training import OutputDirError, run_training
+from recipe.training.output_dir import OutputDirError
+from recipe.training.run import run_training
 
 SMOKE = REPO / "recipe" / "configs" / "smoke.yaml"
 
@@ -55,7 +56,8 @@ def test_full_run_writes_checkpoints_metrics_and_records(tmp_path):
     assert eval_results["eval_num_tokens"] > 0
     train_results = json.loads((out / "train_results.json").read_text())
     assert train_results["global_step"] == 14 and train_results["mode"] == "full"
-    assert train_results["train_real_tokens"] == 2 * json.loads((out / "data_report.json").read_text())["train"]["tokens"]
+    report = json.loads((out / "data_report.json").read_text())
+    assert train_results["train_real_tokens"] == 2 * report["train"]["tokens"]
     environment = json.loads((out / "environment.json").read_text())
     assert environment["packages"]["transformers"] and environment["data"]["data_sha256"]
     run_config = yaml.safe_load((out / "run_config.yaml").read_text())
@@ -71,8 +73,9 @@ def test_overfitting_a_few_dialogues_drives_the_loss_down_and_moves_every_weight
     from transformers import AutoModelForCausalLM
 
     result = train(
-        tmp_path, "--max_dialogues", "8", "--validation_split_ratio", "0", "--num_train_epochs", "100", "--save_strategy", "no", "--load_best_model_at_end", "false",
-        "--learning_rate", "1e-2", "--logging_steps", "1", "--warmup_steps", "0",
+        tmp_path, "--max_dialogues", "8", "--validation_split_ratio", "0", "--num_train_epochs", "100",
+        "--save_strategy", "no", "--load_best_model_at_end", "false", "--learning_rate", "1e-2", "--logging_steps", "1",
+        "--warmup_steps", "0",
     )
     history = losses(result.output_dir)
     assert history[-1] < 1.0 < history[0]
@@ -119,7 +122,7 @@ def test_lora_trains_adapters_only_and_merges_to_the_same_logits(tmp_path):
 
 def fresh_base(model_args):
     """The random base model exactly as training built it (the smoke recipes use seed 42)."""
-    from recipe.modeling import get_model, get_tokenizer
+    from recipe.models.loading import get_model, get_tokenizer
 
     torch.manual_seed(42)
     return get_model(model_args, get_tokenizer(model_args)).eval()
@@ -151,7 +154,8 @@ def test_same_seed_gives_identical_losses_step_for_step(tmp_path):
 
 def test_a_finished_run_is_never_silently_overwritten(tmp_path):
     train(tmp_path, "--num_train_epochs", "1")
-    with pytest.raises(OutputDirError, match=r"holds a finished run \(train_results\.json\); pass --overwrite_output_dir true"):
+    with pytest.raises(OutputDirError,
+                       match=r"holds a finished run \(train_results\.json\); pass --overwrite_output_dir true"):
         train(tmp_path, "--num_train_epochs", "1")
     again = train(tmp_path, "--num_train_epochs", "1", "--overwrite_output_dir", "true")
     assert again.train_metrics["resumed_from"] is None
@@ -244,10 +248,12 @@ def test_resuming_with_an_edited_data_file_is_refused(tmp_path, interrupted):
 def test_extending_a_run_and_changing_its_logging_resume_and_are_recorded(tmp_path, interrupted):
     run, data = interrupted
     result = train(tmp_path, "--data_path", str(data), "--num_train_epochs", "3", "--logging_steps", "2")
-    assert result.train_metrics["resumed_from"] == str(run / "checkpoint-7") and result.train_metrics["global_step"] == 21
+    assert result.train_metrics["resumed_from"] == str(run / "checkpoint-7")
+    assert result.train_metrics["global_step"] == 21
     (entry,) = json.loads((run / "resumes.json").read_text())
     assert entry["checkpoint"] == str(run / "checkpoint-7") and entry["compared"] is True
     assert entry["changed"] == {"logging_steps": [10, 2], "num_train_epochs": [2.0, 3.0]}
     assert entry["machine_changed"] == {}  # same machine, same process count
     header = (run / "run_config.yaml").read_text().split("\n")[:3]
-    assert header[2] == "# It was resumed with other options (resumes.json): a replay runs the options below from the start."
+    assert header[2] == ("# It was resumed with other options (resumes.json): a replay runs the options below from "
+                         "the start.")

@@ -6,6 +6,8 @@
 - `script_arguments`: generation, evaluation and chat options.
 - `sweep_arguments`: the sweep script's options (recipe pair, grid, where the runs go).
 - `parser`: `RecipeParser` (YAML recipe, then CLI flags) and the resolved config a run stores.
+- `run_options`: the options a finished run trained with, read back from its run_config.yaml.
+- `sharding`: what the launch asked for (one process, DDP, FSDP, DeepSpeed ZeRO) and the command that launched it.
 """
 
 from .arguments import DataArguments, LoraArguments, ModelArguments
@@ -19,7 +21,9 @@ from .parser import (
     resolved_config,
     save_resolved_config,
 )
+from .run_options import options_from_config, run_data_arguments, run_model_arguments
 from .script_arguments import ChatArguments, EvaluationArguments, GenerationArguments
+from .sharding import Sharding, get_sharding
 from .sweep_arguments import DEFAULT_GRID, SweepArguments, parse_axis
 from .training_arguments import DialogueTrainingArguments, TrackingArguments
 
@@ -36,11 +40,16 @@ __all__ = [
     "LoraArguments",
     "ModelArguments",
     "RecipeParser",
+    "Sharding",
     "SweepArguments",
     "TrackingArguments",
+    "get_sharding",
     "load_recipe_yaml",
+    "options_from_config",
     "parse_axis",
     "recipe_keys",
     "resolved_config",
+    "run_data_arguments",
+    "run_model_arguments",
     "save_resolved_config",
 ]

@@ -49,7 +49,7 @@ class ModelArguments:
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel: sdpa, eager or flash_attention_2 (default: the model's)."}
     )
-    # --- k-bit bases through bitsandbytes (recipe/quantization.py); LoRA runs only ---
+    # --- k-bit bases through bitsandbytes (recipe/models/quantization.py); LoRA runs only ---
     load_in_4bit: bool = field(
         default=False,
         metadata={"help": "Load the base's linear layers in 4 bits (QLoRA, with --use_lora true): about an eighth "
@@ -252,9 +252,10 @@ class LoraArguments:
         if not 0 <= self.lora_dropout < 1:
             errors.append(f"lora_dropout is {self.lora_dropout}; use a value in [0, 1)")
         if not self.use_lora:  # silently ignored otherwise: a "LoRA" run that fine-tunes every weight
-            defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(self)}
+            defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                        for f in fields(self)}
             for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora"):
                 if getattr(self, name) != defaults[name]:
-                    errors.append(f"{name} is set ({getattr(self, name)!r}) but use_lora is false; add --use_lora true, "
-                                  f"or leave {name} out")
+                    errors.append(f"{name} is set ({getattr(self, name)!r}) but use_lora is false; add --use_lora "
+                                  f"true, or leave {name} out")
         raise_all(errors)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from ..common.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A recipe or command line that cannot run; the message names the option and the fix."""
+
 
 def raise_all(errors: list[str]) -> None:
     if errors:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from ..files import atomic_write_text
+from ..common.files import atomic_write_text
 from .arguments import DataArguments, LoraArguments, ModelArguments
 from .errors import ConfigError, raise_all
 from .script_arguments import ChatArguments, EvaluationArguments, GenerationArguments

@@ -23,7 +23,7 @@ def parse_axis(spec: str) -> tuple[str, list[str]]:
 @dataclass
 class SweepArguments:
     """A grid of training runs over a full / LoRA recipe pair, run one after another, each evaluated, then
-    compared in one report (recipe/sweep.py)."""
+    compared in one report (recipe/comparison/sweep.py)."""
 
     full_recipe: str = field(
         default="recipe/configs/smoke.yaml", metadata={"help": "The recipe of the full fine-tuning cells."}
@@ -69,7 +69,8 @@ class SweepArguments:
     launcher: str | None = field(
         default=None,
         metadata={"help": "The command that runs the training script, e.g. 'accelerate launch --config_file "
-                          "accelerate_configs/multi_gpu.yaml' or 'torchrun --nproc_per_node 2' (default: this Python)."},
+                          "accelerate_configs/multi_gpu.yaml' or 'torchrun --nproc_per_node 2' (default: this "
+                          "Python)."},
     )
     train_script: str = field(
         default="scripts/train.py",

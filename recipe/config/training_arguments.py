@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..redaction import SecretsStayInMemory
+from ..common.redaction import SecretsStayInMemory
 from .errors import ConfigError, raise_all
 
 # Options settled for the machine at hand when the arguments are built: automatic precision (bf16 None),
@@ -29,7 +29,7 @@ def _cpu_has_fast_bf16() -> bool:
 @dataclass
 class DialogueTrainingArguments(SecretsStayInMemory, TrainingArguments):
     """HF TrainingArguments with defaults for dialogue fine-tuning; each changed default says why.
-    Pickled (the Trainer's training_args.bin), it holds no hub_token: see recipe/redaction.py."""
+    Pickled (the Trainer's training_args.bin), it holds no hub_token: see recipe/common/redaction.py."""
 
     output_dir: str | None = field(
         default="outputs/run", metadata={"help": "Where checkpoints, the final model and reports go."}
@@ -43,13 +43,14 @@ class DialogueTrainingArguments(SecretsStayInMemory, TrainingArguments):
     load_best_model_at_end: bool = field(
         default=True, metadata={"help": "Reload the checkpoint with the lowest eval loss when training ends."}
     )
-    # Exact per-token eval loss (see evaluation.py); the Trainer's eval_loss is a mean of batch means.
+    # Exact per-token eval loss (see evaluation/metrics.py); the Trainer's eval_loss is a mean of batch means.
     metric_for_best_model: str | None = field(
         default="eval_token_loss", metadata={"help": "Metric that picks the best checkpoint."}
     )
     # Fused AdamW (one kernel per tensor, on CPU and GPU): the same maths as adamw_torch, in less time per
     # step (benchmarks/throughput.py: 439 against 419 real tokens/s unfused; README Performance).
-    optim: str = field(default="adamw_torch_fused", metadata={"help": "Optimizer (HF name); adamw_torch is the unfused one."})
+    optim: str = field(default="adamw_torch_fused",
+                       metadata={"help": "Optimizer (HF name); adamw_torch is the unfused one."})
     # Packed rows put ~26 dialogues in a batch of 8 rows where a loop over padded dialogues puts 8: a step twice
     # the usual 5e-5 (about the square root of that ratio) learns at least as much per epoch (README Performance).
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of AdamW."})
@@ -96,7 +97,7 @@ class DialogueTrainingArguments(SecretsStayInMemory, TrainingArguments):
         default=0,
         metadata={
             "help": "Steps with a NaN or inf training loss tolerated (each one's update skipped) before the run "
-            "stops without saving; 0 stops at the first. See recipe/safeguards.py."
+            "stops without saving; 0 stops at the first. See recipe/training/safeguards.py."
         },
     )
     # --- Hub pushes (see recipe/tracking/hub_push.py) ---
@@ -146,7 +147,8 @@ def training_option_errors(args: DialogueTrainingArguments) -> list[str]:
         if getattr(args, name) < 1:
             errors.append(f"{name} is {getattr(args, name)}; use 1 or more")
     if args.num_train_epochs <= 0 and args.max_steps <= 0:
-        errors.append(f"num_train_epochs is {args.num_train_epochs}; use a positive number of epochs (or set max_steps)")
+        errors.append(f"num_train_epochs is {args.num_train_epochs}; use a positive number of epochs (or set "
+                      "max_steps)")
     if args.weight_decay < 0:
         errors.append(f"weight_decay is {args.weight_decay}; use 0 or more")
     if args.max_grad_norm < 0:
@@ -155,7 +157,8 @@ def training_option_errors(args: DialogueTrainingArguments) -> list[str]:
         errors.append(f"max_nonfinite_loss_steps is {args.max_nonfinite_loss_steps}; use 0 (stop at the first) or more")
     if args.early_stopping_patience is not None:
         if args.early_stopping_patience < 1:
-            errors.append(f"early_stopping_patience is {args.early_stopping_patience}; use 1 or more, or leave it unset")
+            errors.append(f"early_stopping_patience is {args.early_stopping_patience}; use 1 or more, or leave it "
+                          "unset")
         if args.eval_strategy == "no":
             errors.append("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
     return errors

@@ -17,6 +17,8 @@ One module per step, each usable on its own:
 - `pipeline`: `split_dialogues`, `tokenize_dialogues` (through `datasets.map`, cached by fingerprint)
   and `build_datasets`, the whole path training and evaluation use, cached whole by the files' SHA-256.
 - `report`: `data_report` and its printed summary.
+- `packing_check`: on the model itself, before training, that packed dialogues do not attend to each other
+  (imported by training from its module: it needs torch and a model).
 """
 
 from .encoding import (

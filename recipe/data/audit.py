@@ -70,7 +70,8 @@ def check_label_audit(train: dict[str, Any], validation: dict[str, Any] | None, 
     if unknown:
         raise DialogueDataError(
             f"train_on_speakers names {_names(unknown)}, who never speak{'s' if len(unknown) == 1 else ''} in the "
-            f"training data ({train['dialogues']:,} dialogues). {_speaker_list(speakers)}{_suggestion(wanted, speakers)}"
+            f"training data ({train['dialogues']:,} dialogues). "
+            f"{_speaker_list(speakers)}{_suggestion(wanted, speakers)}"
         )
     if train["loss_tokens"] == 0:
         selection = f"train_on_speakers {wanted}" if wanted else "the loss mask"

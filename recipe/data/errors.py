@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..common.errors import UserError
+
 SHOWN_PROBLEMS = 5
 
 
-class DialogueDataError(ValueError):
+class DialogueDataError(UserError):
     """Input data that cannot be used; the message names the file, the entry and the fix."""

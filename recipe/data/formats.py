@@ -15,8 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..common.hub import is_hub_id
 from ..config import DataArguments
-from ..hub import is_hub_id
 from .errors import SHOWN_PROBLEMS, DialogueDataError
 from .sources import (
     TOO_DEEP,

@@ -15,9 +15,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..common.files import atomic_write_json, atomic_write_jsonl, file_sha256
+from ..common.run_dir import DATA_REPORT
 from ..config import DataArguments
-from ..files import atomic_write_json, atomic_write_jsonl, file_sha256
-from ..run_dir import DATA_REPORT
 from .audit import check_label_audit, column_array, drop_masked_examples, label_audit
 from .encoding import ENCODING_VERSION, dialogue_table, encode_batch, require_fast_tokenizer
 from .errors import DialogueDataError

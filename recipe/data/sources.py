@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..common.hub import require_hub
 from ..config import DataArguments
-from ..hub import require_hub
 from .errors import DialogueDataError
 
 
@@ -76,7 +76,8 @@ def json_error(path: str, error: json.JSONDecodeError) -> DialogueDataError:
     if error.msg == "Extra data":
         hint = "the file holds more than one JSON value; if it has one dialogue per line, name it .jsonl"
     elif error.msg.startswith("Invalid control character"):
-        hint = "a string holds a raw control character (NUL, tab, line break); escape it (\\u0000, \\t, \\n) or remove it"
+        hint = ("a string holds a raw control character (NUL, tab, line break); escape it (\\u0000, \\t, \\n) or "
+                "remove it")
     elif error.msg.startswith("Unterminated") or error.pos >= len(error.doc.rstrip()):
         hint = "the file ends in the middle of a value: it was cut short; restore its end"
     return DialogueDataError(f"{path} line {error.lineno} column {error.colno}: invalid JSON ({error.msg}); {hint}")
@@ -140,7 +141,8 @@ def _iter_json_array(path: str, text: str, start: int) -> Iterator[tuple[int, An
             else:
                 raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
         if text[position:].strip():
-            raise json.JSONDecodeError("Extra data", text, position + len(text[position:]) - len(text[position:].lstrip()))
+            extra = position + len(text[position:]) - len(text[position:].lstrip())  # where the extra value starts
+            raise json.JSONDecodeError("Extra data", text, extra)
     except json.JSONDecodeError as error:
         raise json_error(path, error) from None
 

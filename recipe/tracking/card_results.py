@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..hub import is_hub_id
+from ..common.hub import is_hub_id
 
 TASK = {"task_type": "text-generation", "task_name": "Dialogue modelling"}
 

@@ -14,17 +14,26 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..gguf_export import GGUF_DIR, GGUF_SUFFIX, MODELFILE_SUFFIX, gguf_files, modelfile_of
-from ..hub import hub_endpoint, hub_offline_mode, hub_reachable
-from ..run_dir import CHECKPOINT_PREFIX, INCOMPLETE_PREFIX, MERGED_DIR, MODEL_CARD, RunDir
+from ..common.hub import hub_endpoint, hub_offline_mode, hub_reachable
+from ..common.run_dir import (
+    CHECKPOINT_PREFIX,
+    GGUF_DIR,
+    GGUF_SUFFIX,
+    INCOMPLETE_PREFIX,
+    MERGED_DIR,
+    MODEL_CARD,
+    MODELFILE_SUFFIX,
+    RunDir,
+    modelfile_of,
+)
 from .model_card import CARD_TAG, write_model_card
 
 logger = logging.getLogger(__name__)
 
 # Never pushed from a run directory: checkpoints go to their own folders (or not at all), merged/ to its own
 # repo, GGUF exports (hundreds of MB each) only when asked for, and temporary or hidden files nowhere.
-PUSH_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*", f"{INCOMPLETE_PREFIX}{CHECKPOINT_PREFIX}*", f"{MERGED_DIR}/*", "wandb/*",
-                        "runs/*", "_*", ".*", "*.tmp", f"{GGUF_DIR}/*", f"*{GGUF_SUFFIX}",
+PUSH_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*", f"{INCOMPLETE_PREFIX}{CHECKPOINT_PREFIX}*", f"{MERGED_DIR}/*",
+                        "wandb/*", "runs/*", "_*", ".*", "*.tmp", f"{GGUF_DIR}/*", f"*{GGUF_SUFFIX}",
                         f"*{MODELFILE_SUFFIX}"]
 
 class HubPushError(OSError):
@@ -49,9 +58,9 @@ def gguf_to_push(run: RunDir, asked: list[str] | None) -> list[Path]:
     if asked is None:
         return []
     if not asked:
-        found = gguf_files(run.path)
+        found = run.gguf_files()
         if not found:
-            raise HubPushError(f"--gguf: {run.path / GGUF_DIR} holds no {GGUF_SUFFIX} file; export one first: "
+            raise HubPushError(f"--gguf: {run.gguf_dir} holds no {GGUF_SUFFIX} file; export one first: "
                                f"python scripts/export_gguf.py --model_path {run.path}")
         return found
     files = [Path(name) for name in asked]
@@ -127,7 +136,7 @@ def short_error(error: BaseException) -> str:
 
 
 def push_run_to_hub(
-    run_dir: str | os.PathLike,
+    run: RunDir,
     repo_id: str,
     *,
     private: bool | None = None,
@@ -143,7 +152,6 @@ def push_run_to_hub(
 
     Raises HubPushError, within seconds, when the Hub cannot be reached or the run is not finished.
     """
-    run = RunDir(run_dir)
     run_dir = run.path
     if not run.is_finished():
         raise HubPushError(
@@ -163,7 +171,7 @@ def push_run_to_hub(
         if not repo:
             continue
         if _card_is_ours_or_missing(folder / MODEL_CARD):
-            write_model_card(run_dir, hub_model_id=repo, merged=merged, gguf_files=list(gguf or []))
+            write_model_card(run, hub_model_id=repo, merged=merged, gguf_files=list(gguf or []))
         try:
             url = api.create_repo(repo, private=private, token=token, exist_ok=True)
             api.upload_folder(
@@ -201,7 +209,7 @@ def push_run_dir(run_dir: str | os.PathLike, repo_id: str | None = None, *, priv
         raise HubPushError(f"no repo to push {run_dir} to: pass --hub_model_id you/name "
                            f"({run.run_config} sets no hub_model_id)")
     return push_run_to_hub(
-        run_dir, repo_id,
+        run, repo_id,
         private=private if private is not None else config.get("hub_private_repo"),
         revision=revision or config.get("hub_revision"),
         merged_repo_id=merged_repo_id or config.get("hub_merged_model_id"),

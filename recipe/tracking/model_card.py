@@ -4,18 +4,25 @@ summary, recipe, results per epoch, and how to load, chat with and evaluate the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from ..common.files import atomic_write_text
+from ..common.hub import is_hub_id
+from ..common.run_dir import (
+    ADAPTER_CONFIG,
+    BASE_MODEL_DIR,
+    GGUF_DIR,
+    MERGED_DIR,
+    MODEL_CARD,
+    RUN_CONFIG,
+    RunDir,
+    modelfile_of,
+    read_json_file,
+)
 from ..config import ConfigError
-from ..files import atomic_write_text
-from ..gguf_export import GGUF_DIR, modelfile_of
-from ..gguf_export import gguf_files as gguf_exports
-from ..hub import is_hub_id
-from ..quantization import bnb_config_code
-from ..quantization import describe as describe_quantization
-from ..run_dir import ADAPTER_CONFIG, BASE_MODEL_DIR, MERGED_DIR, MODEL_CARD, RUN_CONFIG, RunDir, read_json_file
+from ..models.gguf_base import describe_gguf
+from ..models.quantization import bnb_config_code, describe_quantization
 from .card_results import card_eval_results, epoch_table
 from .wandb_run import read_wandb_record, run_mode
 
@@ -26,17 +33,16 @@ def _number(value: Any, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None, merged: bool = False,
+def build_model_card(run: RunDir, hub_model_id: str | None = None, merged: bool = False,
                      gguf_files: list[Path] | None = None):
     """A huggingface_hub ModelCard for a finished run, from its own files: metadata (base_model,
     library_name, tags, datasets), data summary, recipe, metrics, and how to load and evaluate it.
 
-    `merged` describes run_dir/merged (a LoRA run's base + adapter as one full model). `gguf_files`: the GGUF
+    `merged` describes RUN/merged (a LoRA run's base + adapter as one full model). `gguf_files`: the GGUF
     exports the card lists (default: those in the run directory; a push lists those it uploads).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    run = RunDir(run_dir)
     run_dir = run.path
     if not run.is_recipe_run() or not run.is_finished():
         raise ConfigError(f"{run_dir} is not a finished training run (no {run.run_config.name} or "
@@ -79,13 +85,13 @@ def build_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None
     lines += _base_lines(environment.get("base_model") or {})
     lines += _data_section(report, data_path, dataset_on_hub)
     # The run's files (run_config.yaml among them) sit in the run directory, or in the adapter repo once pushed.
-    replay = None if merged and hub_model_id else RunDir("MODEL_DIR" if hub_model_id else run_dir).replay_command()
+    replay = None if merged and hub_model_id else (RunDir("MODEL_DIR") if hub_model_id else run).replay_command()
     lines += _recipe_section(config, environment, replay)
     lines += _results_section(train, evaluation, quality, run_dir)
     lines += epoch_table(history, train.get("best_checkpoint"), bool(config.get("load_best_model_at_end")))
     lines += _usage_section(run, hub_model_id, config, report, lora, merged)
     if not merged:  # GGUF exports go to the run's own repo
-        lines += _gguf_section(gguf_exports(run_dir) if gguf_files is None else gguf_files, hub_model_id)
+        lines += _gguf_section(run.gguf_files() if gguf_files is None else gguf_files, hub_model_id)
     if wandb_record.get("url"):
         lines += [f"Training curves: [Weights & Biases run]({wandb_record['url']}).", ""]
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
@@ -258,8 +264,6 @@ def _gguf_section(files: list[Path], hub_model_id: str | None) -> list[str]:
     """The GGUF exports (scripts/export_gguf.py): file, type, size and SHA-256, and how to run one."""
     if not files:
         return []
-    from ..gguf import describe_gguf
-
     lines = ["## GGUF (llama.cpp, Ollama, LM Studio)", "", "| file | type | size | SHA-256 |", "|---|---|---|---|"]
     for path in files:
         try:
@@ -290,7 +294,7 @@ def _gguf_section(files: list[Path], hub_model_id: str | None) -> list[str]:
 def _adapter_loading(run: RunDir, hub_model_id: str | None, config: dict, remote_code: str):
     """(code lines, note lines) that load the adapter on its base with stock PEFT.
 
-    adapter_config.json names the base that training recorded (`modeling.adapter_base_reference`): a Hub
+    adapter_config.json names the base that training recorded (`models.lora.adapter_base_reference`): a Hub
     id, or a folder by absolute path, which AutoPeftModelForCausalLM follows as is. On the Hub a folder on
     the training machine means nothing, and PEFT cannot follow a base kept in a subfolder of the adapter
     repo (base_model/ for a random base): there the card loads the base first.
@@ -341,22 +345,20 @@ def _adapter_loading(run: RunDir, hub_model_id: str | None, config: dict, remote
     return code, note
 
 
-def write_model_card(run_dir: str | os.PathLike, hub_model_id: str | None = None, merged: bool = False,
+def write_model_card(run: RunDir, hub_model_id: str | None = None, merged: bool = False,
                      gguf_files: list[Path] | None = None) -> Path:
-    """Write README.md (the model card) into the run directory, or into run_dir/merged with `merged`."""
-    card = build_model_card(run_dir, hub_model_id=hub_model_id, merged=merged, gguf_files=gguf_files)
-    run = RunDir(run_dir)
+    """Write README.md (the model card) into the run directory, or into RUN/merged with `merged`."""
+    card = build_model_card(run, hub_model_id=hub_model_id, merged=merged, gguf_files=gguf_files)
     target = (run.merged if merged else run.path) / MODEL_CARD
     return atomic_write_text(target, str(card))
 
 
-def refresh_model_cards(run_dir: str | os.PathLike) -> list[Path]:
+def refresh_model_cards(run: RunDir) -> list[Path]:
     """Write the cards of a finished run again (README.md, and merged/README.md when there is one), e.g.
     once scripts/evaluate.py has added its figures; a card that is not ours is left alone. A run trained
     with push_to_hub keeps its repo in the card (scripts/push.py sends the new card)."""
     from huggingface_hub import ModelCard
 
-    run = RunDir(run_dir)
     config = run.read_config()
     repo = config.get("hub_model_id") if config.get("push_to_hub") else None
     written = []
@@ -370,11 +372,13 @@ def refresh_model_cards(run_dir: str | os.PathLike) -> list[Path]:
             ours = False
         if ours:
             hub_id = (config.get("hub_merged_model_id") if merged else repo) if repo else None
-            written.append(write_model_card(run.path, hub_model_id=hub_id, merged=merged))
+            written.append(write_model_card(run, hub_model_id=hub_id, merged=merged))
     return written
 
 
 def _lora_targets(config: dict) -> str:
     """The adapted modules as asked; unset means the recipe's default for the model."""
     targets = config.get("lora_target_modules")
-    return ", ".join(targets) if targets else "the default modules (GPT-2's c_attn, c_proj, c_fc, else all linear layers)"
+    if not targets:
+        return "the default modules (GPT-2's c_attn, c_proj, c_fc, else all linear layers)"
+    return ", ".join(targets)

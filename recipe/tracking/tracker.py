@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..common.files import atomic_write_json
+from ..common.run_dir import RunDir, read_json_file
 from ..config import ConfigError, LoraArguments, TrackingArguments
-from ..files import atomic_write_json
-from ..run_dir import RunDir, read_json_file
 from .hub_push import HubPushMonitor, prepare_hub_repo, push_run_to_hub, retry_command, short_error
 from .model_card import write_model_card
 from .training_replies import training_replies_callback
@@ -39,12 +39,11 @@ logger = logging.getLogger(__name__)
 class RunTracker:
     """W&B and Hub for one training run; see the module docstring for where run_training calls it."""
 
-    def __init__(self, tracking_args: TrackingArguments | None, lora_args: LoraArguments, output_dir: Path,
+    def __init__(self, tracking_args: TrackingArguments | None, lora_args: LoraArguments, run: RunDir,
                  is_main: bool, push_to_hub: bool = False):
         self.args = tracking_args or TrackingArguments()
         self.mode = run_mode(lora_args.use_lora)
-        self.output_dir = Path(output_dir)
-        self.run = RunDir(output_dir)
+        self.run = run
         self.is_main = is_main
         self.wandb_run = None
         self.hub_repo_id: str | None = None
@@ -67,8 +66,8 @@ class RunTracker:
             problem = self._check_hub(training_args)
             if problem:
                 logger.warning("Hub pushes are off for this run: %s. Training goes on and every file stays in %s; "
-                               "push them later with: %s", problem, self.output_dir,
-                               retry_command(self.output_dir, training_args.hub_model_id, self.args.hub_merged_model_id))
+                               "push them later with: %s", problem, self.run,
+                               retry_command(self.run.path, training_args.hub_model_id, self.args.hub_merged_model_id))
                 changes["push_to_hub"] = False
         if changes:
             training_args = dataclasses.replace(training_args, **changes)
@@ -76,7 +75,7 @@ class RunTracker:
         return training_args
 
     def _start_wandb(self, training_args, resume: Path | None, parameters: tuple[int, int] | None) -> bool:
-        previous = read_wandb_record(self.output_dir) if resume else None
+        previous = read_wandb_record(self.run.path) if resume else None
         group = self.args.wandb_group or self.mode
         tags = list(dict.fromkeys([self.mode, *(self.args.wandb_tags or [])]))
         config = self.run.read_config()
@@ -87,7 +86,7 @@ class RunTracker:
             "entity": self.args.wandb_entity or os.environ.get("WANDB_ENTITY"),
             "group": group,
             "tags": tags,
-            "name": training_args.run_name or self.output_dir.name,
+            "name": training_args.run_name or self.run.path.name,
             "job_type": "train",
             "config": config,
         }
@@ -103,7 +102,7 @@ class RunTracker:
         return True
 
     def _check_hub(self, training_args) -> str | None:
-        repo = training_args.hub_model_id or self.output_dir.absolute().name  # the Trainer's default
+        repo = training_args.hub_model_id or self.run.path.absolute().name  # the Trainer's default
         # Only the main process creates the repo; the others only learn whether the Hub is reachable.
         self.hub_repo_id, problem = prepare_hub_repo(repo, training_args.hub_private_repo, training_args.hub_token,
                                                      create=self.is_main)
@@ -131,7 +130,7 @@ class RunTracker:
 
     def _retry(self) -> str:
         repo = self.hub_repo_id or (self.training_args.hub_model_id if self.training_args else None)
-        return retry_command(self.output_dir, repo, self.args.hub_merged_model_id)
+        return retry_command(self.run.path, repo, self.args.hub_merged_model_id)
 
     # -- once every local file is written
 
@@ -140,9 +139,9 @@ class RunTracker:
         if not self.is_main:
             return
         self._finish_wandb(train_metrics, eval_metrics)
-        write_model_card(self.output_dir, hub_model_id=self.hub_repo_id)
+        write_model_card(self.run, hub_model_id=self.hub_repo_id)
         if self.run.merged.is_dir():
-            write_model_card(self.output_dir, merged=True,
+            write_model_card(self.run, merged=True,
                              hub_model_id=self.args.hub_merged_model_id if self.hub_repo_id else None)
         if self.hub_repo_id:  # set only when push_to_hub is on and the Hub accepted the repo
             self._final_push()
@@ -170,10 +169,10 @@ class RunTracker:
         failed = self.push_monitor.failures if self.push_monitor else []
         try:
             push_run_to_hub(
-                self.output_dir, self.hub_repo_id, private=args.hub_private_repo, token=args.hub_token,
+                self.run, self.hub_repo_id, private=args.hub_private_repo, token=args.hub_token,
                 revision=args.hub_revision, merged_repo_id=self.args.hub_merged_model_id,
                 include_checkpoints=bool(failed),  # re-send what the background pushes failed to upload
             )
         except Exception as error:  # noqa: BLE001 - the run is finished and saved; a push failure is not fatal
             logger.warning("the final push to the Hub failed (%s). Every local file is intact in %s; retry with: %s",
-                           short_error(error), self.output_dir, self._retry())
+                           short_error(error), self.run, self._retry())

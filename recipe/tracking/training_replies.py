@@ -1,7 +1,7 @@
 """Replies during training: at every evaluation, the same validation prompts answered greedily, written to
 OUTPUT_DIR/samples.jsonl and logged to W&B as one table per evaluation plus a cumulative one.
 
-The prompts are the evaluation script's (`generation.prompts_from_dialogues`: the first context turns of a
+The prompts are the evaluation script's (`models.generation.prompts_from_dialogues`: the first context turns of a
 validation dialogue, then the next speaker's cue), so the full and LoRA runs of one recipe answer the same
 prompts and their replies line up row for row. W&B shows only the latest version of a table logged under
 one key, so each evaluation gets its own key (`eval_replies/step_000058`) and `eval_replies/all` holds
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from ..common.files import atomic_write_jsonl
+from ..common.run_dir import RunDirError
 from ..config import DataArguments, GenerationArguments, TrackingArguments
-from ..files import atomic_write_jsonl
-from ..generation import Prompt, prompts_from_dialogues, reply_samples
-from ..run_dir import RunDirError
+from ..models.generation import Prompt, prompts_from_dialogues, reply_samples
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ..hub import url_reachable
-from ..run_dir import RunDir, RunDirError, read_json_file
+from ..common.hub import url_reachable
+from ..common.run_dir import RunDir, RunDirError, read_json_file
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ def train(output_dir: Path, *extra: str, fault: str | None = None, processes: in
     script = str(INJECT) if fault else "scripts/train.py"
     launcher = [sys.executable]
     if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port())]
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                     "--master_port", str(free_port())]
     full_env = {**os.environ, **(env or {})}  # a variable set to None in `env` is unset
     full_env = {name: value for name, value in full_env.items() if value is not None and name != "FAULT"}
     if fault:

@@ -71,8 +71,8 @@ def with_fault(build_trainer, spec: str):
 
 
 if __name__ == "__main__":
-    import recipe.training
+    import recipe.training.run
 
-    recipe.training.build_trainer = with_fault(recipe.training.build_trainer, os.environ["FAULT"])
+    recipe.training.run.build_trainer = with_fault(recipe.training.run.build_trainer, os.environ["FAULT"])
     sys.argv[0] = str(REPO / "scripts" / "train.py")
     runpy.run_path(sys.argv[0], run_name="__main__")

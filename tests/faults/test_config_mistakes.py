@@ -4,8 +4,15 @@ YAML), values that cannot train, LoRA options while LoRA is off, max_length beyo
 import pytest
 
 from conftest import REPO, write
-from recipe.config import ConfigError, DataArguments, DialogueTrainingArguments, LoraArguments, ModelArguments
-from recipe.config import RecipeParser, TrackingArguments
+from recipe.config import (
+    ConfigError,
+    DataArguments,
+    DialogueTrainingArguments,
+    LoraArguments,
+    ModelArguments,
+    RecipeParser,
+    TrackingArguments,
+)
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, DialogueTrainingArguments, TrackingArguments)
 
@@ -71,7 +78,7 @@ def test_a_value_of_the_wrong_type_exits_2_naming_the_option(tmp_path, capsys):
 
 
 def test_max_length_beyond_the_model_positions_names_the_limit(tiny_model):
-    from recipe.modeling import check_max_length
+    from recipe.models.loading import check_max_length
 
     with pytest.raises(ConfigError, match=r"max_length 1024 is longer than gpt2's 512 positions; set --max_length 512"):
         check_max_length(tiny_model, 1024)

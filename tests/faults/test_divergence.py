@@ -8,13 +8,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import recipe.training
+import recipe.training.run
+import recipe.training.trainer
 from conftest import REPO
 from fault_runs import smoke_args
 from inject import with_fault
-from recipe.config import DataArguments, DialogueTrainingArguments, LoraArguments, ModelArguments, RecipeParser
-from recipe.config import TrackingArguments
-from recipe.safeguards import RunStopped
+from recipe.common.errors import RunStopped
+from recipe.config import (
+    DataArguments,
+    DialogueTrainingArguments,
+    LoraArguments,
+    ModelArguments,
+    RecipeParser,
+    TrackingArguments,
+)
 
 
 def assert_finite(weights_file: Path) -> None:
@@ -24,10 +31,11 @@ def assert_finite(weights_file: Path) -> None:
 
 def run_in_process(tmp_path, monkeypatch, fault: str, *extra: str):
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(recipe.training, "build_trainer", with_fault(recipe.training.build_trainer, fault))
+    monkeypatch.setattr(recipe.training.run, "build_trainer", with_fault(recipe.training.run.build_trainer, fault))
     parser = RecipeParser((ModelArguments, DataArguments, LoraArguments, DialogueTrainingArguments, TrackingArguments))
-    *configs, _ = parser.parse_args_and_config(smoke_args(tmp_path / "run", "--per_device_train_batch_size", "2", *extra))
-    return recipe.training.run_training(*configs)
+    arguments = smoke_args(tmp_path / "run", "--per_device_train_batch_size", "2", *extra)
+    *configs, _ = parser.parse_args_and_config(arguments)
+    return recipe.training.run.run_training(*configs)
 
 
 class FakeHub:
@@ -36,9 +44,9 @@ class FakeHub:
     def __init__(self, monkeypatch):
         self.checkpoints, self.final = [], []
         monkeypatch.setattr("recipe.tracking.tracker.prepare_hub_repo", lambda repo, *a, **k: (repo, None))
-        monkeypatch.setattr("recipe.tracking.tracker.push_run_to_hub", lambda run_dir, *a, **k: self.final.append(run_dir))
-        monkeypatch.setattr(recipe.training.DialogueTrainer, "init_hf_repo", self.init_repo)
-        monkeypatch.setattr(recipe.training.DialogueTrainer, "_push_from_checkpoint",
+        monkeypatch.setattr("recipe.tracking.tracker.push_run_to_hub", lambda run, *a, **k: self.final.append(run.path))
+        monkeypatch.setattr(recipe.training.trainer.DialogueTrainer, "init_hf_repo", self.init_repo)
+        monkeypatch.setattr(recipe.training.trainer.DialogueTrainer, "_push_from_checkpoint",
                             lambda trainer, folder: self.checkpoints.append(Path(folder).name))
 
     @staticmethod

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
+from recipe.common.files import atomic_write_text
 from recipe.config import DataArguments, save_resolved_config
-from recipe.files import atomic_write_text
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, free_port
 from fault_runs import eval_loss, step_losses, train
-from recipe.run_dir import checkpoint_is_complete
+from recipe.common.run_dir import checkpoint_is_complete
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-import recipe.hub
+import recipe.common.hub
 from recipe.tracking.wandb_run import choose_wandb_mode
 
 
@@ -49,27 +49,27 @@ def proxy(monkeypatch):
         if variable:
             monkeypatch.setenv(variable, f"http://127.0.0.1:{server.server_port}")
         close_session()  # huggingface_hub's client reads the proxy variables when it is created
-        recipe.hub._endpoint_reachable.cache_clear()
+        recipe.common.hub._endpoint_reachable.cache_clear()
 
     yield use
     server.shutdown()
     close_session()
-    recipe.hub._endpoint_reachable.cache_clear()
+    recipe.common.hub._endpoint_reachable.cache_clear()
 
 
 def test_the_hub_is_reached_through_the_proxy(proxy, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://hub.example.invalid")  # a name that resolves nowhere but at the proxy
     proxy(None)
-    assert not recipe.hub.hub_reachable()
+    assert not recipe.common.hub.hub_reachable()
     proxy("HTTP_PROXY")
-    assert recipe.hub.hub_reachable()
+    assert recipe.common.hub.hub_reachable()
     assert Proxy.seen == [("HEAD", "http://hub.example.invalid/")]
 
 
 def test_https_to_the_hub_goes_through_https_proxy(proxy, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.invalid")
     proxy("HTTPS_PROXY")
-    assert not recipe.hub.hub_reachable()  # this proxy refuses the tunnel ...
+    assert not recipe.common.hub.hub_reachable()  # this proxy refuses the tunnel ...
     assert Proxy.seen == [("CONNECT", "hub.example.invalid:443")]  # ... but it was asked
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch.multiprocessing
 
-import recipe.output_dir
+import recipe.training.output_dir
 from conftest import REPO, free_port
 from fault_runs import smoke_args, train
+from recipe.common.run_dir import RunDir
 from recipe.config import DataArguments, DialogueTrainingArguments, LoraArguments, ModelArguments, RecipeParser
-from recipe.output_dir import OutputDirError, RunLock, estimated_bytes, prepare_output_dir
-from recipe.run_dir import RunDir
+from recipe.training.output_dir import OutputDirError, RunLock, estimated_bytes, prepare_output_dir
 
 
 class OneProcess:
@@ -52,12 +52,12 @@ def decide_as_rank(rank: int, port: int, output_dir: str, results) -> None:
         time.sleep(1.5)
         real_rmtree(path, *args, **kwargs)
 
-    recipe.output_dir.shutil.rmtree = slow_rmtree
+    recipe.training.output_dir.shutil.rmtree = slow_rmtree
     if rank == 1:
         time.sleep(0.5)  # looks while the main process is deleting
     args = DialogueTrainingArguments(output_dir=output_dir, overwrite_output_dir=True, bf16=False)
     try:
-        results[rank] = ("resume", prepare_output_dir(args, state))
+        results[rank] = ("resume", prepare_output_dir(RunDir(output_dir), args, state))
     except OutputDirError as error:
         results[rank] = ("error", str(error))
 
@@ -74,8 +74,8 @@ def test_overwrite_is_decided_by_the_main_process_and_shared(tmp_path):
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from recipe.output_dir import RunLock
-    from recipe.run_dir import RunDir
+    from recipe.training.output_dir import RunLock
+    from recipe.common.run_dir import RunDir
     RunLock.acquire(RunDir(sys.argv[1]))
     print("locked", flush=True)
     time.sleep(120)
@@ -91,14 +91,14 @@ def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_run_leaves_no_lo
         assert first.stdout.readline().strip() == "locked"
         second = train(out)
         assert second.returncode == 2, second.stderr[-3000:]
-        assert f"error: output_dir {out} is in use by another training run (pid {first.pid} on {socket.gethostname()}, " \
-               "since " in second.stderr
+        assert (f"error: output_dir {out} is in use by another training run (pid {first.pid} on "
+                f"{socket.gethostname()}, since ") in second.stderr
         assert not (out / "run_config.yaml").exists()  # it wrote nothing
     finally:
         first.kill()  # SIGKILL: the first run dies without cleaning up
         first.wait()
     args = DialogueTrainingArguments(output_dir=str(out), bf16=False)
-    assert prepare_output_dir(args, OneProcess()) is None  # the kernel dropped the dead run's lock
+    assert prepare_output_dir(RunDir(out), args, OneProcess()) is None  # the kernel dropped the dead run's lock
     RunLock.release(RunDir(out))
 
 
@@ -106,8 +106,8 @@ NO_FCNTL = textwrap.dedent("""
     import sys
     sys.modules["fcntl"] = None  # as on Windows: `import fcntl` fails
     import recipe.training  # every script imports it
-    from recipe.output_dir import OutputDirError, RunLock
-    from recipe.run_dir import RunDir
+    from recipe.training.output_dir import OutputDirError, RunLock
+    from recipe.common.run_dir import RunDir
     try:
         RunLock.acquire(RunDir(sys.argv[1]))
     except OutputDirError as error:
@@ -134,7 +134,7 @@ def test_an_unwritable_output_dir_is_reported_before_anything_runs(tmp_path):
     blocker.write_text("not a folder")
     args = DialogueTrainingArguments(output_dir=str(blocker / "run"), bf16=False)
     with pytest.raises(OutputDirError, match=rf"output_dir {blocker / 'run'} cannot be written \(Not a directory"):
-        prepare_output_dir(args, OneProcess())
+        prepare_output_dir(RunDir(blocker / "run"), args, OneProcess())
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -142,7 +142,7 @@ def test_a_read_only_output_dir_is_reported(tmp_path):
     out = tmp_path / "run"
     out.mkdir(mode=0o555)
     with pytest.raises(OutputDirError, match=r"cannot be written \(Permission denied"):
-        prepare_output_dir(DialogueTrainingArguments(output_dir=str(out), bf16=False), OneProcess())
+        prepare_output_dir(RunDir(out), DialogueTrainingArguments(output_dir=str(out), bf16=False), OneProcess())
 
 
 def parse(tmp_path, *extra):
@@ -152,11 +152,11 @@ def parse(tmp_path, *extra):
 
 
 def test_too_little_free_space_is_reported_before_the_first_step(tmp_path, monkeypatch):
-    from recipe.training import run_training
+    from recipe.training.run import run_training
 
     monkeypatch.chdir(REPO)
     free = shutil.disk_usage(tmp_path)._replace(free=3 * 2**20)  # 3 MB: the disk is nearly full
-    monkeypatch.setattr(recipe.output_dir.shutil, "disk_usage", lambda path: free)
+    monkeypatch.setattr(recipe.training.output_dir.shutil, "disk_usage", lambda path: free)
     with pytest.raises(OutputDirError, match=r"not enough disk space for output_dir .*: 3\.0 MB free, the run needs "
                                              r"about .* MB \(2 checkpoints of .* lower --save_total_limit"):
         run_training(*parse(tmp_path))
@@ -164,7 +164,7 @@ def test_too_little_free_space_is_reported_before_the_first_step(tmp_path, monke
 
 
 def test_the_space_estimate_covers_what_a_run_writes(tmp_path, monkeypatch):
-    from recipe.training import run_training
+    from recipe.training.run import run_training
 
     monkeypatch.chdir(REPO)
     configs = parse(tmp_path, "--num_train_epochs", "1")
@@ -175,10 +175,10 @@ def test_the_space_estimate_covers_what_a_run_writes(tmp_path, monkeypatch):
 
     checkpoint = size(result.output_dir / "checkpoint-7")
     final = size(result.output_dir) - checkpoint
-    from recipe.modeling import get_model, get_tokenizer
+    from recipe.models.loading import get_model, get_tokenizer
 
     model = get_model(configs[0], get_tokenizer(configs[0]))
-    need = estimated_bytes(model, configs[3], configs[2], total_steps=7, resume=None)
+    need = estimated_bytes(RunDir(result.output_dir), model, configs[3], configs[2], total_steps=7, resume=None)
     assert need["checkpoints"] == 1
-    assert checkpoint <= need["checkpoint"] <= checkpoint + 2 * recipe.output_dir.CHECKPOINT_OVERHEAD
+    assert checkpoint <= need["checkpoint"] <= checkpoint + 2 * recipe.training.output_dir.CHECKPOINT_OVERHEAD
     assert final <= need["final"]

@@ -1,0 +1,100 @@
+"""Run records: what a reader needs to reproduce a run's numbers (package versions, device, code and
+data identity, the command line with secrets masked) and the peak memory it used."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..common.files import file_sha256
+from ..common.redaction import redact_command
+from ..config import DataArguments, DialogueTrainingArguments, ModelArguments
+from ..models.source import ModelSource, base_model_record
+
+
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty or only the architecture on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> dict[str, Any] | None:
+    root = Path(__file__).resolve().parents[2]  # the repository (recipe/training/ is two folders down)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def device_description(training_args: DialogueTrainingArguments) -> dict[str, Any]:
+    device = {"type": training_args.device.type, "world_size": training_args.world_size}
+    if training_args.device.type == "cuda":
+        device["name"] = torch.cuda.get_device_name(training_args.device)
+        device["count"] = torch.cuda.device_count()
+    else:
+        device["name"] = cpu_name()
+        device["cpu_count"] = os.cpu_count()
+        device["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    device["bf16"] = bool(training_args.bf16)
+    device["fp16"] = bool(training_args.fp16)
+    return device
+
+
+def environment_record(data_args: DataArguments, training_args: DialogueTrainingArguments,
+                       model_args: ModelArguments | None = None, source: ModelSource | None = None) -> dict[str, Any]:
+    """What a reader needs to reproduce the numbers: versions, device, code, base model and data identity.
+    `source`: where the base was read from, as the run resolved it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in ("torch", "transformers", "datasets", "accelerate", "peft", "evaluate", "wandb", "tokenizers", "gguf"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": packages,
+        "device": device_description(training_args),
+        "resolved_options": training_args.resolved_options(),  # run_config.yaml has them as asked
+        "git": git_commit(),
+        # Where the base's weights came from (a GGUF's file, SHA-256 and quantisation; a folder's provenance.json)
+        "base_model": base_model_record(model_args, source) if model_args is not None else None,
+        "data": {
+            "data_path": data_args.data_path,
+            "data_sha256": file_sha256(data_args.data_path),
+            "validation_path": data_args.validation_path,
+            "validation_sha256": file_sha256(data_args.validation_path),
+        },
+        "command": " ".join(redact_command(sys.argv)),  # no --hub_token: this file is pushed with the model
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    try:
+        import resource
+    except ImportError:  # Windows: the peak working set (psutil comes with accelerate)
+        import psutil
+
+        memory = psutil.Process().memory_info()
+        return round(getattr(memory, "peak_wset", memory.rss) / 2**20, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)  # macOS reports bytes, Linux KiB
