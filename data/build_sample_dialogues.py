@@ -3,7 +3,8 @@
 The bundled sample is the English part of chatterbot-corpus 1.3.3 (BSD licence, by Gunther Cox,
 https://github.com/gunthercox/chatterbot-corpus), converted to the seed format this project
 reads: a JSON array of objects whose keys are speaker names, turns alternating between "Alex"
-and "Bob", speaker keys repeating inside one object. Exact duplicate conversations, and one with an empty turn, are dropped.
+and "Bob", speaker keys repeating inside one object. Exact duplicate conversations, and one with an empty turn,
+are dropped.
 
 Maintainers only (the project does not need this at run time):
 
