@@ -3,13 +3,19 @@ where the turn ends, and the terminal chat session."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..common.cli import say
 from ..common.run_dir import RunDir, read_json_file
 from ..config import ConfigError, DataArguments, GenerationArguments
 from ..data import DialogueDataError, apply_chat_template, chat_messages, render_dialogue, render_with_chat_template
@@ -115,18 +121,20 @@ def read_prompts_file(path: str) -> list[Prompt]:
 @dataclass
 class Reply:
     text: str
-    ended_by: str  # "eos", "turn_end" or "max_new_tokens"
+    ended_by: str  # "eos", "turn_end", "max_new_tokens", or "cancelled" (a chat reply stopped by Ctrl-C)
     new_tokens: int
 
 
 def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationArguments, turn_separator: str,
                      batch_size: int = 8, add_special_tokens: bool = True, reseed: bool = True,
-                     turn_end_ids: list[int] = (), synced_processes: bool = False) -> list[list[Reply]]:
+                     turn_end_ids: list[int] = (), synced_processes: bool = False,
+                     stopping_criteria: list | None = None) -> list[list[Reply]]:
     """Sample replies (num_return_sequences per prompt), each cut where its turn or the dialogue ends.
 
     The turn ends at `turn_separator` or at one of `turn_end_ids` (see `turn_end`). With `reseed`,
     sampling starts from generation_seed, so the same prompts give the same replies. `synced_processes`: every
     process of a sharded model calls this with the same prompts and keeps stepping until all are done.
+    `stopping_criteria`: more transformers StoppingCriteria (the chat's cancel, `cancel_criterion`).
     """
     from transformers import set_seed
 
@@ -147,6 +155,10 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
         options.update(temperature=gen_args.temperature, top_k=gen_args.top_k, top_p=gen_args.top_p)
     if gen_args.stop_at_turn_end and turn_separator:
         options.update(stop_strings=[turn_separator], tokenizer=tokenizer)
+    if stopping_criteria:
+        from transformers import StoppingCriteriaList
+
+        options["stopping_criteria"] = StoppingCriteriaList(stopping_criteria)
     from tqdm.auto import tqdm
 
     replies: list[list[Reply]] = []
@@ -207,9 +219,70 @@ def cut_reply(tokens: list[int], tokenizer, turn_separator: str, gen_args: Gener
     return Reply(text.strip(), "eos" if tokens[end] == eos else "turn_end", end + 1)
 
 
+def model_positions(model) -> int | None:
+    """How many tokens the model's position table holds (prompt and reply together); None if unbounded."""
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def chat_prompt_tokens(model, max_length: int, max_new_tokens: int, max_context_tokens: int | None = None) -> int:
+    """The longest chat prompt: `max_context_tokens`, else the run's max_length less max_new_tokens (at least
+    16); never more than the model's positions less max_new_tokens, which the reply needs after the prompt."""
+    budget = max_context_tokens or max(16, max_length - max_new_tokens)
+    positions = model_positions(model)
+    if positions is None:
+        return budget
+    room = positions - max_new_tokens
+    if room < 16:
+        raise ConfigError(f"--max_new_tokens {max_new_tokens} leaves {max(room, 0)} of the model's {positions:,} "
+                          f"positions for the chat's prompt; set --max_new_tokens {positions - 16} or less")
+    if budget > room:
+        say(f"(context: prompts keep to {room:,} tokens, so that they and --max_new_tokens {max_new_tokens} fit "
+            f"the model's {positions:,} positions)")
+    return min(budget, room)
+
+
+def cancel_criterion(cancel: threading.Event):
+    """A transformers StoppingCriteria that ends every sequence at the next token once `cancel` is set."""
+    from transformers import StoppingCriteria
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return Cancelled()
+
+
+@contextlib.contextmanager
+def interrupt_sets(cancel: threading.Event) -> Iterator[None]:
+    """Inside, Ctrl-C (SIGINT) sets `cancel` instead of raising KeyboardInterrupt, so that generation stops at
+    the next token and the chat goes on; a second Ctrl-C raises it, in case one step takes too long."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def on_interrupt(signum, frame) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @dataclass
 class ChatSession:
-    """A conversation with the model as one speaker; the history is trimmed, oldest turns first, to fit."""
+    """A conversation with the model as one speaker.
+
+    The prompt (history, message and cue) keeps to `max_context_tokens`: the oldest turns are left out first,
+    then a message too long alone keeps its last tokens; each cut is told once through `notify` (stderr).
+    Setting `cancel` during `reply` (Ctrl-C, see `interrupt_sets`) stops the reply at the next token; a
+    cancelled exchange leaves the history as it was before the message, so the model never sees a message
+    without its answer, nor the turns it left out to make room for it.
+    """
 
     model: Any
     tokenizer: Any
@@ -220,36 +293,129 @@ class ChatSession:
     max_context_tokens: int
     speakers: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    notify: Callable[[str], None] = say
+    cancel: threading.Event = field(default_factory=threading.Event)
+    turns_left_out: int = 0  # since the start or /reset, for the notice
 
     def __post_init__(self) -> None:
         from transformers import set_seed
 
+        positions = model_positions(self.model)
+        if positions is not None and self.max_context_tokens + self.gen_args.max_new_tokens > positions:
+            raise ConfigError(
+                f"max_context_tokens {self.max_context_tokens} and max_new_tokens {self.gen_args.max_new_tokens} "
+                f"exceed the model's {positions:,} positions; lower --max_context_tokens or --max_new_tokens"
+            )
+        cue = self.count(build_prompt([self.user], ["a"], self.speaker, self.data_args, self.tokenizer))
+        if cue > self.max_context_tokens:
+            raise ConfigError(f"max_context_tokens {self.max_context_tokens} cannot hold a one-word message "
+                              f"({cue} tokens with its speaker labels); raise --max_context_tokens")
         set_seed(self.gen_args.generation_seed)  # once: a conversation is reproducible, turns still differ
 
     def reset(self) -> None:
         self.speakers.clear()
         self.texts.clear()
+        self.turns_left_out = 0
+
+    def count(self, prompt: str) -> int:
+        """The prompt's tokens as `generate_replies` encodes them."""
+        return len(prompt_ids(self.tokenizer, prompt, not self.data_args.use_chat_template))
+
+    def render(self) -> str:
+        return build_prompt(self.speakers, self.texts, self.speaker, self.data_args, self.tokenizer)
 
     def prompt(self) -> str:
-        """The history written as in training, then the model's cue; drops the oldest turns that do not fit."""
-        while True:
-            text = build_prompt(self.speakers, self.texts, self.speaker, self.data_args, self.tokenizer)
-            if len(self.tokenizer(text)["input_ids"]) <= self.max_context_tokens or len(self.speakers) <= 1:
-                return text
+        """The history written as in training, then the model's cue, within max_context_tokens: drops the
+        oldest turns, then cuts the last one alone to its last tokens; says what it cut."""
+        text, dropped = self.render(), 0
+        while self.count(text) > self.max_context_tokens and len(self.speakers) > 1:
             del self.speakers[0], self.texts[0]
+            dropped += 1
+            # Some chat templates (Mistral's, Gemma's) refuse a conversation that opens with the assistant.
+            if self.data_args.use_chat_template and self.speakers[0] == self.speaker and len(self.speakers) > 1:
+                del self.speakers[0], self.texts[0]
+                dropped += 1
+            text = self.render()
+        if dropped:
+            self.turns_left_out += dropped
+            oldest = "the oldest turn" if self.turns_left_out == 1 else f"the {self.turns_left_out:,} oldest turns"
+            self.notify(f"(history: {oldest} left out to fit {self.max_context_tokens:,} tokens)")
+        if self.count(text) > self.max_context_tokens:
+            text = self.cut_last_turn()
+        return text
+
+    def cut_last_turn(self) -> str:
+        """The prompt with the one turn left cut to its last tokens, the most its labels and cue leave room for."""
+        ids = self.tokenizer(self.texts[-1], add_special_tokens=False)["input_ids"]
+        keep, text = len(ids), self.render()
+        while (excess := self.count(text) - self.max_context_tokens) > 0 and keep > 1:
+            keep = max(1, keep - excess)  # the text re-tokenizes in its place within a token or two: try again
+            # A cut inside a character decodes to U+FFFD; the tail starts at the next whole character.
+            self.texts[-1] = self.tokenizer.decode(ids[-keep:]).lstrip("\ufffd").strip()
+            text = self.render()
+        self.notify(f"(message: cut to its last {keep:,} of {len(ids):,} tokens to fit {self.max_context_tokens:,} "
+                    "tokens)")
+        return text
 
     def reply(self, message: str) -> Reply:
+        """The model's reply to `message`, added to the history with it; if `cancel` is set meanwhile, a reply
+        that ended_by "cancelled" and the history as it was (a KeyboardInterrupt restores it too)."""
+        before = list(self.speakers), list(self.texts), self.turns_left_out
         self.speakers.append(self.user)
         self.texts.append(message)
-        separator, turn_end_ids = turn_end(self.data_args, self.tokenizer)
-        (reply,) = generate_replies(
-            self.model, self.tokenizer, [self.prompt()], self.gen_args, separator,
-            add_special_tokens=not self.data_args.use_chat_template, reseed=False, turn_end_ids=turn_end_ids,
-        )[0][:1]
-        if reply.text:
+        try:
+            separator, turn_end_ids = turn_end(self.data_args, self.tokenizer)
+            (reply,) = generate_replies(
+                self.model, self.tokenizer, [self.prompt()], self.gen_args, separator,
+                add_special_tokens=not self.data_args.use_chat_template, reseed=False, turn_end_ids=turn_end_ids,
+                stopping_criteria=[cancel_criterion(self.cancel)],
+            )[0][:1]
+            if self.cancel.is_set():
+                reply = Reply(reply.text, "cancelled", reply.new_tokens)
+        except BaseException:
+            self.speakers[:], self.texts[:], self.turns_left_out = before
+            raise
+        finally:
+            self.cancel.clear()
+        if reply.ended_by == "cancelled":
+            self.speakers[:], self.texts[:], self.turns_left_out = before
+        elif reply.text:
             self.speakers.append(self.speaker)
             self.texts.append(reply.text)
         return reply
+
+
+def run_chat(session: ChatSession, greeting: str) -> None:
+    """The terminal loop: a line in, the reply out (stdout, the transcript; cut notices go to stderr).
+
+    /reset clears the history, /quit, Ctrl-D or Ctrl-C at the prompt leave; Ctrl-C during a reply cancels it
+    (`(reply cancelled)`) and the prompt comes back.
+    """
+    print(greeting)
+    while True:
+        try:
+            line = input(f"{session.user}: ").strip()
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D / Ctrl-C at the prompt: leave, as /quit does
+            print()
+            return
+        if line in {"/quit", "/exit"}:
+            return
+        if line == "/reset":
+            session.reset()
+            print("(history cleared)")
+            continue
+        if not line:
+            continue
+        try:
+            with interrupt_sets(session.cancel):
+                reply = session.reply(line)
+        except KeyboardInterrupt:  # a second Ctrl-C within one step; the session restored its history
+            reply = Reply("", "cancelled", 0)
+        if reply.ended_by == "cancelled":
+            print("(reply cancelled)")
+        else:
+            print(f"{session.speaker}: {reply.text or '(no reply)'}")
+        sys.stdout.flush()
 
 
 def chat_speakers(run: RunDir | None, user: str | None, speaker: str | None) -> tuple[str, str]:
