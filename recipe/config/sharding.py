@@ -10,13 +10,10 @@ too is `recipe/training/fsdp_on_cpu.py`'s job.)
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 KINDS = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3")
 LABELS = {"single": "one process", "ddp": "DDP", "fsdp": "FSDP", "zero1": "DeepSpeed ZeRO-1",

@@ -6,21 +6,20 @@ a local folder or a Hub id, so any base the recipe loads as a float folder can b
 base_model/ (the base its adapter names) and loaded from there. Only the adapters train; checkpoints and
 the final output hold the adapter, whose `adapter_config.json` names the full-precision base. Merging
 (`--merge_lora`) loads that base at full precision and merges onto it, not onto the dequantized weights.
+Preparing the k-bit base for its adapters and merging them are `lora.py`'s; this module only configures
+bitsandbytes, so the loader can use it without importing the adapters.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import logging
 from typing import Any
 
 import torch
 
 from ..config import ConfigError, LoraArguments, ModelArguments
 from ..config.sharding import fsdp_requested, get_sharding
-
-logger = logging.getLogger(__name__)
 
 # The oldest release checked to load, train and save 4-bit and 8-bit bases on a CPU (this project's machine).
 BITSANDBYTES_MIN_VERSION = "0.50.2"
