@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import recipe.models.generation as generation
 from conftest import REPO
 from recipe.config import ConfigError, DataArguments, GenerationArguments
 from recipe.models.generation import ChatSession, chat_prompt_tokens, interrupt_sets, run_chat
@@ -154,3 +155,12 @@ def test_ctrl_d_at_the_prompt_exits_0(tmp_path, tiny_model, tokenizer):
     transcript = result.stdout.splitlines()
     assert transcript[0].startswith("Chatting with ") and transcript[1].startswith("User: Assistant: ")
     assert transcript[-1] == "User: "
+
+
+def test_an_empty_reply_stays_a_turn_so_speakers_keep_alternating(session, monkeypatch):
+    """A model that ends its turn at once (EOS first) still answered: the next prompt must not hold two user turns
+    in a row, which alternating chat templates reject."""
+    monkeypatch.setattr(generation, "generate_replies", lambda *args, **kwargs: ([generation.Reply("", "eos", 1)],))
+    session.reply("hello there")
+    session.reply("anyone?")
+    assert session.speakers == ["Alex", "Bob", "Alex", "Bob"] and session.texts == ["hello there", "", "anyone?", ""]

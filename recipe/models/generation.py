@@ -379,7 +379,7 @@ class ChatSession:
             self.cancel.clear()
         if reply.ended_by == "cancelled":
             self.speakers[:], self.texts[:], self.turns_left_out = before
-        elif reply.text:
+        else:  # an empty reply stays as an empty turn: turns keep alternating, which chat templates require
             self.speakers.append(self.speaker)
             self.texts.append(reply.text)
         return reply
