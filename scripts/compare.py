@@ -17,22 +17,31 @@ the loss plot. Reads only the run directories: works offline, without W&B. Per-s
 import argparse
 
 from recipe.common.cli import setup_logging, user_errors
-from recipe.comparison import compare_runs
+from recipe.config.command_line import OptionsParser
 
 
 def main(run_dirs: list[str], output: str, baseline: str | None = None) -> None:
+    from recipe.comparison import compare_runs  # matplotlib and the rest: after the command line is accepted
+
     report, plot, pareto = compare_runs(run_dirs, output, baseline=baseline)
     print(report.read_text(encoding="utf-8"))
     print(f"report: {report}\nplots: {plot}, {pareto}")
 
 
+def parser() -> argparse.ArgumentParser:
+    """A bad command line is a ConfigError (one line, exit status 2) like every other script's."""
+    options = OptionsParser(prog="scripts/compare.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    options.add_argument("run_dirs", nargs="+", help="output directories of finished training runs")
+    options.add_argument("-o", "--output", default="comparison.md",
+                         help="Markdown report; the plot goes next to it (default: comparison.md)")
+    options.add_argument("--baseline", default=None,
+                         help="the base model's evaluation.json (scripts/evaluate.py), shown as a row and a line")
+    return options
+
+
 if __name__ == "__main__":
     setup_logging()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dirs", nargs="+", help="output directories of finished training runs")
-    parser.add_argument("-o", "--output", default="comparison.md", help="Markdown report; the plot goes next to it")
-    parser.add_argument("--baseline", default=None,
-                        help="the base model's evaluation.json (scripts/evaluate.py), shown as a row and a line")
-    arguments = parser.parse_args()
     with user_errors():
+        arguments = parser().parse_args()
         main(arguments.run_dirs, arguments.output, arguments.baseline)

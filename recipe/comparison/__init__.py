@@ -10,7 +10,7 @@ them.
 
 from .report import compare_runs
 from .runs import ComparisonError, RunSummary, read_run, read_runs
-from .sweep import SweepInterrupted, run_sweep, split_train_options
+from .sweep import SweepInterrupted, run_sweep
 
 __all__ = [
     "ComparisonError",
@@ -20,5 +20,4 @@ __all__ = [
     "read_run",
     "read_runs",
     "run_sweep",
-    "split_train_options",
 ]

@@ -12,7 +12,6 @@ SIGTERM) reaches the running cell, which saves a checkpoint; the sweep then stop
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import logging
@@ -180,12 +179,11 @@ def check_cells(args: SweepArguments, cells: list[Cell], sweep_dir: Path, sweep_
     clash = sorted(given & axes)
     if clash:
         raise ConfigError(f"train_options set {', '.join(clash)}, an axis of the grid; drop it there or from --grid")
-    parser = RecipeParser((ModelArguments, DataArguments, LoraArguments, DialogueTrainingArguments, TrackingArguments),
-                          exit_on_error=False)
+    parser = RecipeParser((ModelArguments, DataArguments, LoraArguments, DialogueTrainingArguments, TrackingArguments))
     for cell in cells:
         try:
             parser.parse_args_and_config(train_arguments(args, cell, sweep_dir / cell.name, sweep_name))
-        except (ConfigError, argparse.ArgumentError) as error:
+        except ConfigError as error:
             raise ConfigError(f"cell {cell.name}: {error}") from None
 
 
@@ -343,12 +341,3 @@ def run_sweep(args: SweepArguments, command_line: str | None = None) -> tuple[Pa
     sweep.dir.mkdir(parents=True, exist_ok=True)
     failed = sweep.run()
     return sweep.report(failed), failed
-
-
-def split_train_options(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(the sweep's own options, the training options after `--`)."""
-    if "--" not in argv:
-        return argv, []
-    at = argv.index("--")
-    return argv[:at], argv[at + 1:]
-

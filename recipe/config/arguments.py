@@ -12,6 +12,13 @@ from .errors import raise_all
 class ModelArguments:
     """Which model and tokenizer to start from."""
 
+    help_group = "Model"  # the --help heading (recipe/config/command_line.py), and those of some of its fields:
+    help_subgroups = (("Quantized base (QLoRA)", ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
+                                                  "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype",
+                                                  "bnb_4bit_quant_storage"),
+                       "A base loaded in 4 or 8 bits through bitsandbytes, for LoRA runs only "
+                       "(recipe/models/quantization.py)."),)
+
     model_name_or_path: str = field(
         default="distilgpt2",
         metadata={"help": "Hub model id, local directory (config, weights, tokenizer), or a .gguf file "
@@ -98,6 +105,8 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     """Where the dialogues come from, how they become text, and how that text is batched."""
+
+    help_group = "Data"
 
     data_path: str = field(
         default="data/sample_dialogues.json",
@@ -227,6 +236,8 @@ class DataArguments:
 @dataclass
 class LoraArguments:
     """Low-rank adaptation through PEFT: train small adapters, leave the base weights untouched."""
+
+    help_group = "LoRA"
 
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of every weight."})
     lora_r: int = field(default=16, metadata={"help": "Rank of the adapter matrices."})

@@ -10,5 +10,8 @@ class ConfigError(UserError):
 
 
 def raise_all(errors: list[str]) -> None:
+    """One problem in one line; several listed at once, one a line (fixing them one run at a time wastes runs)."""
+    if len(errors) == 1:
+        raise ConfigError(errors[0])
     if errors:
-        raise ConfigError("invalid recipe options:\n  - " + "\n  - ".join(errors))
+        raise ConfigError(f"{len(errors)} problems with the options:\n  - " + "\n  - ".join(errors))

@@ -3,6 +3,12 @@
 A YAML recipe sets only what differs from the dataclass defaults; command-line flags override the YAML.
 `RecipeParser.parse_args_and_config` does both, and rejects a YAML key that no dataclass knows,
 naming the closest valid one (a typo silently ignored is a run silently wrong).
+
+It checks the whole command line first without transformers (command_line.py: `--help`, unknown options, values
+of the wrong type, a missing recipe or required option, each refused in one line), then builds the dataclasses with
+transformers' HfArgumentParser, which converts every value as the Trainer expects. `TrainingOptions` among the
+dataclasses stands for `DialogueTrainingArguments` (TrainingOptions with every TrainingArguments option), built
+only then: importing transformers takes seconds, which `--help` and a refusal no longer wait for.
 """
 
 from __future__ import annotations
@@ -10,32 +16,33 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 import json
 import os
 import sys
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
 
 from ..common.files import atomic_write_text
 from .arguments import DataArguments, LoraArguments, ModelArguments
+from .command_line import OptionGroup, OptionsParser, dataclass_groups, missing_required, options_parser, replace_specs
 from .errors import ConfigError, raise_all
+from .option_specs import OptionSpec, installed_transformers_version, specs_of, trainer_option_specs
 from .script_arguments import ChatArguments, EvaluationArguments, GenerationArguments
 from .sweep_arguments import SweepArguments
-from .training_arguments import DialogueTrainingArguments, TrackingArguments
+from .training_options import TrackingArguments, TrainingOptions
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "distilgpt2-full.yaml"
 
-# Every dataclass whose fields are recipe keys: a YAML key outside them is a typo, and an error.
+# Every dataclass whose fields are recipe keys: a YAML key outside them is a typo, and an error. TrainingOptions
+# brings every option of transformers' TrainingArguments with it (DialogueTrainingArguments is both).
 RECIPE_DATACLASSES: list[type] = [
     ModelArguments,
     DataArguments,
     LoraArguments,
-    DialogueTrainingArguments,
+    TrainingOptions,
     TrackingArguments,
     GenerationArguments,
     EvaluationArguments,
@@ -46,9 +53,38 @@ RECIPE_DATACLASSES: list[type] = [
 # Fields of TrainingArguments that are set by launchers or are secrets: never read from or written to a recipe.
 _NOT_RECIPE_KEYS = {"local_rank", "hub_token", "resume_from_checkpoint"}
 
+TRAINER_GROUP = "Trainer options (transformers.TrainingArguments)"
+TRAINER_DESCRIPTION = (
+    "Every other option of the Hugging Face Trainer, with transformers' own defaults and help (transformers {version}; "
+    "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments)."
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _trainer_specs() -> tuple[OptionSpec, ...]:
+    return tuple(trainer_option_specs())
+
+
+def takes_trainer_options(dataclass_type: type) -> bool:
+    """TrainingOptions, or DialogueTrainingArguments built on it: the Trainer's options come with it."""
+    return issubclass(dataclass_type, TrainingOptions)
+
+
+def option_specs_of(dataclass_type: type) -> list[OptionSpec]:
+    """Every option a dataclass takes on the command line, without importing transformers."""
+    if not takes_trainer_options(dataclass_type):
+        return specs_of(dataclass_type)
+    own = specs_of(TrainingOptions)
+    return replace_specs(list(_trainer_specs()), own) + own
+
+
+def all_option_specs() -> dict[str, OptionSpec]:
+    """Every option of every recipe dataclass, by name."""
+    return {spec.name: spec for dc in RECIPE_DATACLASSES for spec in option_specs_of(dc)}
+
 
 def recipe_keys() -> set[str]:
-    return {f.name for dc in RECIPE_DATACLASSES for f in dataclasses.fields(dc) if f.init} - _NOT_RECIPE_KEYS
+    return set(all_option_specs()) - _NOT_RECIPE_KEYS
 
 
 def load_recipe_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -76,36 +112,16 @@ def load_recipe_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def _yaml_shape_errors(path: Path, content: dict[str, Any]) -> list[str]:
     """A YAML list, mapping or null given to an option that takes none: argparse would see a list as
     extra flags and pass a mapping or null through unchecked. (Scalars are checked by argparse.)"""
-    hints = {}
-    for dataclass in RECIPE_DATACLASSES:
-        hints.update(typing.get_type_hints(dataclass))
+    specs = all_option_specs()
     errors = []
     for key, value in content.items():
-        if key not in hints or not isinstance(value, (list, dict, type(None))):
+        if key not in specs or not isinstance(value, (list, dict, type(None))):
             continue
-        accepted = _accepted_shapes(hints[key])
-        shape = list if isinstance(value, list) else dict if isinstance(value, dict) else type(None)
-        if shape not in accepted:
-            kind = {list: "a list", dict: "a mapping", type(None): "null"}[shape]
-            errors.append(f"{path}: {key} is {kind}, but it takes {_type_name(hints[key])}")
+        shape = "list" if isinstance(value, list) else "mapping" if isinstance(value, dict) else "null"
+        if shape not in specs[key].shapes:
+            kind = {"list": "a list", "mapping": "a mapping", "null": "null"}[shape]
+            errors.append(f"{path}: {key} is {kind}, but it takes {specs[key].type_name}")
     return errors
-
-
-def _accepted_shapes(hint: Any) -> set[type]:
-    members = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
-    shapes = set()
-    for member in members:
-        origin = typing.get_origin(member) or member
-        if origin in (list, dict, type(None)):
-            shapes.add(origin)
-        elif member is Any:
-            shapes.update((list, dict, type(None)))
-    return shapes
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def _yaml_value_to_argv(key: str, value: Any) -> list[str]:
@@ -120,40 +136,68 @@ def _yaml_value_to_argv(key: str, value: Any) -> list[str]:
     return [flag, str(value)]
 
 
-class RecipeParser(HfArgumentParser):
-    """HfArgumentParser that reads `--config recipe.yaml` first and lets CLI flags override it."""
+class RecipeParser:
+    """Reads `--config recipe.yaml` first and lets CLI flags override it; `--help` lists every option by stage."""
 
-    def __init__(self, dataclass_types, default_config: str | os.PathLike | None = None, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)  # --lr must not silently mean --lr_scheduler_type
-        super().__init__(dataclass_types, **kwargs)
+    def __init__(self, dataclass_types, default_config: str | os.PathLike | None = None,
+                 description: str | None = None, prog: str | None = None, takes_recipe: bool = True):
+        """`takes_recipe` False: no --config (a script whose options are no recipe's keys)."""
+        self.dataclass_types = tuple(dataclass_types)
         self.default_config = default_config
-        self.add_argument(
-            "--config",
-            default=None,
-            help="YAML recipe with option: value pairs; command-line flags override it"
-            + (f" (default: {default_config})" if default_config else ""),
-        )
+        self.description = description
+        self.prog = prog
+        self.takes_recipe = takes_recipe
+
+    def groups(self, trainer_specs: list[OptionSpec] | None = None, trainer_version: str | None = None
+               ) -> list[OptionGroup]:
+        """The --help headings: the recipe's dataclasses by stage, then the Trainer's options under their own (those
+        of the installed transformers, or `trainer_specs` of transformers `trainer_version`)."""
+        groups, trainer = [], []
+        for dataclass_type in self.dataclass_types:
+            shown = TrainingOptions if takes_trainer_options(dataclass_type) else dataclass_type
+            specs = specs_of(shown)
+            groups += dataclass_groups(shown, specs)
+            if shown is TrainingOptions:
+                description = TRAINER_DESCRIPTION.format(version=trainer_version or _trainer_version())
+                trainer.append(OptionGroup(TRAINER_GROUP, description,
+                                           tuple(replace_specs(list(trainer_specs or _trainer_specs()), specs))))
+        return groups + trainer
+
+    def argparser(self) -> OptionsParser:
+        leading = []
+        if self.takes_recipe:
+            config_help = "YAML recipe of option: value pairs; command-line flags override it"
+            if self.default_config:
+                config_help += f" (default: {_shown_path(self.default_config)})"
+            leading.append((("--config",), {"metavar": "RECIPE.yaml", "help": config_help}))
+        return options_parser(self.groups(), prog=self.prog, description=self.description, leading=leading)
+
+    def format_help(self) -> str:
+        return self.argparser().format_help()
 
     def parse_args_and_config(
         self, args: list[str] | None = None, yaml_ignored_keys: tuple[str, ...] = ()
     ) -> tuple[Any, ...]:
         """Return one instance per dataclass, plus the recipe path used (or None) as the last element."""
         args = list(sys.argv[1:] if args is None else args)
-        config_path = _pop_config_flag(args) or self.default_config
-        own_keys = {f.name for dc in self.dataclass_types for f in dataclasses.fields(dc) if f.init}
+        if "-h" in args or "--help" in args:  # before the recipe is read: the help shows whatever else is wrong
+            self.argparser().print_help()
+            sys.exit(0)
+        config_path = (_pop_config_flag(args) or self.default_config) if self.takes_recipe else None
+        groups = self.groups()
+        own_keys = {spec.name for group in groups for spec in group.options}
         yaml_argv: list[str] = []
+        yaml_values: dict[str, Any] = {}
         if config_path is not None:
             for key, value in load_recipe_yaml(config_path).items():
                 if key not in own_keys or key in yaml_ignored_keys:
                     continue  # a valid option of another script (e.g. training options seen by prepare_data)
                 if value is None or value == [] or isinstance(value, dict):
-                    self.set_defaults(**{key: value})  # argparse cannot spell these as flags
+                    yaml_values[key] = value  # argparse cannot spell these as flags
                 else:
                     yaml_argv += _yaml_value_to_argv(key, value)
         # argparse keeps the last occurrence of a flag, so CLI flags placed after the YAML ones win.
-        *outputs, remaining = self.parse_args_into_dataclasses(
-            args=yaml_argv + args, look_for_args_file=False, return_remaining_strings=True
-        )
+        given, remaining = self.argparser().parse_known_args(yaml_argv + args)
         if remaining:
             flags = [a for a in remaining if a.startswith("-")] or remaining
             valid = [f"--{key}" for key in own_keys]
@@ -161,9 +205,61 @@ class RecipeParser(HfArgumentParser):
             for flag in flags:
                 close = difflib.get_close_matches(flag.split("=")[0], valid, n=1)
                 errors.append(f"unknown option {flag}" + (f"; did you mean {close[0]}?" if close else ""))
-            raise_all(errors + ["see --help for every option"])
-        outputs = [o for o in outputs if dataclasses.is_dataclass(o)]  # drop the namespace holding --config
+            errors[-1] += " (see --help for every option)"
+            raise_all(errors)
+        for name, value in yaml_values.items():
+            if not hasattr(given, name):
+                setattr(given, name, value)
+        raise_all(missing_required(groups, given))
+        if any(takes_trainer_options(dc) for dc in self.dataclass_types):
+            outputs = self._build_with_trainer_options(yaml_argv + args, yaml_values)
+        else:  # the values as parsed above: the same conversions as HfArgumentParser's (tests/test_help.py)
+            outputs = [dc(**{f.name: getattr(given, f.name) for f in dataclasses.fields(dc)
+                             if f.init and hasattr(given, f.name)}) for dc in self.dataclass_types]
         return (*outputs, str(config_path) if config_path else None)
+
+    def _build_with_trainer_options(self, argv: list[str], yaml_values: dict[str, Any]) -> list[Any]:
+        """The dataclasses from a command line already checked, converted by HfArgumentParser as the Trainer's own
+        options expect (some take a JSON mapping or a list of enum values; this imports transformers)."""
+        classes = [_dialogue_training_arguments() if dc is TrainingOptions else dc for dc in self.dataclass_types]
+        parser = _hf_parser(classes)
+        parser.set_defaults(**yaml_values)
+        *outputs, remaining = parser.parse_args_into_dataclasses(
+            args=argv, look_for_args_file=False, return_remaining_strings=True
+        )
+        if remaining:  # the check above passed: a difference between the two parsers
+            raise ConfigError(f"unknown option {' '.join(remaining)} (see --help for every option)")
+        return [o for o in outputs if dataclasses.is_dataclass(o)]
+
+
+def _dialogue_training_arguments() -> type:
+    from .training_arguments import DialogueTrainingArguments  # imports transformers: seconds
+
+    return DialogueTrainingArguments
+
+
+def _hf_parser(classes: list[type]):
+    from transformers import HfArgumentParser
+
+    class Parser(HfArgumentParser):
+        def error(self, message: str):
+            raise ConfigError(f"{message}; see --help")
+
+    return Parser(classes, allow_abbrev=False)
+
+
+def _trainer_version() -> str:
+    try:
+        return installed_transformers_version()
+    except Exception:  # not installed: nothing can train anyway
+        return "unknown"
+
+
+def _shown_path(path: str | os.PathLike) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parents[2]))
+    except ValueError:
+        return str(path)
 
 
 def _pop_config_flag(args: list[str]) -> str | None:

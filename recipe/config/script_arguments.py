@@ -12,6 +12,8 @@ from .errors import raise_all
 class GenerationArguments:
     """How replies are sampled, by the evaluation script and by chat."""
 
+    help_group = "Generation"
+
     max_new_tokens: int = field(default=48, metadata={"help": "Longest reply, in tokens."})
     do_sample: bool = field(default=True, metadata={"help": "Sample (true) or decode greedily (false)."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
@@ -46,6 +48,8 @@ class GenerationArguments:
 @dataclass
 class EvaluationArguments:
     """What to evaluate, on which data, and where the results go."""
+
+    help_group = "Evaluation"
 
     model_path: str = field(
         metadata={
@@ -122,6 +126,8 @@ class EvaluationArguments:
 class ChatArguments:
     """Talk to a trained model in the terminal; it answers as one speaker of the dialogues."""
 
+    help_group = "Chat"
+
     model_path: str = field(metadata={"help": "A training output dir, checkpoint, adapter or model."})
     base_model: str | None = field(default=None, metadata={"help": "Base model of a LoRA adapter, if not found."})
     speaker: str | None = field(
@@ -141,3 +147,35 @@ class ChatArguments:
             "max_new_tokens)."
         },
     )
+
+
+# scripts/export_gguf.py (recipe/export/gguf_export.py); here, so that its --help needs no torch.
+OUTTYPES = ("f16", "bf16", "q8_0")
+
+
+@dataclass
+class GGUFExportArguments:
+    """What to export, to which type and file, and who speaks in its chat template."""
+
+    help_group = "GGUF export"
+
+    model_path: str = field(metadata={"help": "A training output dir, checkpoint, LoRA/QLoRA adapter or model folder."})
+    outtype: Literal["f16", "bf16", "q8_0"] = field(
+        default="f16",
+        metadata={"help": "Type of the 2-D weights: f16 (half the float32 size), bf16, or q8_0 (8-bit blocks, about "
+                          "a quarter). Norms and biases stay float32."},
+    )
+    output: str | None = field(
+        default=None, metadata={"help": "The .gguf file to write (default: MODEL_PATH/gguf/NAME.OUTTYPE.gguf)."}
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Base model of a LoRA adapter (default: the run's base_model/ or the adapter config)."},
+    )
+    speaker: str | None = field(
+        default=None,
+        metadata={"help": "Who the model plays in the chat template (assistant): default the run's train_on_speakers, "
+                          "else its second speaker."},
+    )
+    user: str | None = field(default=None, metadata={"help": "Who the user is in the chat template (default: the "
+                                                             "run's first speaker)."})

@@ -11,6 +11,14 @@ DEFAULT_GRID = ("mode=full,lora", "lora_r=8,32", "learning_rate_scale=0.5,1,2")
 MODES = ("full", "lora")
 
 
+def split_train_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the sweep's own options, the training options after `--`)."""
+    if "--" not in argv:
+        return argv, []
+    at = argv.index("--")
+    return argv[:at], argv[at + 1:]
+
+
 def parse_axis(spec: str) -> tuple[str, list[str]]:
     """`AXIS=V1,V2` -> (AXIS, [V1, V2]); the error names the spec and the fix."""
     name, sep, values = spec.partition("=")
@@ -24,6 +32,8 @@ def parse_axis(spec: str) -> tuple[str, list[str]]:
 class SweepArguments:
     """A grid of training runs over a full / LoRA recipe pair, run one after another, each evaluated, then
     compared in one report (recipe/comparison/sweep.py)."""
+
+    help_group = "Sweep"
 
     full_recipe: str = field(
         default="recipe/configs/smoke.yaml", metadata={"help": "The recipe of the full fine-tuning cells."}

@@ -5,6 +5,7 @@
 - `dialogue_format`: the run's dialogue format for clients: the file's chat template and the Ollama Modelfile.
 """
 
-from .gguf_export import OUTTYPES, ExportResult, GGUFExportArguments, export_gguf, format_export
+from ..config import OUTTYPES, GGUFExportArguments  # the options live with every other script's (recipe/config)
+from .gguf_export import ExportResult, export_gguf, format_export
 
 __all__ = ["OUTTYPES", "ExportResult", "GGUFExportArguments", "export_gguf", "format_export"]

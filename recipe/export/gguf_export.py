@@ -21,43 +21,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from ..common.files import atomic_write_text
 from ..common.run_dir import GGUF_DIR, GGUF_SUFFIX, RunDir, modelfile_of
-from ..config import ConfigError, run_data_arguments
+from ..config import ConfigError, GGUFExportArguments, run_data_arguments
 from ..models.trained import load_model_for_evaluation
 from ..tracking import refresh_model_cards
 from .dialogue_format import dialogue_format, modelfile_text
 from .gguf_file import family_of, require_gguf, write_gguf
-
-OUTTYPES = ("f16", "bf16", "q8_0")
-
-
-@dataclass
-class GGUFExportArguments:
-    """Options of scripts/export_gguf.py (kept beside the exporter: no other script reads them)."""
-
-    model_path: str = field(metadata={"help": "A training output dir, checkpoint, LoRA/QLoRA adapter or model folder."})
-    outtype: Literal["f16", "bf16", "q8_0"] = field(
-        default="f16",
-        metadata={"help": "Type of the 2-D weights: f16 (half the float32 size), bf16, or q8_0 (8-bit blocks, about "
-                          "a quarter). Norms and biases stay float32."},
-    )
-    output: str | None = field(
-        default=None, metadata={"help": "The .gguf file to write (default: MODEL_PATH/gguf/NAME.OUTTYPE.gguf)."}
-    )
-    base_model: str | None = field(
-        default=None,
-        metadata={"help": "Base model of a LoRA adapter (default: the run's base_model/ or the adapter config)."},
-    )
-    speaker: str | None = field(
-        default=None,
-        metadata={"help": "Who the model plays in the chat template (assistant): default the run's train_on_speakers, "
-                          "else its second speaker."},
-    )
-    user: str | None = field(default=None, metadata={"help": "Who the user is in the chat template (default: the "
-                                                             "run's first speaker)."})
 
 
 @dataclass

@@ -71,10 +71,12 @@ def test_a_lora_recipe_reproduced_from_its_run_config_is_not_refused(tmp_path):
 
 
 def test_a_value_of_the_wrong_type_exits_2_naming_the_option(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_status:
+    from recipe.common.cli import user_errors
+
+    with pytest.raises(SystemExit) as exit_status, user_errors():
         parse(tmp_path, "--max_length", "long")
     assert exit_status.value.code == 2
-    assert "argument --max_length/--max-length: invalid int value: 'long'" in capsys.readouterr().err
+    assert capsys.readouterr().err == "error: argument --max_length: invalid int value: 'long'; see --help\n"
 
 
 def test_max_length_beyond_the_model_positions_names_the_limit(tiny_model):
