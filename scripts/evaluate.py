@@ -6,7 +6,8 @@ and their quality. By default on the validation split of the run that produced t
     python scripts/evaluate.py --model_path outputs/smoke-full/checkpoint-29 --do_sample false
     python scripts/evaluate.py --model_path distilgpt2 --data_config outputs/distilgpt2-full/run_config.yaml
 
-Writes MODEL_DIR/evaluation.json (or --output_file) and prints a table; logs to W&B when the
+Writes RUN_DIR/evaluation.json for a run of this recipe (or a checkpoint of one), ./evaluation-NAME.json for any
+other model (a base model's folder is left as it is), or --output_file; prints a table; logs to W&B when the
 training run did (see --wandb). Evaluating a run's final model also writes its model card again, with
 these figures in its metadata (model-index).
 """
@@ -20,6 +21,7 @@ def main(eval_args: EvaluationArguments, gen_args: GenerationArguments) -> dict:
     # torch and transformers: after the command line is accepted (--help and a typo answer at once)
     from recipe.evaluation import (
         default_output_file,
+        describe_output_file,
         evaluate_model,
         format_results,
         log_results_to_wandb,
@@ -30,7 +32,7 @@ def main(eval_args: EvaluationArguments, gen_args: GenerationArguments) -> dict:
     output_file = eval_args.output_file or default_output_file(eval_args.model_path)
     atomic_write_json(output_file, results)
     print(format_results(results))
-    print(f"results: {output_file}")
+    print(f"results: {describe_output_file(eval_args.model_path, output_file)}")
     for card in refresh_run_card(eval_args.model_path, output_file):
         print(f"model card: {card}")
     if eval_args.wandb != "off":

@@ -9,6 +9,7 @@ import sys
 
 from .errors import RunStopped, UserError
 from .hub import HubUnavailableError
+from .library_messages import quiet_libraries
 
 USER_ERRORS = (UserError, HubUnavailableError)  # HubUnavailableError is an OSError, as huggingface_hub's own are
 
@@ -47,4 +48,7 @@ def say(message: str) -> None:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    """The scripts' log format; and what the libraries say that no user can act on, dropped before they are imported
+    (recipe/common/library_messages.py)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=level)
+    quiet_libraries()

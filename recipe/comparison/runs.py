@@ -136,6 +136,8 @@ def read_runs(run_dirs: list[str | os.PathLike]) -> list[RunSummary]:
         raise ComparisonError("no run directories given; pass at least one, e.g. outputs/smoke-full outputs/smoke-lora")
     runs = [RunDir(run_dir) for run_dir in run_dirs]
     problems = [p for p in map(_problem, runs) if p]
+    if len(problems) == 1:
+        raise ComparisonError(f"cannot compare: {problems[0]}")
     if problems:
         raise ComparisonError("cannot compare:\n  - " + "\n  - ".join(problems))
     names = [run.path.name for run in runs]

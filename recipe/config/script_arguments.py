@@ -96,7 +96,9 @@ class EvaluationArguments:
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
     max_eval_dialogues: int | None = field(default=None, metadata={"help": "Evaluate on the first N only."})
     output_file: str | None = field(
-        default=None, metadata={"help": "Results JSON (default: MODEL_DIR/evaluation.json, else ./evaluation.json)."}
+        default=None,
+        metadata={"help": "Results JSON (default: MODEL_PATH/evaluation.json for a run of this recipe or its "
+                          "checkpoint, else ./evaluation-NAME.json: nothing is written into a base model's folder)."},
     )
     wandb: Literal["auto", "off", "new"] = field(
         default="auto",

@@ -75,8 +75,21 @@ class DialogueFile:
         return dict(Counter(d.format for d in self.dialogues))
 
 
-def read_dialogues(path: str, args: DataArguments, split: str | None = None) -> DialogueFile:
-    """Read every dialogue of a .json/.jsonl file, a `save_to_disk` directory or a Hub dataset.
+DATA_PATH_HINT = ("give a .json or .jsonl file of dialogues, a folder datasets' save_to_disk wrote, or a Hub dataset "
+                  "name")
+
+
+def check_data_path(path: str, option: str = "--data_path") -> None:
+    """A path that is neither a file, a folder nor a Hub dataset name fails here, naming the option that gave it
+    (a run checks its data paths before it writes anything)."""
+    if not os.path.exists(path) and not is_hub_id(path):
+        raise DialogueDataError(f"{option} {path}: no such file or directory; {DATA_PATH_HINT}")
+
+
+def read_dialogues(path: str, args: DataArguments, split: str | None = None, option: str = "--data_path"
+                   ) -> DialogueFile:
+    """Read every dialogue of a .json/.jsonl file, a `save_to_disk` directory or a Hub dataset; `option` names
+    where the path came from in the error when there is nothing there.
 
     Raises:
         DialogueDataError: unreadable file, malformed JSON (with line and column), or invalid
@@ -96,7 +109,8 @@ def read_dialogues(path: str, args: DataArguments, split: str | None = None) -> 
         rows, validation_rows = read_hub_dataset(path, args, split)
         records = ((f"{path} row {i}", as_object(row)) for i, row in enumerate(rows))
     else:
-        raise DialogueDataError(f"{path}: no such file or directory (data_path / validation_path)")
+        check_data_path(path, option)
+        raise DialogueDataError(f"{option} {path}: not a file, a folder or a Hub dataset name; {DATA_PATH_HINT}")
 
     dialogues, skipped = _parse_records(path, records, args)
     result = DialogueFile(path=path, dialogues=dialogues, skipped=skipped)

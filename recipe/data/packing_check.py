@@ -17,6 +17,7 @@ import logging
 
 import torch
 
+from ..common.library_messages import quiet_packed_rows
 from ..config import ConfigError, DataArguments
 from .packing import get_data_collator, pack_batch
 
@@ -65,6 +66,7 @@ def check_packing_isolation(model, tokenizer, train_examples, data_args: DataArg
     """
     if data_args.padding != "packing":
         return None
+    quiet_packed_rows()  # packed rows carry no attention mask on purpose: transformers' warning about it is for others
     examples = probe_examples(train_examples, data_args.max_length)
     if len(examples) < 2:
         logger.warning(

@@ -21,7 +21,7 @@ from ..config import DataArguments
 from .audit import check_label_audit, column_array, drop_masked_examples, label_audit
 from .encoding import ENCODING_VERSION, dialogue_table, encode_batch, require_fast_tokenizer
 from .errors import DialogueDataError
-from .formats import Dialogue, DialogueFile, read_dialogues
+from .formats import Dialogue, DialogueFile, check_data_path, read_dialogues
 from .packing import pack_batch
 from .report import data_report, encoding_options
 
@@ -183,16 +183,30 @@ class PreparedData:
         return self.dialogue_splits().validation
 
 
-def load_dialogue_splits(args: DataArguments) -> DialogueSplits:
+def check_data_paths(args: DataArguments, options_from: str | None = None) -> None:
+    """data_path and validation_path name something that exists (or a Hub dataset): checked before a run writes
+    anything. `options_from`: where the options came from, when not the command line (a run's run_config.yaml)."""
+    for name in ("data_path", "validation_path"):
+        if getattr(args, name):
+            check_data_path(getattr(args, name), _option(name, options_from))
+
+
+def _option(name: str, options_from: str | None) -> str:
+    return f"{name} of {options_from}" if options_from else f"--{name}"
+
+
+def load_dialogue_splits(args: DataArguments, options_from: str | None = None) -> DialogueSplits:
     """Read the data and split it as training does: a validation file, a dataset's validation split,
-    or a deterministic share of the dialogues. The evaluation script calls this to get the same split."""
-    source = read_dialogues(args.data_path, args)
+    or a deterministic share of the dialogues. The evaluation script calls this to get the same split
+    (`options_from`: the run_config.yaml or recipe the options came from, named in an error)."""
+    source = read_dialogues(args.data_path, args, option=_option("data_path", options_from))
     dialogues = source.dialogues[: args.max_dialogues] if args.max_dialogues else source.dialogues
     skipped = list(source.skipped)
     if args.validation_path:
         # A dataset folder validates on its "validation" split (or --dataset_validation_split), never its train split.
         validation_split = args.dataset_validation_split or "validation"
-        validation_file = read_dialogues(args.validation_path, args, split=validation_split)
+        validation_file = read_dialogues(args.validation_path, args, split=validation_split,
+                                         option=_option("validation_path", options_from))
         train, validation = dialogues, validation_file.dialogues
         skipped += validation_file.skipped
     elif source.validation_dialogues is not None:

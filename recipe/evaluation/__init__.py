@@ -9,6 +9,7 @@
 from .perplexity import perplexity_by_speaker
 from .run import (
     default_output_file,
+    describe_output_file,
     evaluate_model,
     evaluation_dialogues,
     format_results,
@@ -18,6 +19,7 @@ from .run import (
 
 __all__ = [
     "default_output_file",
+    "describe_output_file",
     "evaluate_model",
     "evaluation_dialogues",
     "format_results",

@@ -32,7 +32,8 @@ def evaluation_dialogues(eval_args, data_args: DataArguments) -> tuple[list[Dial
         what = "all dialogues" if split == "all" else f"the {split} split"
         described = {"source": f"{what} of {eval_args.data_path}", "data_path": eval_args.data_path, "split": split}
     else:
-        splits = load_dialogue_splits(data_args)
+        options_from = eval_args.data_config or "the run's run_config.yaml (evaluate another file with --data_path)"
+        splits = load_dialogue_splits(data_args, options_from)
         dialogues = splits.validation if eval_args.split == "validation" else splits.train
         if not dialogues:
             raise ConfigError(
@@ -108,10 +109,21 @@ def _data_file_changes(environment: dict[str, Any], eval_args, data_args: DataAr
 
 
 def default_output_file(model_path: str) -> Path:
+    """MODEL_PATH/evaluation.json for a run of this recipe or a folder inside one (a checkpoint): the model card reads
+    it there. Anything else (a base model's folder, a Hub id) is not ours to write into: ./evaluation-NAME.json."""
     path = Path(model_path)
-    if path.is_dir():
+    if path.is_dir() and RunDir.containing(path) is not None:
         return path / EVALUATION
-    return Path(f"evaluation-{model_path.replace('/', '--')}.json")
+    name = path.resolve().name if path.is_dir() else model_path.replace("/", "--")
+    return Path(f"evaluation-{name}.json")
+
+
+def describe_output_file(model_path: str, output_file: str | os.PathLike) -> str:
+    """Where the results went, for the line the script prints: a base model's results are not in its folder."""
+    if RunDir.containing(model_path) is None and Path(output_file).parent == Path("."):
+        return f"{output_file} (in the current directory: {model_path} is not a run of this recipe; --output_file " \
+               "chooses another file)"
+    return str(output_file)
 
 
 def refresh_run_card(model_path: str, output_file: str | os.PathLike) -> list[Path]:

@@ -136,8 +136,14 @@ def live_tensors() -> list[torch.Tensor]:
     DeepSpeed built before training starts (DeepSpeed's flat fp32 partitions and gradient buffers, ZeRO-3's
     partitioned weights), which no model attribute lists."""
     import gc
+    import warnings
 
-    return [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    with warnings.catch_warnings():
+        # isinstance() reads the class of every live object, torch.distributed.reduce_op among them, whose every
+        # attribute read warns that it is deprecated: a warning about our scan, not about the user's code.
+        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated",
+                                category=FutureWarning)
+        return [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
 
 
 class TensorMemoryCallback(TrainerCallback):

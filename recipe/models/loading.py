@@ -6,6 +6,8 @@ import logging
 
 import torch
 
+from ..common.errors import UserError
+from ..common.hub import HubUnavailableError
 from ..config import ConfigError, ModelArguments
 from .quantization import quantized_loading
 from .source import ModelSource, resolve_model_source, resolve_pretrained
@@ -23,21 +25,37 @@ def get_tokenizer(model_args: ModelArguments, source: ModelSource | None = None)
     from transformers import AutoTokenizer
 
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    option = "--tokenizer_name_or_path" if model_args.tokenizer_name_or_path else "--model_name_or_path"
     if model_args.tokenizer_name_or_path:  # a tokenizer of its own
-        path, local_files_only = resolve_pretrained(name, "tokenizer", model_args.model_revision,
-                                                    "--tokenizer_name_or_path")
+        path, local_files_only = resolve_pretrained(name, "tokenizer", model_args.model_revision, option,
+                                                    needs=("tokenizer",))
         source = ModelSource(path, model_args.model_revision, local_files_only)
     elif source is None:
-        source = resolve_model_source(model_args, "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(
-        source.path, **source.pretrained_options(), trust_remote_code=model_args.trust_remote_code
-    )
+        source = resolve_model_source(model_args, "tokenizer", needs=("tokenizer",))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.path, **source.pretrained_options(), trust_remote_code=model_args.trust_remote_code
+        )
+    except (UserError, HubUnavailableError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # a damaged or unsupported tokenizer file: what transformers says, in one line
+        raise ConfigError(f"the tokenizer of {name} cannot be loaded ({_last_line(error)}): fetch its tokenizer "
+                          f"files again, or name another tokenizer with --tokenizer_name_or_path") from error
+    if len(tokenizer("Hello, how are you?")["input_ids"]) == 0:
+        raise ConfigError(f"the tokenizer of {name} turns text into no tokens (it has no vocabulary): fetch its "
+                          "tokenizer files again, or name another tokenizer with --tokenizer_name_or_path")
     if tokenizer.eos_token is None:
         raise ConfigError(f"tokenizer {name!r} has no EOS token; the recipe needs one to end dialogues")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def _last_line(error: Exception) -> str:
+    """The last line of an error's message (transformers ends a long one with its hint), with its kind."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -52,11 +70,29 @@ def get_model_config(model_args: ModelArguments, source: ModelSource | None = No
                                       trust_remote_code=model_args.trust_remote_code)
 
 
+def import_deepspeed_only_when_used() -> None:
+    """accelerate's extract_model_from_parallel (behind every save_pretrained, and the Trainer's start) imports
+    DeepSpeed whenever it is installed, only to ask whether the model is a DeepSpeedEngine: seconds of import and
+    DeepSpeed's "Setting accelerator to CPU" warning on runs that never use it. A model can only be a DeepSpeedEngine
+    once deepspeed is imported (a DeepSpeed launch imports it to build one), so that is asked instead: the same answer,
+    without the import."""
+    import sys
+
+    import accelerate.utils.other as accelerate_other
+
+    def deepspeed_imported() -> bool:
+        return "deepspeed" in sys.modules
+
+    if getattr(accelerate_other.is_deepspeed_available, "__name__", "") != deepspeed_imported.__name__:
+        accelerate_other.is_deepspeed_available = deepspeed_imported
+
+
 def get_model(model_args: ModelArguments, tokenizer, source: ModelSource | None = None):
     """Load (or, with random_init, build from its config) the causal LM from `source` (resolved here when not
     given), matched to the tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    import_deepspeed_only_when_used()
     source = source or resolve_model_source(model_args)
     if model_args.random_init and model_args.quantized:
         raise ConfigError("a random_init base has no weights to quantize: build it, save it, and load that folder "

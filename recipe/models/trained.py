@@ -112,7 +112,8 @@ def load_model_for_evaluation(model_path: str, base_model: str | None = None, dt
 
         base = _lora_base(path, base_model, run_dir)
         model_args = _loading_arguments(trained, base, dtype)
-        source = resolve_model_source(model_args, "base model", option="--base_model")
+        source = resolve_model_source(model_args, "base model", option="--base_model",
+                                      needs=("config", "weights"))  # its tokenizer is the adapter's
         tokenizer = get_tokenizer(_loading_arguments(trained, str(path), dtype))  # saved with the adapter
         model = PeftModel.from_pretrained(get_model(model_args, tokenizer, source), str(path))
         kind = "checkpoint-lora" if checkpoint else "lora"

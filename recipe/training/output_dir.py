@@ -10,10 +10,14 @@
   rest waiting at the next barrier.
 - **Writable, with room**: the lock file is the write probe; free space is compared with the
   estimated need (checkpoints kept x their size + the final model) before the first step.
+- **Nothing half-made left behind**: a run refused with a user error before its first step (a bad data file, a
+  label audit, no disk space) removes what it made, when it made the directory or found it empty
+  (`removed_on_user_error`); never anything an earlier run wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..common.cli import USER_ERRORS
 from ..common.errors import UserError
 from ..common.run_dir import INCOMPLETE_PREFIX, RUN_HOLDER, RUN_LOCK, RunDir, checkpoint_is_complete
 from ..config import ConfigError
@@ -129,6 +134,64 @@ def _refuse_foreign(run: RunDir) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# A launch that fails before its first step
+
+
+@contextlib.contextmanager
+def removed_on_user_error(run: RunDir, state):
+    """Around a run's set-up: when it fails with a user error (or Ctrl-C) and this launch made output_dir, or found
+    it holding nothing of an earlier run, the main process removes what the launch wrote there (run_config.yaml,
+    environment.json, the lock), and the folders it made above it while they are empty. A half-made run directory
+    blocks nothing, but it reads as a run that was started.
+
+    Never removed: a directory that held anything (a run to resume, a finished run, another program's files); one
+    whose lock this launch did not get (another run holds it); any folder above it that is not empty.
+    """
+    made = _made_by_this_launch(run.path) if state.is_main_process else None
+    try:
+        yield
+    except (*USER_ERRORS, KeyboardInterrupt):
+        if made is not None and RunLock.holds(run):
+            RunLock.release(run)
+            _remove(run.path, *made)
+        raise
+
+
+def _made_by_this_launch(path: Path) -> tuple[bool, Path | None] | None:
+    """None when `path` holds something of an earlier run (it is never removed); else (whether it exists now,
+    holding nothing but a killed run's lock; the topmost of its folders that does not exist yet, made here)."""
+    if path.is_dir():
+        leftover = [p for p in path.iterdir() if p.name not in (RUN_LOCK, RUN_HOLDER)]
+        return None if leftover else (True, None)
+    if path.exists():
+        return None
+    top = path.absolute()
+    while not top.parent.exists():
+        top = top.parent
+    return False, top
+
+
+def _remove(path: Path, existed: bool, top: Path | None) -> None:
+    """What this launch wrote in `path`; and when it made `path`, the folder and those it made above it, from the
+    run directory up to `top`, each only while it is empty (another run may have started beside it since)."""
+    if path.is_dir():
+        for entry in path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    if existed or top is None:
+        return
+    folder = path.absolute()
+    while folder != top.parent:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone
+            return
+        folder = folder.parent
+
+
+# ----------------------------------------------------------------------------------------------
 # The lock
 
 
@@ -172,6 +235,11 @@ class RunLock:
             raise OutputDirError(f"output_dir {run} cannot be written ({error.strerror}); free space or fix "
                                  "its permissions, or choose another --output_dir") from None
         cls._held[path] = lock
+
+    @classmethod
+    def holds(cls, run: RunDir) -> bool:
+        """This process holds the lock of `run` (it acquired it and has not released it)."""
+        return run.lock.resolve() in cls._held
 
     @classmethod
     def release(cls, run: RunDir) -> None:

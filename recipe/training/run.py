@@ -19,6 +19,7 @@ from accelerate import PartialState
 from transformers import set_seed
 
 from ..common.files import atomic_write_json
+from ..common.library_messages import quiet_deepspeed_deprecations
 from ..common.redaction import redact_argv
 from ..common.run_dir import RunDir, read_json_file
 from ..config import (
@@ -30,7 +31,7 @@ from ..config import (
     save_resolved_config,
 )
 from ..config.sharding import get_sharding
-from ..data import PreparedData, build_datasets
+from ..data import PreparedData, build_datasets, check_data_paths
 from ..data.packing_check import check_packing_isolation, refuse_cache_with_packing
 from ..memory.check import format_plan, plan_and_check_memory
 from ..memory.measured import TensorMemoryCallback
@@ -49,7 +50,7 @@ from ..models.quantization import check_quantization
 from ..models.source import ModelSource, resolve_model_source
 from ..tracking import RunTracker, run_mode
 from .environment import environment_record, peak_memory_mb
-from .output_dir import RunLock, check_disk_space, prepare_output_dir
+from .output_dir import RunLock, check_disk_space, prepare_output_dir, removed_on_user_error
 from .resume import check_resume, record_resume
 from .safeguards import attach_training_guard, raise_if_stopped
 from .summary import end_summary, start_summary, total_steps
@@ -84,34 +85,42 @@ def run_training(
     state = PartialState()
     _set_recipe_log_level(training_args, state.is_main_process)
     sharding = get_sharding(training_args)
+    if sharding.is_deepspeed:
+        quiet_deepspeed_deprecations()  # torch's deprecation warnings about DeepSpeed's own calls
     check_quantization(model_args, lora_args, training_args.device, sharding)  # before anything is written or loaded
     source = resolve_model_source(model_args)  # a base that cannot be read fails here, in seconds
+    check_data_paths(data_args)  # so does a data path with nothing there
     plan = plan_and_check_memory(model_args, data_args, lora_args, training_args, state.is_main_process, source)
     if training_args.dry_run:  # the plan is printed; nothing is written or loaded
         return None
+    # The tokenizer and the model's positions, before the output directory: a base that cannot run is refused
+    # without leaving a run directory behind.
+    tokenizer = get_tokenizer(model_args, source)
+    check_max_length(get_model_config(model_args, source), data_args.max_length)
     tracking_args = tracking_args or TrackingArguments()
     run = RunDir(training_args.output_dir)
     tracker = RunTracker(tracking_args, lora_args, run, state.is_main_process, training_args.push_to_hub)
 
-    resume = prepare_output_dir(run, training_args, state)  # locked and decided by the main process, shared
-    configs = (model_args, data_args, lora_args, training_args, tracking_args)
-    resumed = check_resume(run, resume, configs, state)  # another recipe on these checkpoints is refused
-    state.wait_for_everyone()
-    if state.is_main_process:
-        write_run_records(run, configs, resumed, source)
+    with removed_on_user_error(run, state):  # a run stopped before its first step leaves no directory it made
+        resume = prepare_output_dir(run, training_args, state)  # locked and decided by the main process, shared
+        configs = (model_args, data_args, lora_args, training_args, tracking_args)
+        resumed = check_resume(run, resume, configs, state)  # another recipe on these checkpoints is refused
+        state.wait_for_everyone()
+        if state.is_main_process:
+            write_run_records(run, configs, resumed, source)
 
-    tokenizer, prepared, model, training_args = prepare_data_and_model(
-        model_args, data_args, lora_args, training_args, run, state.is_main_process, source
-    )
-    parameters = count_parameters(model)
-    if state.is_main_process:
-        summary = start_summary(model_args, lora_args, training_args, prepared, *parameters, resume, sharding)
-        logger.info("run summary\n%s", summary + (f"\n{format_plan(plan)}" if plan else ""))
-    check_disk_space(run, model, training_args, lora_args, total_steps(len(prepared.train_dataset), training_args),
-                     resume, state)
+        tokenizer, prepared, model, training_args = prepare_data_and_model(
+            model_args, data_args, lora_args, training_args, run, state.is_main_process, source, tokenizer
+        )
+        parameters = count_parameters(model)
+        if state.is_main_process:
+            summary = start_summary(model_args, lora_args, training_args, prepared, *parameters, resume, sharding)
+            logger.info("run summary\n%s", summary + (f"\n{format_plan(plan)}" if plan else ""))
+        check_disk_space(run, model, training_args, lora_args, total_steps(len(prepared.train_dataset),
+                                                                           training_args), resume, state)
 
-    training_args = tracker.configure(training_args, resume, parameters)  # W&B started; Hub off if unreachable
-    trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
+        training_args = tracker.configure(training_args, resume, parameters)  # W&B started; Hub off if unreachable
+        trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
     if trainer.chunked_loss_off and state.is_main_process:
         logger.info("chunked LM loss off under %s: %s; the model's own loss holds the full logits%s",
                     trainer.sharding.label, trainer.chunked_loss_off, _full_logits_cost(plan))
@@ -189,18 +198,19 @@ def write_run_records(run: RunDir, configs: tuple, resumed: dict[str, Any] | Non
 
 
 def prepare_data_and_model(model_args, data_args, lora_args, training_args, run: RunDir, is_main: bool,
-                           source: ModelSource | None = None):
+                           source: ModelSource | None = None, tokenizer=None):
     """Tokenizer, data (prepared once, by the main process first; its labels audited) and model (with LoRA
-    adapters when asked), checked to keep packed dialogues apart. `source`: where the base is read from
-    (resolved here when not given).
+    adapters when asked), checked to keep packed dialogues apart. `source`: where the base is read from, and
+    `tokenizer` (both resolved here when not given: run_training settles them before it writes anything).
 
     Returns the training arguments too: without validation data, evaluation is turned off.
     """
     refuse_cache_with_packing(data_args, training_args)
     source = source or resolve_model_source(model_args)
     set_seed(training_args.seed)
-    tokenizer = get_tokenizer(model_args, source)
-    check_max_length(get_model_config(model_args, source), data_args.max_length)  # before data and weights
+    if tokenizer is None:
+        tokenizer = get_tokenizer(model_args, source)
+        check_max_length(get_model_config(model_args, source), data_args.max_length)  # before data and weights
     prepared = build_datasets(
         data_args, tokenizer, main_process_first=lambda: training_args.main_process_first(desc="data preparation")
     )

@@ -14,6 +14,7 @@ from ..config import ConfigError, DataArguments, DialogueTrainingArguments
 from ..config.sharding import get_sharding
 from ..data import PreparedData, get_data_collator
 from ..evaluation.metrics import compute_perplexity_metrics, sequence_nll
+from ..models.loading import import_deepspeed_only_when_used
 from ..models.loss import ChunkedCausalLMLoss
 from .fsdp_on_cpu import allow_fsdp_on_cpu
 from .safeguards import WatchesLoss
@@ -33,6 +34,7 @@ class DialogueTrainer(TimesPhases, WatchesLoss, Trainer):
     """
 
     def __init__(self, *args, **kwargs):
+        import_deepspeed_only_when_used()  # the Trainer unwraps its model as it starts
         super().__init__(*args, **kwargs)
         self.real_tokens_trained = 0
         self.chunked_loss_off: str | None = None  # why the sharding keeps the chunked loss off
@@ -51,6 +53,14 @@ class DialogueTrainer(TimesPhases, WatchesLoss, Trainer):
         if self.chunked_loss_off:
             return None
         return ChunkedCausalLMLoss(self.accelerator.autocast, self.is_world_process_zero())
+
+    def _issue_warnings_after_load(self, load_result):
+        """Loading the best checkpoint at the end reports the keys it did not find. A tied LM head (GPT-2's, SmolLM2's:
+        the embedding matrix itself) is saved once, under the embedding's name, so it is reported missing though it
+        is the very tensor just loaded: only keys missing for another reason are reported."""
+        tied = tied_copies(self.model, set(load_result.missing_keys))
+        load_result = load_result._replace(missing_keys=[k for k in load_result.missing_keys if k not in tied])
+        super()._issue_warnings_after_load(load_result)
 
     def create_accelerator_and_postprocess(self):
         allow_fsdp_on_cpu(self.args)  # accelerate would run an FSDP launch on CPU processes as DDP
@@ -101,6 +111,15 @@ class DialogueTrainer(TimesPhases, WatchesLoss, Trainer):
         """Summed over processes (call on every process)."""
         count = torch.tensor(self.real_tokens_trained, device=self.args.device, dtype=torch.long)
         return int(self.accelerator.reduce(count, reduction="sum").item())
+
+
+def tied_copies(model, missing: set[str]) -> set[str]:
+    """The names among `missing` whose parameter is shared with a name that is not missing (so it was loaded)."""
+    names_by_tensor: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_by_tensor.setdefault(id(parameter), []).append(name)
+    return {name for names in names_by_tensor.values() if any(n not in missing for n in names)
+            for name in names if name in missing}
 
 
 class CountingCollator:
