@@ -147,6 +147,10 @@ def run_training(
         # Every process leaves together: DeepSpeed's CPU backend aborts a process whose group is torn down while
         # another is still in it (exit -6 after a finished run).
         torch.distributed.barrier()
+        # gloo's worker thread frees the barrier's work (and the Python tensors it holds, which takes the GIL) just
+        # after the barrier returns; destroying the group meanwhile deadlocks, as ~ProcessGroupGloo joins that thread
+        # while holding the GIL (torch 2.13: a two-process test hung there). Sleeping hands it the GIL.
+        time.sleep(0.2)
         torch.distributed.destroy_process_group()
     return TrainingResult(run.path, train_metrics, eval_metrics)
 
