@@ -8,6 +8,11 @@ from conftest import REPO
 
 PACKAGE = REPO / "recipe"
 MODULES = sorted(PACKAGE.rglob("*.py"))
+# The one module of the recipe imported late, and not to dodge a cycle: it imports transformers (seconds), so the
+# options package loads it when DialogueTrainingArguments is first asked for, and --help and a refused command line
+# never wait for it (recipe/config/parser.py).
+LATE_FOR_SPEED = {("recipe/config/__init__.py", "training_arguments"),
+                  ("recipe/config/parser.py", "training_arguments")}
 
 
 def recipe_imports(tree: ast.AST):
@@ -29,7 +34,8 @@ def test_no_module_of_the_recipe_is_imported_inside_a_function():
     for path in MODULES:
         for function in ast.walk(ast.parse(path.read_text())):
             if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                found += [f"{path.relative_to(REPO)}:{node.lineno}" for node in recipe_imports(function)]
+                found += [f"{path.relative_to(REPO)}:{node.lineno}" for node in recipe_imports(function)
+                          if (str(path.relative_to(REPO)), node.module) not in LATE_FOR_SPEED]
     assert not found, f"recipe modules imported inside functions: {found}"
 
 
