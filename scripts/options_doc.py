@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as python scripts/options_doc.py: the recipe package is the repository's
 
+from recipe.common.library_messages import quiet_libraries  # noqa: E402
 from recipe.config import ChatArguments, GenerationArguments, RecipeParser  # noqa: E402
 from recipe.config.command_line import show_value  # noqa: E402
 from recipe.config.option_specs import (  # noqa: E402
@@ -184,6 +185,7 @@ def script_option_names() -> set[str]:
 
 
 if __name__ == "__main__":
+    quiet_libraries()  # building TrainingArguments' options imports transformers, and through peft bitsandbytes
     options = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     options.add_argument("--check", action="store_true", help="change nothing; exit 1 when a file is out of date")
     sys.exit(main(options.parse_args().check))
