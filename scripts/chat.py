@@ -9,11 +9,13 @@ cancels it. The prompt is kept within the context window, oldest turns dropped f
 
 from recipe.common.cli import setup_logging, user_errors
 from recipe.config import ChatArguments, GenerationArguments, RecipeParser, run_data_arguments
-from recipe.models import ChatSession, chat_speakers, load_model_for_evaluation
-from recipe.models.generation import chat_prompt_tokens, run_chat
 
 
 def main(chat_args: ChatArguments, gen_args: GenerationArguments) -> None:
+    # torch and transformers: after the command line is accepted (--help and a typo answer at once)
+    from recipe.models import ChatSession, chat_speakers, load_model_for_evaluation
+    from recipe.models.generation import chat_prompt_tokens, run_chat
+
     loaded = load_model_for_evaluation(chat_args.model_path, chat_args.base_model, chat_args.dtype)
     data_args = run_data_arguments(loaded.run_dir.read_config() if loaded.run_dir else None)
     user, speaker = chat_speakers(loaded.run_dir, chat_args.user, chat_args.speaker)
@@ -24,8 +26,12 @@ def main(chat_args: ChatArguments, gen_args: GenerationArguments) -> None:
                       "history, /quit leaves, Ctrl-C cancels a reply.")
 
 
+def parser() -> RecipeParser:
+    return RecipeParser((ChatArguments, GenerationArguments), description=__doc__, prog="scripts/chat.py")
+
+
 if __name__ == "__main__":
     setup_logging()
     with user_errors():
-        *configs, _ = RecipeParser((ChatArguments, GenerationArguments)).parse_args_and_config()
+        *configs, _ = parser().parse_args_and_config()
         main(*configs)

@@ -13,7 +13,6 @@ trainer_options.json was made from (the page says which).
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import re
 import sys
@@ -23,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as python scripts/options_doc.py: the recipe package is the repository's
 
 from recipe.common.library_messages import quiet_libraries  # noqa: E402
-from recipe.config import ChatArguments, GenerationArguments, RecipeParser  # noqa: E402
+from recipe.config import RecipeParser  # noqa: E402
 from recipe.config.command_line import show_value  # noqa: E402
 from recipe.config.option_specs import (  # noqa: E402
     TRAINER_OPTIONS_FILE,
@@ -43,12 +42,6 @@ SCRIPTS = ("train.py", "evaluate.py", "chat.py", "prepare_data.py", "sweep.py", 
 def script_parser(name: str):
     """The parser a script builds (its `parser()`), without running the script."""
     path = REPO / "scripts" / name
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    if not any(isinstance(node, ast.FunctionDef) and node.name == "parser" for node in tree.body):
-        # scripts/chat.py builds its parser inline (and imports torch at its top): the same parser, built here.
-        assert name == "chat.py", f"scripts/{name} defines no parser()"
-        return RecipeParser((ChatArguments, GenerationArguments), description=ast.get_docstring(tree),
-                            prog="scripts/chat.py")
     spec = importlib.util.spec_from_file_location(f"_options_doc_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # its top-level imports; `if __name__ == "__main__"` does not run
