@@ -1,11 +1,12 @@
 """DeepSpeed ZeRO-2 / ZeRO-3 as users launch it (`accelerate launch --config_file
 accelerate_configs/deepspeed_zero{2,3}.yaml`, 2 CPU processes: DeepSpeed's CPU backend over gloo), and two "machines"
 on localhost: the same losses as one process at the same global batch, DeepSpeed's sharded checkpoints, and a
-ZeRO-3 final model saved whole."""
+ZeRO-3 final model saved whole; embeddings larger than the tokenizer kept as they are under ZeRO-3."""
 
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,10 @@ from scale_out import (
     needs_deepspeed,
     train_args,
 )
+
+# 24 dialogues pack into 5 rows: 2 steps of 2 rows, seconds (a third step, of 1 row, would not split over 2 processes
+# as over one); what is tested is how the model loads.
+SHORT = ("--max_dialogues", "24", "--max_steps", "2")
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +76,59 @@ def test_two_machines_on_localhost_train_as_one_process(runs, tmp_path):
     assert "x 2 processes = 2 rows per step (DDP over 2 processes)" in outputs[0].stderr
     assert "run summary" not in outputs[1].stderr  # written once, by the first machine's process
     assert_trained_alike(out, runs.get(None, "gpt2"))
+
+
+def gpt2_with_vocabulary(root: Path, extra_rows: int) -> Path:
+    """The tiny gpt2 with `extra_rows` more embedding rows than its tokenizer has tokens (fewer when negative), random
+    weights saved. More is common: vocabularies padded to a multiple of 64 for faster matmuls."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from families import FAMILY_BY_NAME, build_family_dir
+
+    folder = build_family_dir(FAMILY_BY_NAME["gpt2"], root)
+    config = AutoConfig.from_pretrained(folder)
+    config.vocab_size += extra_rows
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+@needs_deepspeed
+def test_zero3_keeps_a_vocabulary_larger_than_the_tokenizer(runs):
+    """ZeRO-3 loads each weight partitioned (an empty tensor on each process): the embedding's rows are read whole, so
+    embeddings that cover the tokenizer are not resized (to the tokenizer's size, which would drop rows)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    runs.models["gpt2-wide-vocabulary"] = gpt2_with_vocabulary(runs.root / "models" / "wide", extra_rows=64)
+    vocabulary = AutoConfig.from_pretrained(runs.models["gpt2-wide-vocabulary"]).vocab_size
+    single = runs.get(None, "gpt2-wide-vocabulary", *SHORT)
+    sharded = runs.get("deepspeed_zero3", "gpt2-wide-vocabulary", *SHORT)
+    stderr = (sharded / "launch.stderr").read_text()
+    assert "DeepSpeed ZeRO-3 over 2 processes" in stderr
+    assert "resizing" not in stderr and "resizing" not in (single / "launch.stderr").read_text()
+    assert_trained_alike(sharded, single)
+    for run in (single, sharded):
+        assert AutoModelForCausalLM.from_pretrained(run).get_input_embeddings().weight.shape[0] == vocabulary
+
+
+def test_a_vocabulary_smaller_than_the_tokenizer_is_resized_on_one_process(tmp_path, caplog):
+    """The other side of the same check: embeddings short of the tokenizer grow to it, keeping the rows they had."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from recipe.config import ModelArguments
+    from recipe.models.loading import get_model, get_tokenizer
+
+    folder = gpt2_with_vocabulary(tmp_path, extra_rows=-16)
+    before = AutoModelForCausalLM.from_pretrained(folder).get_input_embeddings().weight.detach().clone()
+    model_args = ModelArguments(model_name_or_path=str(folder), random_init=False)
+    tokenizer = get_tokenizer(model_args)
+    with caplog.at_level("WARNING", logger="recipe.models.loading"):
+        model = get_model(model_args, tokenizer)
+    assert f"tokenizer has {len(tokenizer)} tokens, model {len(tokenizer) - 16} embeddings: resizing" in caplog.text
+    embeddings = model.get_input_embeddings().weight
+    assert embeddings.shape[0] == model.get_output_embeddings().weight.shape[0] == len(tokenizer)
+    assert torch.equal(embeddings[:len(before)], before)
+    with torch.no_grad():  # the last token has a row now
+        assert model(torch.tensor([[len(tokenizer) - 1]])).logits.shape[-1] == len(tokenizer)

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from recipe.config import DataArguments, EvaluationArguments, GenerationArgument
 from recipe.data import Dialogue, encode_dialogue
 from recipe.evaluation.metrics import DialoguePerplexity, distinct_n, repeat_share, token_f1
 from recipe.evaluation.perplexity import perplexity_by_speaker
-from recipe.evaluation.run import evaluate_model
+from recipe.evaluation.run import default_output_file, evaluate_model
 from recipe.models.generation import Reply, cut_reply, generate_replies, read_prompts_file
 from recipe.models.trained import load_model_for_evaluation
 from recipe.training.run import run_training
@@ -201,6 +202,27 @@ def test_base_model_and_checkpoint_rows(runs):
     )
     assert checkpoint["model"]["kind"] == "checkpoint-full"
     assert checkpoint["data"]["num_dialogues"] == base["data"]["num_dialogues"] == 16
+
+
+def test_default_output_file_of_a_run_a_folder_a_gguf_and_a_hub_id(tmp_path, monkeypatch):
+    """A run (or its checkpoint) keeps its evaluation.json; anything else is ./evaluation-NAME.json, NAME without the
+    path that leads to it (its slashes would otherwise become part of the name)."""
+    run = tmp_path / "run"
+    (run / "checkpoint-7").mkdir(parents=True)
+    (run / "gguf").mkdir()
+    (run / "run_config.yaml").write_text("output_dir: run\n")
+    (run / "gguf" / "run.Q8_0.gguf").write_bytes(b"GGUF")
+    (tmp_path / "SmolLM2-135M-Instruct").mkdir()
+    (tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path / "SmolLM2-135M-Instruct")
+    assert default_output_file(str(run)) == run / "evaluation.json"
+    assert default_output_file(str(run / "checkpoint-7")) == run / "checkpoint-7" / "evaluation.json"
+    assert default_output_file(".") == Path("evaluation-SmolLM2-135M-Instruct.json")
+    assert default_output_file("../SmolLM2-135M-Instruct.Q4_1.gguf") == Path(
+        "evaluation-SmolLM2-135M-Instruct.Q4_1.json")
+    assert default_output_file(str(run / "gguf" / "run.Q8_0.gguf")) == Path("evaluation-run.Q8_0.json")
+    assert default_output_file("HuggingFaceTB/SmolLM2-135M-Instruct") == Path(
+        "evaluation-HuggingFaceTB--SmolLM2-135M-Instruct.json")
 
 
 def test_prompts_files(tmp_path):

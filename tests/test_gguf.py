@@ -139,13 +139,19 @@ def test_prepare_data_and_evaluation_scripts_take_a_gguf_base(q8_base, tmp_path)
     assert prepared.returncode == 0, prepared.stderr
     assert "train:" in prepared.stdout and (tmp_path / "prepared" / "train.jsonl").is_file()
     run_config = tmp_path / "data.yaml"
-    run_config.write_text("data_path: data/sample_dialogues.json\nmax_dialogues: 20\n")
+    run_config.write_text(f"data_path: {REPO / 'data' / 'sample_dialogues.json'}\nmax_dialogues: 20\n")
+    # From another working directory, without --output_file: a base's results go to ./evaluation-NAME.json, NAME the
+    # GGUF file's stem (never its path, whose folders once made ./evaluation--tmp--...--tiny.Q8_0.gguf.json).
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
     evaluated = subprocess.run(
-        [sys.executable, "scripts/evaluate.py", "--model_path", str(q8_base), "--data_config", str(run_config),
-         "--num_samples", "2", "--max_new_tokens", "4", "--wandb", "off", "--output_file", str(tmp_path / "e.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                    "HF_HOME": str(tmp_path / "hf")})
+        [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model_path", str(q8_base), "--data_config",
+         str(run_config), "--num_samples", "2", "--max_new_tokens", "4", "--wandb", "off"],
+        cwd=workdir, capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                       "HF_HOME": str(tmp_path / "hf")})
     assert evaluated.returncode == 0, evaluated.stderr
-    results = json.loads((tmp_path / "e.json").read_text())
+    assert [p.name for p in workdir.iterdir()] == ["evaluation-tiny.Q8_0.json"]
+    assert "results: evaluation-tiny.Q8_0.json (in the current directory" in evaluated.stdout
+    results = json.loads((workdir / "evaluation-tiny.Q8_0.json").read_text())
     assert results["model"]["kind"] == "base" and results["model"]["weights_sha256"] == file_sha256(q8_base)
     assert results["perplexity"]["perplexity"] > 1

@@ -110,11 +110,17 @@ def _data_file_changes(environment: dict[str, Any], eval_args, data_args: DataAr
 
 def default_output_file(model_path: str) -> Path:
     """MODEL_PATH/evaluation.json for a run of this recipe or a folder inside one (a checkpoint): the model card reads
-    it there. Anything else (a base model's folder, a Hub id) is not ours to write into: ./evaluation-NAME.json."""
+    it there. Anything else (a base model's folder, a GGUF file, a Hub id) is not ours to write into:
+    ./evaluation-NAME.json, NAME the folder's name, the file's name without .gguf, or the Hub id with -- for /."""
     path = Path(model_path)
     if path.is_dir() and RunDir.containing(path) is not None:
         return path / EVALUATION
-    name = path.resolve().name if path.is_dir() else model_path.replace("/", "--")
+    if path.is_dir():
+        name = path.resolve().name
+    elif path.is_file():  # a .gguf: its stem, not its path (whose / would become -- and its folders part of the name)
+        name = path.stem
+    else:
+        name = model_path.replace("/", "--")
     return Path(f"evaluation-{name}.json")
 
 

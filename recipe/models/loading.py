@@ -110,12 +110,20 @@ def get_model(model_args: ModelArguments, tokenizer, source: ModelSource | None 
         model = AutoModelForCausalLM.from_pretrained(  # a k-bit base is quantized here, as it loads
             source.path, dtype=_DTYPES[model_args.dtype], **common, **quantized_loading(model_args),
         )
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        logger.warning("tokenizer has %d tokens, model %d embeddings: resizing", len(tokenizer),
-                       model.get_input_embeddings().weight.shape[0])
+    rows = embedding_rows(model)
+    if len(tokenizer) > rows:
+        logger.warning("tokenizer has %d tokens, model %d embeddings: resizing", len(tokenizer), rows)
         model.resize_token_embeddings(len(tokenizer))
     align_generation_config(model, tokenizer)
     return model
+
+
+def embedding_rows(model) -> int:
+    """The rows of the model's input embedding, whole: under ZeRO-3 each process holds an empty partition of the
+    weight (its shape is (0,)), and DeepSpeed keeps the whole shape as `ds_shape`; reading `shape` there would resize
+    embeddings that already cover the tokenizer."""
+    weight = model.get_input_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
 
 
 def check_max_length(model_or_config, max_length: int) -> None:
