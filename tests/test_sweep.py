@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO
 from recipe.common.run_dir import RunDir
-from recipe.comparison.sweep import grid_cells, run_sweep, train_arguments
+from recipe.comparison.sweep import grid_cells, run_sweep, train_arguments, typed_command
 from recipe.config import ConfigError, SweepArguments
 from test_tracking import read_offline_run
 
@@ -98,6 +98,9 @@ def test_an_interrupted_sweep_resumes_where_it_stopped_and_ends_in_a_report(tmp_
     assert "stopped: the sweep stopped during full-lrx1 (its last checkpoint is kept); run the same command" \
         in stopped.stderr
     assert read_json(sweep / "sweep.json")["cells"]["full-lrx1"]["status"] == "interrupted"
+    resume = read_json(sweep / "sweep.json")["resume"]  # as typed, not this machine's interpreter
+    assert resume.startswith(f"python scripts/sweep.py --sweep_dir {sweep} ")
+    assert f"to resume: {resume}" in stopped.stderr
     assert (full / "checkpoint-10").is_dir() and not RunDir(full).is_finished() and not lora.exists()
 
     finished = run(sweep_command(tmp_path), tmp_path, "signal:SIGTERM:999")  # the same command, no fault this time
@@ -117,12 +120,39 @@ def test_an_interrupted_sweep_resumes_where_it_stopped_and_ends_in_a_report(tmp_
         assert config["lora_rank"] == (8 if cell == lora else None)
 
     report = (sweep / "report.md").read_text()
-    assert report.startswith("# Sweep smoke-test: 2 runs")
+    assert report.startswith("# Sweep smoke-test: 2 runs") and f"with `{resume}`." in report
     ranked = [line for line in report.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     perplexities = {cell.name: read_json(cell / "eval_results.json")["eval_perplexity"] for cell in (full, lora)}
     order = sorted(perplexities, key=perplexities.get)
     assert [line.split(" | ")[1] for line in ranked] == order
     assert (sweep / "report.png").stat().st_size > 10_000 and (sweep / "report-pareto.png").stat().st_size > 10_000
+
+
+def test_the_recorded_command_is_the_one_a_user_types_at_the_repository_root(tmp_path, monkeypatch):
+    """`python` and paths from the repository root, not this machine's interpreter and absolute paths: the report's
+    rerun command replays on another checkout (paths outside the repository stay as they are)."""
+    import recipe.comparison.sweep
+
+    secret = "hf_" + "s3cr3t" * 6
+    argv = [str(REPO / "scripts" / "sweep.py"), "--sweep_dir", str(tmp_path / "s"), f"--config={REPO / 'my.yaml'}",
+            "--evaluate_options", "--do_sample false", "--grid", "lora_r=8", "learning_rate_scale=1", "--",
+            "--data_path", str(REPO / "data" / "sample_dialogues.json"), "--hub_token", secret]
+    typed = (f"python scripts/sweep.py --sweep_dir {tmp_path / 's'} --config=my.yaml --evaluate_options "
+             "'--do_sample false' --grid lora_r=8 learning_rate_scale=1 -- --data_path data/sample_dialogues.json "
+             "--hub_token '***'")
+    assert typed_command(argv) == typed
+    # what run_sweep records by itself (sys.argv as `/abs/python /abs/repo/scripts/sweep.py ...` leaves it)
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(recipe.comparison.sweep, "run_child", lambda command: 1)
+    with pytest.raises(ConfigError, match="no cell of the sweep"):
+        run_sweep(SweepArguments(sweep_dir=str(tmp_path / "s"), grid=["lora_r=8", "learning_rate_scale=1"],
+                                 evaluate=False))
+    assert read_json(tmp_path / "s" / "sweep.json")["resume"] == typed
+    # the committed SmolLM2 sweep replays from any checkout
+    recorded = REPO / "benchmarks" / "results" / "sweep-smollm2-2026-12-02"
+    resume = read_json(recorded / "sweep.json")["resume"]
+    assert resume.startswith("python scripts/sweep.py --full_recipe recipe/configs/smollm2-full.yaml ")
+    assert f"with `{resume}`." in (recorded / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")

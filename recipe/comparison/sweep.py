@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import re
 import shlex
 import signal
@@ -330,10 +331,25 @@ def describe_cells(sweep: Sweep) -> str:
     return "\n".join(lines)
 
 
+def typed_command(argv: list[str], root: Path | None = None) -> str:
+    """The sweep's command line as a user types it at the repository root: `python`, not this machine's interpreter,
+    and paths inside the root relative to it (`--opt=PATH` too), so that the report's rerun command works on
+    another checkout; secrets masked."""
+    root = Path(os.path.abspath(root or Path.cwd()))
+
+    def relative(arg: str) -> str:
+        flag, value = arg.split("=", 1) if arg.startswith("--") and "=" in arg else (None, arg)
+        if os.path.isabs(value) and Path(os.path.normpath(value)).is_relative_to(root):
+            value = os.path.relpath(value, root)
+        return value if flag is None else f"{flag}={value}"
+
+    return shlex.join(["python", *map(relative, redact_command(argv))])
+
+
 def run_sweep(args: SweepArguments, command_line: str | None = None) -> tuple[Path | None, list[Cell]]:
     """Run (or resume) the sweep, then write its report; returns (report, failed cells). With dry_run,
     prints the cells and runs nothing."""
-    sweep = Sweep(args, command_line or shlex.join(redact_command([sys.executable, *sys.argv])))  # no --hub_token
+    sweep = Sweep(args, command_line or typed_command(sys.argv))
     if args.dry_run:
         sweep.check()
         print(describe_cells(sweep))
