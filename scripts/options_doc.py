@@ -1,13 +1,11 @@
-"""Write docs/options.md, every option of every script grouped as its --help groups them, and
-recipe/config/trainer_options.json, the options of transformers' TrainingArguments that --help reads without
-importing transformers.
+"""Write docs/options.md, every option of every script grouped as its --help groups them.
 
-    python scripts/options_doc.py            # after changing an option, or upgrading transformers
-    python scripts/options_doc.py --check    # exit status 1 when either file is not what it would write
+    python scripts/options_doc.py            # after changing an option, or the locked transformers
+    python scripts/options_doc.py --check    # exit status 1 when the page is not what it would write
 
 The page is made from the option dataclasses' fields and help (recipe/config/), never by hand: tests/test_help.py
-fails when it differs from what this writes. The Trainer's options on it are those of the transformers version
-trainer_options.json was made from (the page says which).
+fails when it differs from what this writes. The Trainer's options on it are those of the installed transformers
+(the page says which version): run it in the locked install (requirements/lock.txt), as CI does.
 """
 
 from __future__ import annotations
@@ -25,18 +23,15 @@ from recipe.common.library_messages import quiet_libraries  # noqa: E402
 from recipe.config import RecipeParser  # noqa: E402
 from recipe.config.command_line import show_value  # noqa: E402
 from recipe.config.option_specs import (  # noqa: E402
-    TRAINER_OPTIONS_FILE,
     OptionSpec,
-    build_trainer_option_specs,
-    committed_trainer_option_specs,
     installed_transformers_version,
-    trainer_options_file_text,
+    trainer_option_specs,
 )
 
 OPTIONS_PAGE = REPO / "docs" / "options.md"
 # In the order a new user meets them.
 SCRIPTS = ("train.py", "evaluate.py", "chat.py", "prepare_data.py", "sweep.py", "compare.py", "export_gguf.py",
-           "push.py", "get_base_model.py", "build_offline_model.py")
+           "push.py", "reproduce.py", "get_base_model.py", "build_offline_model.py")
 
 
 def script_parser(name: str):
@@ -49,9 +44,8 @@ def script_parser(name: str):
 
 
 def options_page() -> str:
-    """docs/options.md, from the committed TrainingArguments options (the same page whatever transformers is
-    installed)."""
-    version, trainer_specs = committed_trainer_option_specs()
+    """docs/options.md, with the TrainingArguments options of the installed transformers."""
+    version, trainer_specs = installed_transformers_version(), trainer_option_specs()
     lines = [
         "# Options",
         "",
@@ -150,20 +144,15 @@ def _usage(parser: argparse.ArgumentParser) -> str:
 
 
 def main(check: bool) -> int:
-    stale = []
-    # The Trainer's options first: the page lists those of the file.
-    trainer_text = trainer_options_file_text(installed_transformers_version(), build_trainer_option_specs())
-    for path, make in ((TRAINER_OPTIONS_FILE, lambda: trainer_text), (OPTIONS_PAGE, options_page)):
-        text = make()
-        if path.is_file() and path.read_text(encoding="utf-8") == text:
-            continue
-        stale.append(path)
-        if check:
-            print(f"{path.relative_to(REPO)} is out of date: python scripts/options_doc.py", file=sys.stderr)
-        else:
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(REPO)}")
-    return 1 if check and stale else 0
+    text = options_page()
+    if OPTIONS_PAGE.is_file() and OPTIONS_PAGE.read_text(encoding="utf-8") == text:
+        return 0
+    if check:
+        print(f"{OPTIONS_PAGE.relative_to(REPO)} is out of date: python scripts/options_doc.py", file=sys.stderr)
+        return 1
+    OPTIONS_PAGE.write_text(text, encoding="utf-8")
+    print(f"wrote {OPTIONS_PAGE.relative_to(REPO)}")
+    return 0
 
 
 def script_option_names() -> set[str]:

@@ -31,10 +31,6 @@ OTHER_FLAGS = {
     "main_process_port", "multi_gpu", "cpu", "nproc_per_node", "output_dir", "any_option", "shutdown_timeout",
     "retries", "timeout", "jinja", "all-extras", "python-version", "upgrade", "upgrade-package",
 }
-# Recipes whose comments still point to sections that moved, in files another change owns: each should name the
-# section where it now is (smollm2-full.yaml and smollm2-qlora.yaml: "docs/results.md: How the recipes were chosen";
-# smollm2-qlora.yaml: "docs/training.md: Model families"), and leave this set.
-STALE_RECIPE_REFERENCES = {"smollm2-full.yaml", "smollm2-qlora.yaml"}
 RECIPES = sorted((REPO / "recipe" / "configs").glob("*.yaml"))
 
 
@@ -254,10 +250,7 @@ def test_the_readme_links_every_docs_page():
     assert not pages - index - {(DOCS / 'index.md').resolve()}, "docs pages missing from docs/index.md"
 
 
-@pytest.mark.parametrize("recipe", [
-    pytest.param(path, marks=pytest.mark.xfail(strict=True, reason="stale reference in a file this change does "
-                                                "not own")) if path.name in STALE_RECIPE_REFERENCES else path
-    for path in RECIPES], ids=[path.name for path in RECIPES])
+@pytest.mark.parametrize("recipe", RECIPES, ids=[path.name for path in RECIPES])
 def test_recipe_comments_point_to_sections_that_exist(recipe):
     """A recipe comment's pointer to a section (`README: Heading`, `the README, Heading`, `docs/page.md: Heading` or
     `docs/page.md#anchor`) names a heading of that page: sections move between the README and docs/."""

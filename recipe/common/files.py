@@ -50,3 +50,11 @@ def file_sha256(path: str | os.PathLike | None) -> str | None:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def user_cache_dir() -> Path:
+    """Where the recipe keeps what it can make again (outside the repository): $DIALOGUE_FINETUNE_CACHE, else
+    $XDG_CACHE_HOME/dialogue-finetune, else ~/.cache/dialogue-finetune (the folder .ci/run keeps the real base in)."""
+    if os.environ.get("DIALOGUE_FINETUNE_CACHE"):
+        return Path(os.environ["DIALOGUE_FINETUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dialogue-finetune"

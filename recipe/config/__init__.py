@@ -9,7 +9,7 @@
 - `sweep_arguments`: the sweep script's options (recipe pair, grid, where the runs go).
 - `parser`: `RecipeParser` (YAML recipe, then CLI flags) and the resolved config a run stores.
 - `command_line`, `option_specs`: `--help` by stage and the command-line checks, before transformers is imported
-  (TrainingArguments' options read from trainer_options.json).
+  (TrainingArguments' options read once per installed transformers, then from the user's cache).
 - `run_options`: the options a finished run trained with, read back from its run_config.yaml.
 - `sharding`: what the launch asked for (one process, DDP, FSDP, DeepSpeed ZeRO) and the command that launched it.
 """

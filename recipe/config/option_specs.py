@@ -4,12 +4,12 @@ An `OptionSpec` is what `transformers.HfArgumentParser` makes of one dataclass f
 converts it with, its choices, default and help), plus what a YAML recipe may give it (a list, a mapping, null). The
 recipe's own dataclasses need no transformers: `specs_of` reads their fields and type hints, the way HfArgumentParser
 does (tests/test_help.py holds the two to the same answer). transformers' `TrainingArguments` is another matter:
-importing it takes seconds (it imports peft, and peft bitsandbytes), so its options are read once from
-HfArgumentParser and committed in trainer_options.json, with the transformers version they came from. Where the
-installed transformers is that version, `--help`, the options page and the refusals of a command line read the file;
-where it is another, they build the same list from the installed transformers (slower, still right).
-
-Regenerate the file after upgrading transformers: python scripts/options_doc.py
+importing it takes seconds (torch, and peft, and through it bitsandbytes), and its options change from one release to
+the next. So they are read once per installed transformers (and torch, accelerate and Python: a default or a type may
+depend on them) from HfArgumentParser, and kept in the user's cache, outside the repository
+(`~/.cache/dialogue-finetune/trainer-options/`, or under $DIALOGUE_FINETUNE_CACHE): the first `--help` or refusal
+after an upgrade takes those seconds, once, and says so; every later one reads the file. Any full parse (a run)
+imports transformers anyway and writes the file for free. Nothing in the repository matches one version only.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ import enum
 import importlib.metadata
 import inspect
 import json
+import sys
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-TRAINER_OPTIONS_FILE = Path(__file__).with_name("trainer_options.json")
+from ..common.files import atomic_write_text, user_cache_dir
+
 REQUIRED = "required"  # OptionSpec.default of an option without a default
 
 
@@ -133,31 +135,53 @@ def type_name(hint: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# transformers' TrainingArguments: committed, or read from the installed transformers
+# transformers' TrainingArguments: read once per installed version, kept in the user's cache
+
+# The cache file's layout; a change to OptionSpec changes it, and the files of the old one are not read.
+TRAINER_OPTIONS_FORMAT = 1
+# The packages whose versions can change what HfArgumentParser declares for TrainingArguments (optim's default
+# follows torch's version; parallelism_config's type is accelerate's).
+TRAINER_OPTIONS_DEPEND_ON = ("transformers", "torch", "accelerate")
 
 
-def trainer_option_specs(live: bool = False) -> list[OptionSpec]:
-    """Every option of transformers.TrainingArguments: from trainer_options.json where it was made from the
-    installed transformers (no import), else from the installed transformers itself (`live`, seconds)."""
-    if not live:
-        committed = read_trainer_options_file()
-        if committed["transformers"] == installed_transformers_version():
-            return [OptionSpec.from_json(entry) for entry in committed["options"]]
-    return build_trainer_option_specs()
+def trainer_option_specs() -> list[OptionSpec]:
+    """Every option of transformers.TrainingArguments, from the cache made for the installed versions (no import),
+    else read from the installed transformers (seconds, said on stderr unless transformers is loaded already) and
+    cached for the next time. A cache that cannot be written (a read-only home) is no error: the options are read
+    again next time."""
+    path = trainer_options_cache_file()
+    try:
+        return [OptionSpec.from_json(entry) for entry in json.loads(path.read_text(encoding="utf-8"))["options"]]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or not a file this code wrote: read them again
+        pass
+    if "transformers.training_args" not in sys.modules:
+        sys.stderr.write(f"(reading the Trainer's options from transformers {installed_version('transformers')} "
+                         f"once; cached in {path})\n")
+    specs = build_trainer_option_specs()
+    try:
+        atomic_write_text(path, trainer_options_file_text(specs))
+    except OSError:
+        pass
+    return specs
 
 
-def committed_trainer_option_specs() -> tuple[str, list[OptionSpec]]:
-    """(the transformers version, its TrainingArguments options) as trainer_options.json holds them."""
-    committed = read_trainer_options_file()
-    return committed["transformers"], [OptionSpec.from_json(entry) for entry in committed["options"]]
+def trainer_options_cache_file() -> Path:
+    """The cache file of the installed versions: one per (transformers, torch, accelerate, Python, format)."""
+    versions = "_".join(f"{name}-{installed_version(name)}" for name in TRAINER_OPTIONS_DEPEND_ON)
+    python = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    return user_cache_dir() / "trainer-options" / f"{versions}_{python}_format-{TRAINER_OPTIONS_FORMAT}.json"
 
 
-def read_trainer_options_file() -> dict[str, Any]:
-    return json.loads(TRAINER_OPTIONS_FILE.read_text(encoding="utf-8"))
+def installed_version(distribution: str) -> str:
+    """A package's version from its metadata (no import); "none" when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def installed_transformers_version() -> str:
-    return importlib.metadata.version("transformers")  # the package's metadata: no import
+    return installed_version("transformers")
 
 
 def build_trainer_option_specs() -> list[OptionSpec]:
@@ -169,7 +193,7 @@ def build_trainer_option_specs() -> list[OptionSpec]:
 
 def specs_from_hf_parser(dataclass_type: type) -> list[OptionSpec]:
     """The options HfArgumentParser declares for a dataclass, read off its argparse actions (imports transformers).
-    The reference `specs_of` is held to, and what trainer_options.json is made of."""
+    The reference `specs_of` is held to, and what the cache of TrainingArguments' options holds."""
     from transformers import HfArgumentParser
     from transformers.hf_argparser import string_to_bool
 
@@ -209,11 +233,11 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def trainer_options_file_text(version: str, specs: list[OptionSpec]) -> str:
-    """trainer_options.json as scripts/options_doc.py writes it."""
+def trainer_options_file_text(specs: list[OptionSpec]) -> str:
+    """The cache file: the versions it was read from, then one option a line."""
+    versions = {name: installed_version(name) for name in TRAINER_OPTIONS_DEPEND_ON}
     about = ("transformers.TrainingArguments' options as HfArgumentParser declares them, read by --help and the "
-             "command-line checks without importing transformers (recipe/config/option_specs.py). Regenerate after "
-             "upgrading transformers: python scripts/options_doc.py")
+             "command-line checks of dialogue-finetune without importing transformers (recipe/config/option_specs.py)")
     options = ",\n".join("  " + json.dumps(spec.to_json(), ensure_ascii=False) for spec in specs)  # one a line
-    return (f'{{\n "about": {json.dumps(about)},\n "transformers": {json.dumps(version)},\n "options": [\n'
-            f"{options}\n ]\n}}\n")
+    return (f'{{\n "about": {json.dumps(about)},\n "versions": {json.dumps(versions)},\n "format": '
+            f'{TRAINER_OPTIONS_FORMAT},\n "options": [\n{options}\n ]\n}}\n')

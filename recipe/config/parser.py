@@ -249,10 +249,7 @@ def _hf_parser(classes: list[type]):
 
 
 def _trainer_version() -> str:
-    try:
-        return installed_transformers_version()
-    except Exception:  # not installed: nothing can train anyway
-        return "unknown"
+    return installed_transformers_version()  # "none" where it is not installed: nothing can train anyway
 
 
 def _shown_path(path: str | os.PathLike) -> str:
