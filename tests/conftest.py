@@ -1,6 +1,7 @@
 """Shared fixtures: the offline tokenizer and tiny models; nothing here touches the network."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,62 @@ def write(path: Path, content: str | bytes) -> str:
     else:
         path.write_text(content, encoding="utf-8")
     return str(path)
+
+
+# How the libraries speak in a script's output: the scripts' log format (recipe/common/cli.py), transformers' own
+# handler, DeepSpeed's (on stdout), and Python's warnings (`FILE:LINE: CATEGORY: MESSAGE`, then the source line).
+SCRIPT_LOG_LINE = re.compile(r"\d\d:\d\d:\d\d (?P<level>[A-Z]+) (?P<logger>\S+): (?P<message>.*)")
+TRANSFORMERS_LINE = re.compile(r"\[transformers\] (?P<message>.*)")
+DEEPSPEED_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\] \[(?P<level>[A-Z]+)\] \[(?P<where>[^\]]+)\] (?P<message>.*)")
+PYTHON_WARNING_LINE = re.compile(r"(?P<path>\S+\.py):\d+: (?P<category>\w+): (?P<message>.*)")
+WARNING_LEVELS = ("WARNING", "ERROR", "CRITICAL")
+
+
+def module_of(path: str) -> str:
+    """The dotted name of a module's file: below site-packages for a library, below the repository for ours."""
+    parts = Path(path).with_suffix("").parts
+    if "site-packages" in parts:
+        return ".".join(parts[len(parts) - parts[::-1].index("site-packages"):])
+    if Path(path).is_relative_to(REPO):
+        return ".".join(Path(path).with_suffix("").relative_to(REPO).parts)
+    return ".".join(parts)
+
+
+def library_warnings(*outputs: str) -> list[str]:
+    """What the libraries warned of in a script's output (its stderr, and its stdout, where DeepSpeed logs), one
+    `LIBRARY (SOURCE): MESSAGE` each, SOURCE its logger or its warning's category and module: what a filter of
+    recipe/common/library_messages.py would match. The recipe's own WARNING lines are left out, each of which says
+    what to do (docs/reliability.md#warnings); a line that speaks of a warning in no format known here is kept whole."""
+    found = []
+    for output in outputs:
+        source_line_next = False  # Python prints the line that warned below the warning
+        for line in output.splitlines():
+            if source_line_next and line.startswith("  "):
+                source_line_next = False
+                continue
+            source_line_next = False
+            if match := SCRIPT_LOG_LINE.match(line):
+                logger = match["logger"]
+                if match["level"] in WARNING_LEVELS and logger.split(".")[0] not in ("recipe", "__main__"):
+                    found.append(f"{logger.split('.')[0]} (logger {logger}, {match['level']}): {match['message']}")
+            elif match := TRANSFORMERS_LINE.match(line):
+                found.append(f"transformers (a transformers.* logger, through transformers' own handler): "
+                             f"{match['message']}")
+            elif match := DEEPSPEED_LINE.match(line):
+                if match["level"] in WARNING_LEVELS:
+                    found.append(f"deepspeed (logger DeepSpeed, {match['level']} in {match['where']}): "
+                                 f"{match['message']}")
+            elif match := PYTHON_WARNING_LINE.match(line):
+                module = module_of(match["path"])
+                found.append(f"{module.split('.')[0]} ({match['category']} raised in {module}): {match['message']}")
+                source_line_next = True
+            elif re.search(r"(?i)\bwarn", line):
+                found.append(f"(no library named) {line}")
+    return found
+
+
+def assert_no_library_warnings(*outputs: str) -> None:
+    """Fails naming each library message, where it came from, and what it said."""
+    found = library_warnings(*outputs)
+    assert not found, "library messages a user cannot act on (recipe/common/library_messages.py drops those with " \
+                      "a reason):\n" + "\n".join(found)

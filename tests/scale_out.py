@@ -149,6 +149,7 @@ class Runs:
             result = launch(config, out, self.model(family), *extra)
             assert result.returncode == 0, result.stderr[-3000:]
             (out / "launch.stderr").write_text(result.stderr)
+            (out / "launch.stdout").write_text(result.stdout)  # DeepSpeed logs here
             self.done[key] = out
         return self.done[key]
 

