@@ -15,7 +15,6 @@ from typing import Literal
 from recipe.common.cli import setup_logging, user_errors
 from recipe.config import RecipeParser
 from recipe.models import KNOWN_BASES, get_base_model
-from recipe.models.loading import import_deepspeed_only_when_used
 
 
 @dataclass
@@ -32,7 +31,6 @@ class BaseModelArguments:
 
 
 def main(args: BaseModelArguments) -> None:
-    import_deepspeed_only_when_used()  # saving the dequantized GGUF unwraps the model through accelerate
     folder = get_base_model(args.name, args.output_dir or f"models/{args.name}", args.source, args.force)
     print(f"base model: {folder}  (use --model_name_or_path {folder})")
 

@@ -2,14 +2,13 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, assert_no_library_warnings, free_port
 
 
 def run(args, env=None, timeout=600):
@@ -36,8 +35,7 @@ def test_smoke_run_and_its_run_config_reproduce_each_other(tmp_path):
     assert "run summary" in first.stderr and "parameters: 263,936 total" in first.stderr
     # No library warning a user cannot act on (the best checkpoint's tied LM head reloads without "missing keys"):
     # only the recipe's own WARNING lines may speak of one (docs/reliability.md#warnings).
-    assert [line for line in first.stderr.splitlines() if (re.search(r"(?i)\bwarn", line) or line.startswith(
-        "[transformers]")) and " WARNING recipe." not in line] == [], first.stderr[-3000:]
+    assert_no_library_warnings(first.stderr, first.stdout)
     assert "eval: loss" in first.stderr and f"model: {tmp_path / 'first'}" in first.stderr
     again = run([sys.executable, "scripts/train.py", "--config", str(tmp_path / "first" / "run_config.yaml"),
                  "--output_dir", str(tmp_path / "again")])

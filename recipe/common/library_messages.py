@@ -75,8 +75,8 @@ CHECKPOINTS_SECONDS_APART = LogSource("transformers.trainer_utils",
 # DeepSpeed, imported by a launch that uses it, falls back to its CPU accelerator when torch sees no GPU, and says
 # so: the run is on the CPU, as its start-up summary says (device cpu), and so are DeepSpeed's collectives. Only the
 # accelerator detection, whose one warning that is (its logger writes to stdout with its own handler). Where DeepSpeed
-# is not used it is mostly not imported at all (import_deepspeed_only_when_used, recipe/models/loading.py); the first
-# dequantization of a GGUF base by train.py, prepare_data.py, chat.py or export_gguf.py still imports it.
+# is not used it is not imported at all (import_deepspeed_only_when_used, recipe/models/deepspeed_import.py: before the
+# Trainer starts, a model loads, or a GGUF base is dequantized and saved).
 DEEPSPEED_CPU_ACCELERATOR = LogSource("DeepSpeed", caller="deepspeed.accelerator.real_accelerator:get_accelerator")
 LOG_SOURCES = (BITSANDBYTES_CPU_KERNEL, KERNELS_PROBED_BY_BITSANDBYTES, UNNAMED_CAUSAL_LM_LOSS,
                CHECKPOINTS_SECONDS_APART, DEEPSPEED_CPU_ACCELERATOR)

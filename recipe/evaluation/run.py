@@ -16,7 +16,6 @@ from ..common.run_dir import EVALUATION, RunDir, read_json_file
 from ..config import ConfigError, DataArguments, GenerationArguments, run_data_arguments, run_model_arguments
 from ..data import Dialogue, load_dialogue_splits, read_dialogues
 from ..models.generation import prompts_from_dialogues, read_prompts_file, reply_samples
-from ..models.loading import import_deepspeed_only_when_used
 from ..models.trained import LoadedModel, load_model_for_evaluation
 from ..tracking import POSTHOC_EVAL_PREFIX, log_evaluation_to_wandb, read_wandb_record, refresh_model_cards
 from .metrics import quality_measures
@@ -146,7 +145,6 @@ def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
     """Perplexity on the run's validation split (or a file), samples, quality measures: the content of
     evaluation.json."""
     started = time.time()
-    import_deepspeed_only_when_used()  # before a GGUF base is dequantized and saved, which unwraps through accelerate
     loaded = load_model_for_evaluation(eval_args.model_path, eval_args.base_model, eval_args.dtype)
     run_config = loaded.run_dir.read_config() if loaded.run_dir and not eval_args.data_config else None
     data_args = run_data_arguments(run_config, eval_args.data_config)

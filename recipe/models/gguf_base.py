@@ -26,6 +26,7 @@ from typing import Any
 from ..common.files import atomic_write_json, file_sha256
 from ..common.hub import require_hub
 from ..config import ConfigError, ModelArguments
+from .deepspeed_import import import_deepspeed_only_when_used
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def write_dequantized(path: str | os.PathLike, target: Path, description: dict[s
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+    import_deepspeed_only_when_used()  # save_pretrained unwraps the model through accelerate
     description = description or describe_gguf(path)
     path = Path(path)
     logger.info("dequantizing %s (%s, %s) to float32 into %s; done once per file", path.name,

@@ -9,6 +9,7 @@ import torch
 from ..common.errors import UserError
 from ..common.hub import HubUnavailableError
 from ..config import ConfigError, ModelArguments
+from .deepspeed_import import import_deepspeed_only_when_used
 from .quantization import quantized_loading
 from .source import ModelSource, resolve_model_source, resolve_pretrained
 
@@ -68,23 +69,6 @@ def get_model_config(model_args: ModelArguments, source: ModelSource | None = No
     source = source or resolve_model_source(model_args)
     return AutoConfig.from_pretrained(source.path, **source.pretrained_options(),
                                       trust_remote_code=model_args.trust_remote_code)
-
-
-def import_deepspeed_only_when_used() -> None:
-    """accelerate's extract_model_from_parallel (behind every save_pretrained, and the Trainer's start) imports
-    DeepSpeed whenever it is installed, only to ask whether the model is a DeepSpeedEngine: seconds of import and
-    DeepSpeed's "Setting accelerator to CPU" warning on runs that never use it. A model can only be a DeepSpeedEngine
-    once deepspeed is imported (a DeepSpeed launch imports it to build one), so that is asked instead: the same answer,
-    without the import."""
-    import sys
-
-    import accelerate.utils.other as accelerate_other
-
-    def deepspeed_imported() -> bool:
-        return "deepspeed" in sys.modules
-
-    if getattr(accelerate_other.is_deepspeed_available, "__name__", "") != deepspeed_imported.__name__:
-        accelerate_other.is_deepspeed_available = deepspeed_imported
 
 
 def get_model(model_args: ModelArguments, tokenizer, source: ModelSource | None = None):
