@@ -3,6 +3,7 @@ the committed TrainingArguments options generated, not written by hand."""
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,16 +21,17 @@ from recipe.config import (
 )
 from recipe.config.option_specs import (
     build_trainer_option_specs,
-    committed_trainer_option_specs,
     installed_transformers_version,
     specs_from_hf_parser,
     specs_of,
-    trainer_options_file_text,
+    trainer_option_specs,
+    trainer_options_cache_file,
 )
 from recipe.config.parser import option_specs_of
 
 # The scripts a user meets first; not scripts/chat.py, which imports torch at its top (another change's file).
-LIGHT_SCRIPTS = ("train.py", "evaluate.py", "prepare_data.py", "sweep.py", "compare.py", "push.py", "export_gguf.py")
+LIGHT_SCRIPTS = ("train.py", "evaluate.py", "prepare_data.py", "sweep.py", "compare.py", "push.py", "export_gguf.py",
+                 "reproduce.py")
 HEAVY = ("torch", "transformers", "datasets", "peft", "bitsandbytes", "deepspeed", "matplotlib")
 # Runs a script as `python scripts/NAME ARGS...` does, then says which heavy modules it imported, even when it exits.
 DRIVER = """
@@ -46,11 +48,18 @@ print(json.dumps({"exit": code, "heavy": sorted(m for m in %r if m in sys.module
 """ % (HEAVY,)
 
 
-def run_script(name, *args):
+@pytest.fixture(scope="module", autouse=True)
+def trainer_options_cached():
+    """The Trainer's options are read from the installed transformers once per version, then cached: these tests time
+    the answers after that first time (test_the_first_help_after_an_upgrade_reads_the_options_once times the first)."""
+    trainer_option_specs()
+
+
+def run_script(name, *args, env=None):
     """(exit status, heavy modules imported, stdout before the record, stderr, seconds)."""
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-c", DRIVER, f"scripts/{name}", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=env)
     seconds = time.monotonic() - start
     *out, record = done.stdout.rstrip("\n").split("\n")
     record = json.loads(record)
@@ -114,6 +123,8 @@ def test_train_help_lists_each_option_once_by_stage_with_the_trainers_last():
     ("export_gguf.py", ["--model_path", "x", "--outtype", "q4"], "error: argument --outtype: invalid choice: 'q4' "
                                                                  "(choose from 'f16', 'bf16', 'q8_0')"),
     ("compare.py", [], "error: the following arguments are required: run_dirs"),
+    ("reproduce.py", [], "error: the following arguments are required: run_dir"),
+    ("reproduce.py", ["run", "--steps", "-1"], "error: --steps is -1; use 0 or more"),
     ("push.py", ["run", "--include_checkpoints", "maybe"], "error: argument --include_checkpoints: expected true or "
                                                            "false, got 'maybe'"),
 ])
@@ -135,34 +146,60 @@ def test_the_light_option_specs_are_what_hf_argument_parser_declares():
     assert light == built
 
 
-def test_the_committed_trainer_options_are_the_installed_transformers():
-    version, _ = committed_trainer_option_specs()
-    if version != installed_transformers_version():
-        pytest.skip(f"trainer_options.json is transformers {version}'s, {installed_transformers_version()} is "
-                    "installed (--help builds the list live): python scripts/options_doc.py writes it again")
-    text = (REPO / "recipe" / "config" / "trainer_options.json").read_text(encoding="utf-8")
-    assert text == trainer_options_file_text(version, build_trainer_option_specs()), \
-        "recipe/config/trainer_options.json is stale: python scripts/options_doc.py"
+def test_the_cached_trainer_options_are_the_installed_transformers():
+    assert trainer_options_cache_file().is_file()
+    assert trainer_option_specs() == build_trainer_option_specs()
 
 
-def test_another_transformers_version_builds_the_trainer_options_live(monkeypatch):
+def test_the_first_help_after_an_upgrade_reads_the_options_once(tmp_path):
+    """A cache of no installed version: the first --help reads the Trainer's options from transformers (and says
+    so), the next reads the cache and imports nothing heavy; the file is named after the versions it was read from."""
+    env = {**os.environ, "DIALOGUE_FINETUNE_CACHE": str(tmp_path)}
+    code, heavy, out, err, _ = run_script("train.py", "--help", env=env)
+    assert code == 0 and "transformers" in heavy and "--num_train_epochs FLOAT" in out
+    files = list((tmp_path / "trainer-options").iterdir())
+    assert len(files) == 1 and f"transformers-{installed_transformers_version()}_" in files[0].name
+    assert err == f"(reading the Trainer's options from transformers {installed_transformers_version()} once; " \
+                  f"cached in {files[0]})\n"
+    code, heavy, again, err, seconds = run_script("train.py", "--help", env=env)
+    assert (code, heavy, err, again) == (0, [], "", out)
+    assert seconds < 3
+
+
+def test_another_transformers_version_reads_its_own_options(monkeypatch, tmp_path):
+    """A cache file is one version's: after an upgrade the options are read again, never taken from the old file."""
     import recipe.config.option_specs as option_specs
-    import recipe.config.parser as parser
 
-    committed = parser._trainer_specs()
-    parser._trainer_specs.cache_clear()
-    monkeypatch.setattr(option_specs, "installed_transformers_version", lambda: "0.0.0")
-    try:
-        live = parser._trainer_specs()
-    finally:
-        parser._trainer_specs.cache_clear()
-    assert [spec.name for spec in live] == [spec.name for spec in committed]
+    monkeypatch.setenv("DIALOGUE_FINETUNE_CACHE", str(tmp_path))
+    installed = option_specs.installed_version
+    monkeypatch.setattr(option_specs, "installed_version",
+                        lambda name: "0.0.1" if name == "transformers" else installed(name))
+    old = option_specs.trainer_options_cache_file()
+    option_specs.atomic_write_text(old, option_specs.trainer_options_file_text([]))  # an old version's list
+    assert option_specs.trainer_option_specs() == []
+    monkeypatch.setattr(option_specs, "installed_version",
+                        lambda name: "0.0.2" if name == "transformers" else installed(name))
+    assert option_specs.trainer_options_cache_file() != old
+    assert option_specs.trainer_option_specs() == build_trainer_option_specs()
 
 
 def test_the_options_page_is_generated_from_the_dataclasses():
+    """The recipe's options always; the Trainer's under the transformers the page names (the locked one: CI installs
+    it), since another release has other options (the newest-versions check runs the suite under one)."""
     options_doc = load_script("options_doc.py")
-    assert (REPO / "docs" / "options.md").read_text(encoding="utf-8") == options_doc.options_page(), \
-        "docs/options.md is stale: python scripts/options_doc.py"
+    page = (REPO / "docs" / "options.md").read_text(encoding="utf-8")
+    written = options_doc.options_page()
+    page_version = re.search(r"\(transformers ([^;]+);", page).group(1)
+    if page_version != installed_transformers_version():
+        page, written = (re.sub(r"(?ms)^### Trainer options.*?(?=^## |\Z)", "", text) for text in (page, written))
+    assert page == written, "docs/options.md is stale: python scripts/options_doc.py"
+
+
+def test_the_options_page_names_the_locked_transformers():
+    page = (REPO / "docs" / "options.md").read_text(encoding="utf-8")
+    lock = (REPO / "requirements" / "lock.txt").read_text(encoding="utf-8")
+    locked = re.search(r"(?m)^transformers==(\S+)", lock).group(1)
+    assert f"(transformers {locked};" in page, "docs/options.md: python scripts/options_doc.py in the locked install"
 
 
 def test_every_script_parser_shows_on_the_options_page():

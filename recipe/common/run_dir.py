@@ -21,6 +21,7 @@ from .errors import UserError
 
 RUN_CONFIG = "run_config.yaml"  # every resolved option; its presence marks a directory as this recipe's
 ENVIRONMENT = "environment.json"  # versions, device, code and data identity, command line
+REQUIREMENTS_LOCK = "requirements.lock.txt"  # every installed package pinned: `pip install -r` installs them again
 DATA_REPORT = "data_report.json"
 TRAIN_RESULTS = "train_results.json"  # written last: its presence means the run finished
 EVAL_RESULTS = "eval_results.json"
@@ -137,6 +138,10 @@ class RunDir:
     @property
     def environment(self) -> Path:
         return self.path / ENVIRONMENT
+
+    @property
+    def requirements_lock(self) -> Path:
+        return self.path / REQUIREMENTS_LOCK
 
     @property
     def data_report(self) -> Path:

@@ -70,6 +70,8 @@ def training_option_errors(args: DialogueTrainingArguments) -> list[str]:
     if args.num_train_epochs <= 0 and args.max_steps <= 0:
         errors.append(f"num_train_epochs is {args.num_train_epochs}; use a positive number of epochs (or set "
                       "max_steps)")
+    if args.stop_after_steps is not None and args.stop_after_steps < 1:
+        errors.append(f"stop_after_steps is {args.stop_after_steps}; use 1 or more, or leave it unset")
     if args.weight_decay < 0:
         errors.append(f"weight_decay is {args.weight_decay}; use 0 or more")
     if args.max_grad_norm < 0:

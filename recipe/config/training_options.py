@@ -3,7 +3,8 @@ and the Trainer defaults it changes, each saying why) and `TrackingArguments` (W
 
 `DialogueTrainingArguments` (training_arguments.py) is `TrainingOptions` on top of transformers' `TrainingArguments`.
 Kept apart so that `--help`, the options page and the refusals of a command line read these fields without importing
-transformers (seconds); TrainingArguments' own options come from trainer_options.json (see option_specs.py).
+transformers (seconds); TrainingArguments' own options are read once per transformers version and cached (see
+option_specs.py).
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ class TrainingOptions:
     )
     early_stopping_threshold: float = field(
         default=0.0, metadata={"help": "Smallest eval-loss improvement that counts for early stopping."}
+    )
+    # max_steps would shorten the run, and the learning-rate schedule with it: a replay of a run's first steps
+    # (scripts/reproduce.py) keeps the whole run's schedule and stops early instead.
+    stop_after_steps: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many optimizer steps, with the learning-rate schedule and everything "
+                          "else as for the whole run (unlike max_steps): to replay the start of a run."},
     )
     max_nonfinite_loss_steps: int = field(
         default=0,

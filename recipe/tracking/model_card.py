@@ -15,6 +15,7 @@ from ..common.run_dir import (
     GGUF_DIR,
     MERGED_DIR,
     MODEL_CARD,
+    REQUIREMENTS_LOCK,
     RUN_CONFIG,
     RunDir,
     modelfile_of,
@@ -85,8 +86,8 @@ def build_model_card(run: RunDir, hub_model_id: str | None = None, merged: bool 
     lines += _base_lines(environment.get("base_model") or {})
     lines += _data_section(report, data_path, dataset_on_hub)
     # The run's files (run_config.yaml among them) sit in the run directory, or in the adapter repo once pushed.
-    replay = None if merged and hub_model_id else (RunDir("MODEL_DIR") if hub_model_id else run).replay_command()
-    lines += _recipe_section(config, environment, replay)
+    card_run = None if merged and hub_model_id else (RunDir("MODEL_DIR") if hub_model_id else run)
+    lines += _recipe_section(config, environment, card_run)
     lines += _results_section(train, evaluation, quality, run_dir)
     lines += epoch_table(history, train.get("best_checkpoint"), bool(config.get("load_best_model_at_end")))
     lines += _usage_section(run, hub_model_id, config, report, lora, merged)
@@ -157,7 +158,10 @@ def _data_section(report: dict, data_path: str, dataset_on_hub: bool) -> list[st
     return lines + [""]
 
 
-def _recipe_section(config: dict, environment: dict, replay: str | None) -> list[str]:
+def _recipe_section(config: dict, environment: dict, card_run: RunDir | None) -> list[str]:
+    """The options, versions and device; with `card_run` (the run's folder as a reader has it), how to train it again
+    and how to install and check its packages."""
+    replay = card_run.replay_command() if card_run else None
     world_size = ((environment.get("device") or {}).get("world_size")) or 1
     batch = (config.get("per_device_train_batch_size") or 0) * (config.get("gradient_accumulation_steps") or 1)
     # run_config.yaml keeps the precision as asked (None: automatic); environment.json has what was used.
@@ -196,6 +200,16 @@ def _recipe_section(config: dict, environment: dict, replay: str | None) -> list
            else " of the adapter run."),
         "",
     ]
+    if card_run:
+        folder = card_run.path
+        commit = (environment.get("git") or {}).get("commit")
+        lines += [
+            f"Every package it was trained with is pinned in `{REQUIREMENTS_LOCK}`: in a checkout of the recipe"
+            + (f" at commit `{commit[:12]}`" if commit else "") + f", `pip install -r {folder}/{REQUIREMENTS_LOCK} && "
+            f"pip install --no-deps -e .` installs them again, and `python scripts/reproduce.py {folder}` lists what "
+            "an install changes from them and replays the first steps to compare the losses.",
+            "",
+        ]
     return lines
 
 

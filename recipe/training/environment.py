@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from ..common.files import file_sha256
+from ..common.packages import installed_packages, pins_text
 from ..common.redaction import redact_command
 from ..config import DataArguments, DialogueTrainingArguments, ModelArguments
+from ..config.sharding import launcher_command
 from ..models.source import ModelSource, base_model_record
 
 
@@ -56,9 +58,11 @@ def device_description(training_args: DialogueTrainingArguments) -> dict[str, An
 
 
 def environment_record(data_args: DataArguments, training_args: DialogueTrainingArguments,
-                       model_args: ModelArguments | None = None, source: ModelSource | None = None) -> dict[str, Any]:
+                       model_args: ModelArguments | None = None, source: ModelSource | None = None,
+                       options: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a reader needs to reproduce the numbers: versions, device, code, base model and data identity.
-    `source`: where the base was read from, as the run resolved it."""
+    `source`: where the base was read from, as the run resolved it; `options`: every option as this run used it
+    (run_config.yaml has them as asked), which scripts/reproduce.py holds a replay's to."""
     from importlib.metadata import PackageNotFoundError, version
 
     packages = {}
@@ -83,7 +87,24 @@ def environment_record(data_args: DataArguments, training_args: DialogueTraining
             "validation_sha256": file_sha256(data_args.validation_path),
         },
         "command": " ".join(redact_command(sys.argv)),  # no --hub_token: this file is pushed with the model
+        "launcher": launcher_command(training_args.world_size),  # python, or accelerate launch / torchrun and theirs
+        "options": options,
     }
+
+
+def requirements_lock_text(git: dict[str, Any] | None) -> str:
+    """requirements.lock.txt: every package installed for this run, pinned, with how to install them again."""
+    commit = f"commit {git['commit']}{' (with uncommitted changes)' if git['dirty'] else ''}" if git else \
+        "an unknown commit"
+    header = "\n".join([
+        f"The Python packages this run was trained with (Python {sys.version.split()[0]}, {platform.platform()}),",
+        f"from a checkout of dialogue-finetune at {commit}.",
+        "Install them again there with",
+        "  pip install -r requirements.lock.txt && pip install --no-deps -e .",
+        "or constrain another install to them with -c. `python scripts/reproduce.py RUN` lists what an install",
+        "changes from them, and replays the run's first steps to compare its losses.",
+    ])
+    return pins_text(installed_packages(), header)
 
 
 def peak_memory_mb(device: torch.device) -> float:

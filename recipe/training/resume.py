@@ -36,6 +36,7 @@ FREE_ON_RESUME = frozenset({
     "hub_merged_model_id",
     "output_dir", "overwrite_output_dir", "save_total_limit", "dataset_cache_dir", "preprocessing_num_workers",
     "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+    "stop_after_steps",  # where the run ends, not what a step computes
 })
 EXTENDS_THE_RUN = ("num_train_epochs", "max_steps")  # may be raised: the run goes on for longer
 DATA_FILES = (("data_path", "data_sha256"), ("validation_path", "validation_sha256"))

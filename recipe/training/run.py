@@ -18,7 +18,7 @@ import torch
 from accelerate import PartialState
 from transformers import set_seed
 
-from ..common.files import atomic_write_json
+from ..common.files import atomic_write_json, atomic_write_text
 from ..common.library_messages import quiet_deepspeed_deprecations
 from ..common.redaction import redact_argv
 from ..common.run_dir import RunDir, read_json_file
@@ -28,6 +28,7 @@ from ..config import (
     LoraArguments,
     ModelArguments,
     TrackingArguments,
+    resolved_config,
     save_resolved_config,
 )
 from ..config.sharding import get_sharding
@@ -49,11 +50,11 @@ from ..models.lora import apply_lora, get_quantized_base, merge_on_full_precisio
 from ..models.quantization import check_quantization
 from ..models.source import ModelSource, resolve_model_source
 from ..tracking import RunTracker, run_mode
-from .environment import environment_record, peak_memory_mb
+from .environment import environment_record, peak_memory_mb, requirements_lock_text
 from .output_dir import RunLock, check_disk_space, prepare_output_dir, removed_on_user_error
 from .resume import check_resume, record_resume
 from .safeguards import attach_training_guard, raise_if_stopped
-from .summary import end_summary, start_summary, total_steps
+from .summary import end_summary, final_train_loss, start_summary, total_steps
 from .timing import train_timing
 from .trainer import DialogueTrainer, build_trainer, without_evaluation
 
@@ -198,7 +199,10 @@ def write_run_records(run: RunDir, configs: tuple, resumed: dict[str, Any] | Non
                + (note if changed else ""),
     )
     model_args, data_args, _, training_args, _ = configs
-    atomic_write_json(run.environment, environment_record(data_args, training_args, model_args, source))
+    options = {**resolved_config(*configs), **training_args.resolved_options()}  # as used: automatic ones settled
+    record = environment_record(data_args, training_args, model_args, source, options)
+    atomic_write_json(run.environment, record)
+    atomic_write_text(run.requirements_lock, requirements_lock_text(record["git"]))
 
 
 def prepare_data_and_model(model_args, data_args, lora_args, training_args, run: RunDir, is_main: bool,
@@ -256,13 +260,15 @@ def train_and_evaluate(trainer: DialogueTrainer, prepared: PreparedData, lora_ar
     real_tokens = trainer.total_real_tokens_trained()
     timing = train_timing(trainer, train_output.metrics, runtime, real_tokens)  # before the final evaluation
     eval_metrics = trainer.evaluate() if prepared.validation_dataset is not None else {}
-    train_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    window = trainer.state.logging_steps if trainer.args.logging_strategy == "steps" else 1  # else: the last epoch's
+    final_loss = final_train_loss(trainer.state.log_history, window)
     trainable, total = parameters
     train_metrics = dict(train_output.metrics)
     train_metrics.update(
         **timing,  # train_runtime (the whole call), the steps, evaluation and checkpoints inside it; tokens/s
         train_real_tokens=real_tokens,
-        final_train_loss=train_losses[-1] if train_losses else None,
+        final_train_loss=final_loss[0] if final_loss else None,
+        final_train_loss_steps=list(final_loss[1:]) if final_loss else None,
         peak_memory_mb=peak_memory_mb(trainer.args.device),
         trainable_parameters=trainable,
         total_parameters=total,

@@ -22,6 +22,24 @@ def total_steps(num_rows: int, training_args: DialogueTrainingArguments) -> int:
     return math.ceil(steps_per_epoch(num_rows, training_args) * training_args.num_train_epochs)
 
 
+def final_train_loss(log_history: list[dict], logging_steps: float) -> tuple[float, int, int] | None:
+    """(loss, first step, last step): the mean training loss over at least the last `logging_steps` steps, from the
+    logged windows that cover them (a window's loss is the mean over the steps since the one before), weighted by
+    their steps; all the steps trained where there were fewer. None where no loss was logged."""
+    logged = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    if not logged:
+        return None
+    starts = [0] + [step for step, _ in logged[:-1]]  # each window covers (previous logged step, its step]
+    total, covered, first = 0.0, 0, logged[-1][0]
+    for (step, loss), start in zip(reversed(logged), reversed(starts)):
+        total += loss * (step - start)
+        covered += step - start
+        first = start + 1
+        if covered >= logging_steps:
+            break
+    return total / covered, first, logged[-1][0]
+
+
 def start_summary(model_args, lora_args, training_args, prepared, trainable, total, resume, sharding) -> str:
     train = prepared.report["train"]
     effective_batch = (
@@ -54,7 +72,7 @@ def end_summary(output_dir, train_metrics, eval_metrics) -> str:
         f"checkpoints {train_metrics['train_checkpoint_runtime']:.1f} s), "
         f"{train_metrics['train_real_tokens_per_second']:,.0f} tokens/s in the steps (real tokens, padding excluded)",
         f"peak memory {train_metrics['peak_memory_mb']:,.0f} MB (process RSS)" + tensor_memory_line(train_metrics),
-        f"final train loss: {train_metrics.get('final_train_loss', float('nan')):.4f}",
+        final_loss_line(train_metrics),
     ]
     if eval_metrics:
         lines.append(
@@ -63,6 +81,15 @@ def end_summary(output_dir, train_metrics, eval_metrics) -> str:
         )
     lines.append(f"model: {output_dir}")
     return "\n".join(lines)
+
+
+def final_loss_line(train_metrics) -> str:
+    loss, steps = train_metrics.get("final_train_loss"), train_metrics.get("final_train_loss_steps")
+    if loss is None:
+        return "final train loss: none logged"
+    span = f" (mean over steps {steps[0]}-{steps[1]})" if steps and steps[0] != steps[1] else \
+        f" (step {steps[1]})" if steps else ""
+    return f"final train loss: {loss:.4f}{span}"
 
 
 def tensor_memory_line(train_metrics) -> str:

@@ -14,7 +14,7 @@ from ..config import ConfigError, DataArguments, DialogueTrainingArguments
 from ..config.sharding import get_sharding
 from ..data import PreparedData, get_data_collator
 from ..evaluation.metrics import compute_perplexity_metrics, sequence_nll
-from ..models.loading import import_deepspeed_only_when_used
+from ..models.deepspeed_import import import_deepspeed_only_when_used
 from ..models.loss import ChunkedCausalLMLoss
 from .fsdp_on_cpu import allow_fsdp_on_cpu
 from .safeguards import WatchesLoss
@@ -134,14 +134,46 @@ class CountingCollator:
         return batch
 
 
+class StopAfterSteps(TrainerCallback):
+    """Ends training after `steps` optimizer steps, the schedule left as for the whole run (--stop_after_steps). The
+    epoch it stops in is neither evaluated nor saved (unless the run ends there anyway): a replay of a run's start
+    compares its logged losses only."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.steps <= state.global_step < state.max_steps:  # at the run's own end, as the run did
+            control.should_evaluate = control.should_save = False
+        return control
+
+
+class LogTheLastStep(TrainerCallback):
+    """Logs the training loss at the last step too: the Trainer logs every logging_steps steps, so the steps after the
+    last multiple (all but the first of a run shorter than logging_steps) were in no logged loss, and the run's final
+    train loss came from an earlier window."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and args.logging_strategy == "steps":
+            control.should_log = True
+        return control
+
+
 def build_trainer(
     model, tokenizer, prepared: PreparedData, data_args: DataArguments, training_args: DialogueTrainingArguments
 ) -> DialogueTrainer:
-    callbacks: list[TrainerCallback] = []
+    callbacks: list[TrainerCallback] = [LogTheLastStep()]
     if training_args.early_stopping_patience is not None:
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
         )
+    if training_args.stop_after_steps:
+        callbacks.append(StopAfterSteps(training_args.stop_after_steps))
     return DialogueTrainer(
         model=model,
         args=training_args,
