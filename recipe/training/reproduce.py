@@ -208,10 +208,21 @@ def replay_command(run: RunDir, environment: dict[str, Any], train_script: str |
             raise ReproduceError(f"{run} trained on {world_size} processes and does not record its launcher: replay "
                                  f"it by hand with {run.replay_command()} under that launcher")
         launcher = ["python"]
-    launcher = [sys.executable if launcher == ["python"] else launcher[0], *launcher[1:]]
+    launcher = _with_this_interpreter(launcher)
     overrides = {**REPLAY_OPTIONS, "output_dir": str(output_dir), "stop_after_steps": steps}
     flags = [item for name, value in overrides.items() for item in (f"--{name}", _flag_value(value))]
     return [*launcher, str(train_script), "--config", str(run.run_config), *flags]
+
+
+def _with_this_interpreter(launcher: list[str]) -> list[str]:
+    """The launcher run by this Python (its torch, its packages), whatever PATH holds."""
+    if launcher == ["python"]:
+        return [sys.executable]
+    if launcher[0] == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", *launcher[1:]]
+    if launcher[:2] == ["accelerate", "launch"]:
+        return [sys.executable, "-m", "accelerate.commands.launch", *launcher[2:]]
+    return launcher
 
 
 def _flag_value(value: Any) -> str:
