@@ -7,9 +7,9 @@ does (tests/test_help.py holds the two to the same answer). transformers' `Train
 importing it takes seconds (torch, and peft, and through it bitsandbytes), and its options change from one release to
 the next. So they are read once per installed transformers (and torch, accelerate and Python: a default or a type may
 depend on them) from HfArgumentParser, and kept in the user's cache, outside the repository
-(`~/.cache/dialogue-finetune/trainer-options/`, or under $DIALOGUE_FINETUNE_CACHE): the first `--help` or refusal
-after an upgrade takes those seconds, once, and says so; every later one reads the file. Any full parse (a run)
-imports transformers anyway and writes the file for free. Nothing in the repository matches one version only.
+(`~/.cache/dialogue-finetune/trainer-options/`, or under $DIALOGUE_FINETUNE_CACHE): the first `--help`, refusal or
+run after an upgrade takes those seconds, once, and says so; every later one reads the file. Nothing in the
+repository matches one version only.
 """
 
 from __future__ import annotations

@@ -47,9 +47,8 @@ class ReproduceError(UserError):
 
 @dataclass
 class Reproduction:
-    """What `reproduce` found: the lines it printed, whether the run reproduced, and the reason when not."""
+    """What `reproduce` found: whether the run reproduced, the reason when not, what differs."""
 
-    lines: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)  # a name each: "transformers", "data_path", "learning_rate"
     reproduced: bool = True
     reason: str = ""
@@ -60,20 +59,15 @@ def reproduce(run_path: str | os.PathLike, steps: int | None, train_script: str 
               tolerance: float = 0.0, echo=None) -> Reproduction:
     """Compare RUN's records with this install, then replay its first `steps` steps (None: up to its third logged
     loss; 0: no replay) and compare the losses. `echo(line)` is called with each line as it is found."""
-    echo = echo or (lambda line: None)
+    say = echo or (lambda line: None)
     run = RunDir(run_path)
     environment, history = _read_records(run)
     result = Reproduction()
-
-    def say(line: str) -> None:
-        result.lines.append(line)
-        echo(line)
-
     say(f"reproduce {run}")
     for name, line in environment_differences(run, environment):
         result.differences.append(name)
         say(f"  {line}")
-    say(f"  {_same_line(run, environment)}")
+    say(f"  {_compared_line(run, environment)}")
     resumes = read_json_file(run.resumes) or []
     if any(entry.get("changed") for entry in resumes):
         say(f"  note: the run was resumed with other options ({run.resumes.name}): the replay runs its last options "
@@ -181,7 +175,7 @@ def environment_differences(run: RunDir, environment: dict[str, Any]) -> list[tu
     return differences
 
 
-def _same_line(run: RunDir, environment: dict[str, Any]) -> str:
+def _compared_line(run: RunDir, environment: dict[str, Any]) -> str:
     """What was found as recorded, in one line."""
     device = environment.get("device") or {}
     git = environment.get("git") or {}
