@@ -143,6 +143,48 @@ def test_the_readme_installs_as_ci_does():
     assert code_blocks(install)[0].splitlines() == readme_lines
 
 
+def fake_wheel(folder: Path, name: str, requires: tuple[str, ...] = ()) -> None:
+    """A wheel of an empty package, with its dependencies, that pip can install from a folder."""
+    import zipfile
+
+    info = f"{name}-1.0.dist-info"
+    files = {
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: " + name + "\nVersion: 1.0\n"
+                            + "".join(f"Requires-Dist: {dependency}\n" for dependency in requires),
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(folder / f"{name}-1.0-py3-none-any.whl", "w") as wheel:
+        for path, text in files.items():
+            wheel.writestr(path, text)
+
+
+def test_an_unreachable_torch_index_costs_one_warning_as_the_install_line_asks_it(tmp_path):
+    """pip asks every index for every package it resolves: installing torch with its dependencies from beside an
+    unreachable index warned once per package (10 lines for torch). The install line asks for torch alone
+    (--no-deps): one warning, two short tries. A stand-in package with three dependencies, from a local folder, with
+    an index nothing answers on (a refused local port)."""
+    import subprocess
+    import sys
+
+    fake_wheel(tmp_path, "standin", ("dep-a", "dep-b", "dep-c"))
+    for dependency in ("dep_a", "dep_b", "dep_c"):
+        fake_wheel(tmp_path, dependency)
+    torch_line, _ = ci_install_lines()
+    assert "--retries 1 --timeout 15 --no-deps" in torch_line
+
+    def warnings(*flags):
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--dry-run", "--isolated", "--retries", "1", "--timeout", "15",
+             *flags, "--index-url", "http://127.0.0.1:9/simple", "--find-links", str(tmp_path), "standin"],
+            capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stderr.count("Retrying")
+
+    assert warnings() == 4  # standin and each of its dependencies
+    assert warnings("--no-deps") == 1
+
+
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_no_command_replaces_pypi_with_another_index(page):
     """`--index-url` makes pip look only there: where that index is unreachable, nothing installs."""
