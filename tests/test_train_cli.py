@@ -59,7 +59,7 @@ def test_two_cpu_processes_match_one_process_at_the_same_global_batch(tmp_path):
     single_eval = json.loads((tmp_path / "single" / "eval_results.json").read_text())
     assert ddp_eval["eval_num_tokens"] == single_eval["eval_num_tokens"]  # no sample counted twice
     assert ddp_eval["eval_token_loss"] == pytest.approx(single_eval["eval_token_loss"], rel=1e-4)
-    # Replayed with its own launcher (torchrun, 2 processes), the run's first steps give the same losses to the last digit
+    # Replayed with its own launcher (torchrun, 2 processes), its first steps give the same losses to the last digit
     replay = run([sys.executable, "scripts/reproduce.py", str(tmp_path / "ddp"), "--steps", "2"])
     assert replay.returncode == 0, replay.stdout + replay.stderr[-3000:]
     assert "torch.distributed.run --nproc_per_node 2" in replay.stdout
