@@ -229,6 +229,7 @@ def test_the_quick_start_shows_the_summary_a_run_prints():
     train = {key: 1234.5 for key in ("train_runtime", "train_steps_runtime", "train_evaluation_runtime",
                                      "train_checkpoint_runtime", "train_real_tokens_per_second", "peak_memory_mb",
                                      "final_train_loss", "peak_tensor_memory_mb", "memory_plan_mb")}
+    train["final_train_loss_steps"] = [71, 87]
     evaluation = {"eval_token_loss": 5.0, "eval_num_tokens": 7547, "eval_perplexity": 155.5}
     printed = end_summary("outputs/smoke-full", train, evaluation).splitlines()
     number = r"\d[\d,]*(?:\.\d+)?"

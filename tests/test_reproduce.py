@@ -2,6 +2,7 @@
 digit; a changed data file, option or package version is named."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def test_a_changed_data_file_is_named(run):
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     assert f"data_path {data}: SHA-256 " in done.stdout
     reason = done.stderr.strip().splitlines()[-1]
-    assert reason.startswith("not reproduced: the loss at step ") and "data_path" in reason.split("what differs: ")[1]
+    assert reason.startswith("not reproduced: the loss at step ") and re.search(r"what differs: (\S+, )*data_path\b",
+                                                                                  reason)
 
 
 def test_a_changed_option_is_named(run, tmp_path):
@@ -72,7 +74,7 @@ def test_a_changed_option_is_named(run, tmp_path):
     done = reproduce(run_dir)
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     assert "option learning_rate: " in done.stdout
-    assert "learning_rate" in done.stderr.strip().splitlines()[-1].split("what differs: ")[1].split(", ")
+    assert re.search(r"what differs: (\S+, )*learning_rate\b", done.stderr.strip().splitlines()[-1])
 
 
 def test_a_changed_package_version_is_named(run, tmp_path):
@@ -84,7 +86,7 @@ def test_a_changed_package_version_is_named(run, tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     assert f"package transformers: 5.0.0 recorded (requirements.lock.txt), {installed} installed" in done.stdout
     reason = done.stderr.strip().splitlines()[-1]
-    assert reason.startswith("not reproduced: ") and "transformers" in reason.split("differences from the records: ")[1]
+    assert re.search(r"^not reproduced: \d+ differences from the records: (\S+, )*transformers\b", reason)
 
 
 def test_the_run_lock_pins_every_installed_package_and_pip_installs_it_back(run):
