@@ -86,6 +86,11 @@ LOG_SOURCES = (BITSANDBYTES_CPU_KERNEL, KERNELS_PROBED_BY_BITSANDBYTES, UNNAMED_
 # loss reads it without changing it (tests/test_fsdp.py trains FSDP to a single process's losses). torch's FSDP 2 state
 # module raises this UserWarning and no other.
 FSDP_VIEW_OUTPUT = WarningSource(r"torch\.distributed\.fsdp\._fully_shard\._fsdp_state", UserWarning)
+# torch 2.8's distributed-checkpoint writer (FSDP's sharded checkpoints) reads tensors through the TypedStorage API
+# torch itself deprecates: torch's code to change (later releases do), not the user's. Only that deprecation, from
+# that module.
+CHECKPOINT_WRITER_TYPED_STORAGE = WarningSource(r"torch\.distributed\.checkpoint\.filesystem", UserWarning,
+                                                message=r"TypedStorage is deprecated")
 # peft (before 0.22) reads transformers' deprecated `is_gradient_checkpointing` alias in every PeftModel it builds
 # (each LoRA run, each adapter evaluated): peft's code to change, not the user's. transformers raises it from the
 # alias itself, in modeling_utils, which raises other FutureWarnings the recipe must see: the alias is named.
@@ -164,6 +169,7 @@ def quiet_libraries() -> None:
     for source in LOG_SOURCES:
         drop_log_records(source)
     drop_warnings(FSDP_VIEW_OUTPUT)
+    drop_warnings(CHECKPOINT_WRITER_TYPED_STORAGE)
     drop_warnings(PEFT_DEPRECATED_ALIAS)
 
 
