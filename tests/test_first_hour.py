@@ -233,14 +233,17 @@ def test_a_lora_run_prints_no_warning_a_user_cannot_act_on(tmp_path):
 @pytest.fixture
 def library_loggers():
     """The loggers recipe/common/library_messages.py filters, put back as they were after the test (it installs its
-    filters in this process), the DeepSpeed one propagating meanwhile (deepspeed gives it a handler of its own)."""
+    filters in this process), propagating meanwhile to the test's log capture: deepspeed gives its logger a handler of
+    its own, and transformers, once imported by an earlier test in this process, stops its root logger propagating."""
     import logging
 
     from recipe.common.library_messages import LOG_SOURCES
 
-    loggers = [logging.getLogger(name) for name in {source.logger for source in LOG_SOURCES}]
+    names = {source.logger for source in LOG_SOURCES} | {"transformers"}
+    loggers = [logging.getLogger(name) for name in names]
     saved = [(logger, list(logger.filters), list(logger.handlers), logger.propagate) for logger in loggers]
-    logging.getLogger("DeepSpeed").propagate = True
+    for name in ("DeepSpeed", "transformers"):
+        logging.getLogger(name).propagate = True
     yield
     for logger, filters, handlers, propagate in saved:
         logger.filters[:], logger.handlers[:], logger.propagate = filters, handlers, propagate

@@ -20,7 +20,8 @@ from test_training import losses, parse, smoke_args
 pytest.importorskip("bitsandbytes")
 
 SMOKE_LORA = REPO / "recipe" / "configs" / "smoke-lora.yaml"
-QLORA = ["--config", str(SMOKE_LORA), "--load_in_4bit", "true", "--max_dialogues", "40", "--num_train_epochs", "2"]
+QLORA = ["--config", str(SMOKE_LORA), "--load_in_4bit", "true", "--max_dialogues", "40", "--num_train_epochs", "2",
+         "--logging_steps", "1"]  # every step logged: a resumed run's losses compare step for step
 
 
 def train(root, *extra, output):
