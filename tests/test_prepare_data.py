@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, write
 
 
@@ -52,3 +54,60 @@ def test_prepare_data_without_hub_fails_fast_with_the_offline_way(tmp_path):
     assert time.monotonic() - start < 30
     assert "cannot download the tokenizer 'distilgpt2'" in result.stderr
     assert "recipe/configs/smoke.yaml" in result.stderr
+
+
+LIMIT = "error: max_length 1024 is longer than gpt2's 512 positions; set --max_length 512 or less"
+
+
+@pytest.mark.parametrize("tokenizer", [[], ["--tokenizer_name_or_path", "recipe/assets/tiny-gpt2"]],
+                         ids=["model's tokenizer", "tokenizer of its own"])
+def test_prepare_data_refuses_max_length_beyond_the_model_positions_before_reading_the_data(tmp_path, tokenizer):
+    """As training does (check_max_length, from config.json): in one line, before the data is read or tokenized
+    and before anything is written. The data file is bad, so reading it first would fail with another error."""
+    data = write(tmp_path / "d.jsonl", '{"Alex": 5}\n')
+    out, cache = tmp_path / "prepared", tmp_path / "cache"
+    result = run_script("scripts/prepare_data.py", "--data_path", data, "--model_name_or_path",
+                        "recipe/assets/tiny-gpt2", *tokenizer, "--max_length", "1024", "--output_dir", str(out),
+                        "--dataset_cache_dir", str(cache))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [LIMIT]
+    assert not out.exists() and not cache.exists()
+
+
+def test_prepare_data_with_a_tokenizer_alone_sets_no_limit_and_stays_offline(tmp_path):
+    """--tokenizer_name_or_path with a base that is not here (the default distilgpt2, an empty Hub cache): no
+    config, so no limit is made up; and the base is not looked for on the Hub, which here is online (a local
+    server that answers 404 to everything) and must get no request."""
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(f"{self.command} {self.path}")
+            self.send_error(404)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    data = write(tmp_path / "d.jsonl", "".join(f'{{"Alex": "hi {i}", "Bob": "hello {i}"}}\n' for i in range(10)))
+    out = tmp_path / "prepared"
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    env = {name: value for name, value in os.environ.items() if "proxy" not in name.lower()}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{hub.server_port}")
+    try:
+        result = subprocess.run(
+            [sys.executable, "scripts/prepare_data.py", "--data_path", data, "--tokenizer_name_or_path",
+             "recipe/assets/tiny-gpt2", "--max_length", "1024", "--output_dir", str(out), "--dataset_cache_dir",
+             str(tmp_path / "cache")], cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+        )
+    finally:
+        hub.shutdown()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert asked == []
+    assert json.loads((out / "data_report.json").read_text())["dialogues_read"] == 10
