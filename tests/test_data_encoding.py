@@ -246,7 +246,7 @@ def test_tokenization_cache_is_reused(tokenizer, data_args, monkeypatch):
     import recipe.data.pipeline
 
     # The tokenized splits' own cache (what a saved or Hub dataset relies on), under the whole preparation's.
-    monkeypatch.setattr(recipe.data.pipeline, "load_prepared", lambda key, args: None)
+    monkeypatch.setattr(recipe.data.pipeline, "load_prepared", lambda key, args, splits: None)
     args = data_args(data_path=str(ASSETS / "seed_format.json"), validation_split_ratio=0)
     first = build_datasets(args, tokenizer)
 
@@ -265,10 +265,14 @@ def test_tokenization_cache_is_reused(tokenizer, data_args, monkeypatch):
 
 def test_a_second_preparation_comes_from_the_cache_without_reading_the_file(tokenizer, data_args, tmp_path,
                                                                             monkeypatch):
-    import recipe.data.pipeline
+    import recipe.data.encoding
+    import recipe.data.formats
 
-    def fail(*_, **__):
-        raise AssertionError("read the data file again")
+    def fail_parse(*_, **__):
+        raise AssertionError("parsed the data file again")
+
+    def fail_tokenize(*_, **__):
+        raise AssertionError("tokenized again")
 
     data = tmp_path / "dialogues.json"
     data.write_text(SAMPLE_DATA.read_text(encoding="utf-8"), encoding="utf-8")
@@ -276,19 +280,21 @@ def test_a_second_preparation_comes_from_the_cache_without_reading_the_file(toke
     first = build_datasets(args, tokenizer)
     assert first.report["train"]["labels"]["masked_examples_left_out"] > 0
     with monkeypatch.context() as patched:
-        patched.setattr(recipe.data.pipeline, "read_dialogues", fail)
+        patched.setattr(recipe.data.formats, "parse_dialogue", fail_parse)
+        patched.setattr(recipe.data.encoding, "tokenize_batch", fail_tokenize)
         second = build_datasets(args, tokenizer)
     assert second.report == first.report
     for name in ("train_examples", "validation_examples", "train_dataset", "validation_dataset"):
         assert getattr(second, name)[:] == getattr(first, name)[:], name
     assert [d.texts for d in second.validation_dialogues] == [d.texts for d in first.validation_dialogues]
-    # Other bytes in the file, or another option: prepared again.
+    # Another encoding option: the read dialogues are reused, tokenized again; other bytes: read again.
     with monkeypatch.context() as patched:
-        patched.setattr(recipe.data.pipeline, "read_dialogues", fail)
-        with pytest.raises(AssertionError, match="read the data file again"):
+        patched.setattr(recipe.data.formats, "parse_dialogue", fail_parse)
+        patched.setattr(recipe.data.encoding, "tokenize_batch", fail_tokenize)
+        with pytest.raises(AssertionError, match="tokenized again"):
             build_datasets(data_args(data_path=str(data), max_length=64), tokenizer)
         data.write_text(data.read_text(encoding="utf-8").replace("AI", "A.I.", 1), encoding="utf-8")
-        with pytest.raises(AssertionError, match="read the data file again"):
+        with pytest.raises(AssertionError, match="parsed the data file again"):
             build_datasets(args, tokenizer)
 
 

@@ -1,6 +1,7 @@
 """Reading every supported input shape, and the errors for inputs that cannot be used."""
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,35 @@ def test_hub_dataset_name_fails_fast_offline(data_args, monkeypatch):
         read_dialogues("someone/dialogues", data_args())
 
 
+def test_a_json_file_read_in_small_chunks_gives_the_same_dialogues_and_lines(tmp_path):
+    """A .json file is read a chunk at a time (never whole): values and numbers cut by a chunk's end, multi-byte
+    characters split between chunks, and line numbers counted across chunks come out as from one read."""
+    from recipe.data.sources import json_records
+
+    entries = ['{"Alex": "héllo wörld", "Bob": "ünïcode ✓", "Alex": "again"}', '{"turns": [{"speaker": "A", '
+               '"text": "x"}], "n": 12345678}', '\n\n  {"Carol": "after blank lines"}'] * 7
+    path = write(tmp_path / "d.json", "[\n" + ",\n".join(entries) + "\n]\n")
+    whole = list(json_records(path, lambda values: False))
+    assert len(whole) == 21 and whole[3][0] == f"{path} entry [3] (line 7)"
+    for chunk_bytes in (1, 2, 3, 7, 64):
+        assert list(json_records(path, lambda values: False, chunk_bytes=chunk_bytes)) == whole
+
+
+@pytest.mark.parametrize("content", [
+    '[{"Alex": "hi", "Bob": "yo"},\n {"Alex": "hé" "Bob": "x"}]', '[{"Alex": "hi"}', '{"Alex": "a"}\n{"Bob": "b"}\n',
+    '[{"Alex": "hi"},\n\n   {"Bob": "b"} {"Carol": "c"}]', "[]", '[{"Alex": "caf\u00e9" ]'])
+def test_errors_name_the_same_line_and_column_however_the_file_is_chunked(tmp_path, content):
+    from recipe.data.sources import json_records
+
+    path = write(tmp_path / "bad.json", content)
+    messages = set()
+    for chunk_bytes in (1, 3, 5, 1 << 20):
+        with pytest.raises(DialogueDataError) as error:
+            list(json_records(path, lambda values: False, chunk_bytes=chunk_bytes))
+        messages.add(str(error.value))
+    assert len(messages) == 1, messages
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -154,10 +184,13 @@ BAD_ENTRIES = [
 @pytest.mark.parametrize("entry, message", BAD_ENTRIES)
 def test_bad_dialogue_errors_name_entry_and_fix(tmp_path, data_args, entry, message):
     path = write(tmp_path / "d.json", '[\n{"Alex": "ok", "Bob": "fine"},\n' + entry + "\n]")
+    args = data_args()
     with pytest.raises(DialogueDataError, match=r"d\.json: 1 of 2 dialogues are invalid") as error:
-        read_dialogues(path, data_args())
+        read_dialogues(path, args)
     assert error.match(message)
     assert error.match("--on_bad_dialogue skip")
+    # The refused read leaves no table behind that a later read would take as complete.
+    assert not [p.name for p in Path(args.dataset_cache_dir).glob("*") if "dialogues" in p.name]
 
 
 def test_explicit_format_that_does_not_fit(tmp_path, data_args):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -10,8 +11,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write to a temporary file in the same folder, then rename it over `path` (atomic on POSIX).
+def atomic_write_text(path: str | os.PathLike, text: str | Iterable[str]) -> Path:
+    """Write to a temporary file in the same folder, then rename it over `path` (atomic on POSIX). `text` may
+    be pieces, written as they come (a file of gigabytes is never one string).
 
     The temporary file is created with mode 0666 and the kernel applies the umask, as for any new
     file: reading the umask would mean changing it, which races with other threads creating files
@@ -23,7 +25,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+            stream.writelines([text] if isinstance(text, str) else text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -38,13 +40,28 @@ def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return atomic_write_text(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def file_sha256(path: str | os.PathLike | None) -> str | None:
-    """SHA-256 of a file's bytes (None when there is no such file): identifies data and weights in records."""
+    """SHA-256 of a file's bytes (None when there is no such file): identifies data and weights in records.
+
+    A large file's is remembered for the process by the file's identity (device, inode, size, modification
+    time): a corpus of gigabytes is hashed once per run, not by every step that names it. (Small files are
+    hashed each time: a file rewritten at the same size within the clock's granularity keeps its identity.)"""
     if path is None or not os.path.isfile(path):
         return None
+    status = os.stat(path)
+    if status.st_size < REMEMBERED_HASH_BYTES:
+        return _sha256_of.__wrapped__(None, str(path))
+    return _sha256_of((status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns), str(path))
+
+
+REMEMBERED_HASH_BYTES = 64 << 20
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(identity: tuple[int, int, int, int], path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import DataArguments
+from .dialogues import Dialogue, dialogue_columns, dialogue_schema
 from .errors import DialogueDataError
-from .formats import Dialogue
 from .templates import RenderedDialogue, render_with_chat_template
 from .tokens import IGNORE_INDEX, TokenBatch, add_labels, end_with_eos, offsets_from_lengths, tokenize_batch
 
 # Bump when encoding logic changes, so that caches written by older code are not reused.
-ENCODING_VERSION = 4
+ENCODING_VERSION = 5
 
 
 def render_dialogue(
@@ -88,7 +88,7 @@ def encode_dialogue(dialogue: Dialogue, tokenizer, args: DataArguments) -> Encod
 
     The first token of every window is never predicted (this also keeps the Trainer's token count exact).
     """
-    rows = encode_batch(dialogue_table([dialogue]), tokenizer, args, with_token_turns=True).to_pydict()
+    rows = encode_batch(dialogue_table([dialogue]), tokenizer=tokenizer, args=args, with_token_turns=True).to_pydict()
     windows = [EncodedWindow(ids, labels, turns)
                for ids, labels, turns in zip(rows["input_ids"], rows["labels"], rows["token_turns"])]
     return EncodedDialogue(windows, rows["num_dialogue_tokens"][0], rows["tokens_dropped"][0],
@@ -172,21 +172,16 @@ def _gather(ids, labels, turns, positions):
 
 
 def dialogue_table(dialogues: list[Dialogue]):
-    """The arrow table `encode_batch` reads: one row per dialogue (its position, source and turns)."""
+    """The arrow table `encode_batch` reads (the columns of `dialogue_schema`) for dialogues in memory."""
     import pyarrow as pa
 
-    return pa.table({
-        "dialogue_index": list(range(len(dialogues))),
-        "source": [d.source for d in dialogues],
-        "speakers": [d.speakers for d in dialogues],
-        "texts": [d.texts for d in dialogues],
-        "roles": [[r or "" for r in d.roles] for d in dialogues],
-    })
+    return pa.table(dialogue_columns(dialogues), schema=dialogue_schema())
 
 
-def encode_batch(batch, tokenizer, args: DataArguments, with_token_turns: bool = False):
-    """`datasets.map` function on arrow batches (see `dialogue_table`): dialogues in, one row per window
-    out, with the per-row counts that the data report and the label audit sum by column.
+def encode_batch(batch, indices=None, *, tokenizer, args: DataArguments, with_token_turns: bool = False):
+    """`datasets.map` function on arrow batches of dialogues (`dialogue_schema`; `indices`: their positions in
+    the split, from `with_indices`, else 0, 1, ...): one row per window out, with the per-row counts that the
+    data report and the label audit sum by column.
 
     `with_token_turns` adds each token's turn and the dialogue's speakers (per-speaker perplexity).
     """
@@ -202,7 +197,8 @@ def encode_batch(batch, tokenizer, args: DataArguments, with_token_turns: bool =
     tokens = add_labels(end_with_eos(tokens, tokenizer.eos_token_id, turn_counts, tokenizer.name_or_path),
                         speakers, args)
     rows = window_rows(tokens, turn_counts, args)
-    return rows_table(rows, batch, speakers, tokenizer.eos_token_id, with_token_turns)
+    positions = np.arange(len(speakers)) if indices is None else np.asarray(indices, np.int64)
+    return rows_table(rows, batch, positions, speakers, tokenizer.eos_token_id, with_token_turns)
 
 
 @dataclass
@@ -262,12 +258,13 @@ COUNT_COLUMNS = ("num_tokens", "num_loss_tokens", "eos_in_loss", "loss_speakers"
                  "speaker_names", "speaker_turns")
 
 
-def rows_table(rows: WindowRows, batch, speakers: list[list[str]], eos: int, with_token_turns: bool):
+def rows_table(rows: WindowRows, batch, positions: np.ndarray, speakers: list[list[str]], eos: int,
+               with_token_turns: bool):
     """The rows as an arrow table: tokens, labels, where each row came from, and its counts."""
     import pyarrow as pa
 
-    def lists(values: np.ndarray, starts: np.ndarray):
-        return pa.ListArray.from_arrays(pa.array(starts, pa.int32()), pa.array(values))
+    def lists(values: np.ndarray, starts: np.ndarray):  # token ids, labels and turns fit 32 bits: half the cache
+        return pa.ListArray.from_arrays(pa.array(starts, pa.int32()), pa.array(values.astype(np.int32)))
 
     first = rows.window == 0  # per-dialogue figures go on a dialogue's first row only, so sums stay right
     last = np.append(rows.dialogue[1:] != rows.dialogue[:-1], True)
@@ -277,7 +274,7 @@ def rows_table(rows: WindowRows, batch, speakers: list[list[str]], eos: int, wit
     table = {
         "input_ids": lists(rows.ids, rows.starts),
         "labels": lists(rows.labels, rows.starts),
-        "dialogue_index": batch.column("dialogue_index").take(pa.array(rows.dialogue)),
+        "dialogue_index": pa.array(positions[rows.dialogue]),
         "window_index": pa.array(rows.window),
         "source": batch.column("source").take(pa.array(rows.dialogue)),
         "num_dialogue_tokens": pa.array(np.where(first, rows.dialogue_tokens[rows.dialogue], 0)),

@@ -8,15 +8,19 @@ it is left out and counted, never dropped silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
+from ..common.files import atomic_write_json, file_sha256
 from ..common.hub import is_hub_id
 from ..config import DataArguments
+from .dialogues import Dialogue, DialogueTable, DialogueTableWriter, data_cache_dir
 from .errors import SHOWN_PROBLEMS, DialogueDataError
 from .sources import (
     TOO_DEEP,
@@ -27,7 +31,6 @@ from .sources import (
     jsonl_records,
     read_hub_dataset,
     read_saved_dataset,
-    read_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,29 +53,23 @@ def _kind(value: Any) -> str:
     return "a number"
 
 
-@dataclass
-class Dialogue:
-    """One dialogue: who said what, in order. `source` says where it came from, for messages."""
+SKIPPED_KEPT = 100  # skipped dialogues listed by name (all are counted)
 
-    source: str
-    speakers: list[str]
-    texts: list[str]
-    roles: list[str | None]
-    format: str
+# Bump when reading or parsing changes, so that tables read by older code are not reused.
+READ_VERSION = 1
 
 
 @dataclass
 class DialogueFile:
-    """The valid dialogues of one input, and what was skipped (never dropped silently)."""
+    """The valid dialogues of one input (an Arrow table on disk), and what was skipped (never dropped silently:
+    all counted, the first `SKIPPED_KEPT` named)."""
 
     path: str
-    dialogues: list[Dialogue]
+    dialogues: DialogueTable
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    validation_dialogues: list[Dialogue] | None = None  # from a saved/Hub dataset's validation split
-
-    @property
-    def format_counts(self) -> dict[str, int]:
-        return dict(Counter(d.format for d in self.dialogues))
+    skipped_count: int = 0
+    format_counts: dict[str, int] = field(default_factory=dict)
+    validation_dialogues: DialogueTable | None = None  # from a saved/Hub dataset's validation split
 
 
 DATA_PATH_HINT = ("give a .json or .jsonl file of dialogues, a folder datasets' save_to_disk wrote, or a Hub dataset "
@@ -88,37 +85,106 @@ def check_data_path(path: str, option: str = "--data_path") -> None:
 
 def read_dialogues(path: str, args: DataArguments, split: str | None = None, option: str = "--data_path"
                    ) -> DialogueFile:
-    """Read every dialogue of a .json/.jsonl file, a `save_to_disk` directory or a Hub dataset; `option` names
-    where the path came from in the error when there is nothing there.
+    """Read every dialogue of a .json/.jsonl file, a `save_to_disk` directory or a Hub dataset into an Arrow
+    table in the data cache, a batch at a time (memory stays flat in the corpus size); `option` names where the
+    path came from in the error when there is nothing there. The same input read the same way again loads
+    the table.
 
     Raises:
         DialogueDataError: unreadable file, malformed JSON (with line and column), or invalid
             dialogues when `on_bad_dialogue` is "error" (all of them counted, the first few shown).
     """
     validation_rows = None
-    if os.path.isdir(path):
-        rows, validation_rows = read_saved_dataset(path, args, split)
-        records = ((f"{path} row {i}", as_object(row)) for i, row in enumerate(rows))
-    elif os.path.isfile(path):
-        text = read_text(path)
+    if os.path.isfile(path):
+        identity = ["file", file_sha256(path)]
         if path.endswith(".jsonl"):
-            records = jsonl_records(path, text)
+            def records():
+                return jsonl_records(path)
         else:
-            records = json_records(path, text, lambda values: _is_one_dialogue(values, args))
-    elif is_hub_id(path):
-        rows, validation_rows = read_hub_dataset(path, args, split)
-        records = ((f"{path} row {i}", as_object(row)) for i, row in enumerate(rows))
+            def records():
+                return json_records(path, lambda values: _is_one_dialogue(values, args))
+    elif os.path.isdir(path) or is_hub_id(path):
+        reader = read_saved_dataset if os.path.isdir(path) else read_hub_dataset
+        rows, validation_rows = reader(path, args, split)
+        identity = ["dataset", rows._fingerprint, validation_rows._fingerprint if validation_rows else None]
+
+        def records():
+            return _dataset_records(f"{path} row", rows)
     else:
         check_data_path(path, option)
         raise DialogueDataError(f"{option} {path}: not a file, a folder or a Hub dataset name; {DATA_PATH_HINT}")
 
-    dialogues, skipped = _parse_records(path, records, args)
-    result = DialogueFile(path=path, dialogues=dialogues, skipped=skipped)
+    key = hashlib.sha256(json.dumps([READ_VERSION, path, identity, split, reading_options(args)],
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    cached = _load_read(path, key, args)
+    if cached is not None:
+        return cached
+    result = _read_into_table(path, records, _table_path(key, args, "train"), key, args)
     if validation_rows is not None:
-        val_records = ((f"{path} validation row {i}", as_object(row)) for i, row in enumerate(validation_rows))
-        result.validation_dialogues, val_skipped = _parse_records(path, val_records, args)
-        result.skipped += val_skipped
+        validation = _read_into_table(path, lambda: _dataset_records(f"{path} validation row", validation_rows),
+                                      _table_path(key, args, "validation"), key + "-validation", args)
+        result.validation_dialogues = validation.dialogues
+        result.skipped = (result.skipped + validation.skipped)[:SKIPPED_KEPT]
+        result.skipped_count += validation.skipped_count
+    _save_read(key, args, result)
     return result
+
+
+def reading_options(args: DataArguments) -> dict[str, Any]:
+    """The options that change what reading gives (the dialogues, their speakers, what is skipped)."""
+    names = ("data_format", "speaker_field", "text_field", "turns_field", "messages_field", "role_field",
+             "content_field", "role_to_speaker", "on_bad_dialogue", "dataset_config_name", "dataset_train_split",
+             "dataset_validation_split", "validation_path")
+    return {name: getattr(args, name) for name in names}
+
+
+def _dataset_records(where: str, rows) -> Iterable[tuple[str, Any]]:
+    """(where, value) per row of a `datasets.Dataset`, read a batch at a time."""
+    index = 0
+    for batch in rows.iter(batch_size=1000):
+        columns = list(batch)
+        for values in zip(*(batch[name] for name in columns)):
+            yield f"{where} {index}", as_object(dict(zip(columns, values)))
+            index += 1
+
+
+def _table_path(key: str, args: DataArguments, split: str) -> Path:
+    return data_cache_dir(args) / f"dialogues-{key}-{split}.arrow"
+
+
+def _record_path(key: str, args: DataArguments) -> Path:
+    return data_cache_dir(args) / f"dialogues-{key}.json"
+
+
+def _read_into_table(path: str, records: Callable[[], Iterable[tuple[str, Any]]], table_path: Path, fingerprint: str,
+                     args: DataArguments) -> DialogueFile:
+    writer = DialogueTableWriter(table_path)
+    try:
+        skipped, skipped_count, formats = _parse_records(path, records(), args, writer)
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.finish()
+    return DialogueFile(path, DialogueTable.from_file(table_path, fingerprint), skipped, skipped_count, formats)
+
+
+def _save_read(key: str, args: DataArguments, read: DialogueFile) -> None:
+    record = {name: getattr(read, name) for name in ("path", "skipped", "skipped_count", "format_counts")}
+    record["validation"] = read.validation_dialogues is not None
+    atomic_write_json(_record_path(key, args), record)
+
+
+def _load_read(path: str, key: str, args: DataArguments) -> DialogueFile | None:
+    """The table read before under `key`, or None (none yet, a cleaned cache, a record of another version)."""
+    try:
+        record = json.loads(_record_path(key, args).read_text(encoding="utf-8"))
+        dialogues = DialogueTable.from_file(_table_path(key, args, "train"), key)
+        validation = (DialogueTable.from_file(_table_path(key, args, "validation"), key + "-validation")
+                      if record["validation"] else None)
+        skipped = [tuple(pair) for pair in record["skipped"]]
+        return DialogueFile(path, dialogues, skipped, record["skipped_count"], record["format_counts"], validation)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _turn_keys(args: DataArguments) -> set[str]:
@@ -142,31 +208,43 @@ def _is_turn_list(values: list[Any], args: DataArguments) -> bool:
 
 
 def _parse_records(
-    path: str, records: Iterable[tuple[str, Any]], args: DataArguments
-) -> tuple[list[Dialogue], list[tuple[str, str]]]:
-    dialogues, bad = [], []
-    for where, value in records:
+    path: str, records: Iterable[tuple[str, Any]], args: DataArguments, writer: DialogueTableWriter
+) -> tuple[list[tuple[str, str]], int, dict[str, int]]:
+    """Parse each record into `writer`; return the skipped dialogues (the first `SKIPPED_KEPT`), how many were
+    skipped, and how many dialogues of each format were read."""
+    from datasets.utils import tqdm
+
+    bad, bad_count, formats = [], 0, Counter()
+    progress = tqdm(records, desc=f"Reading {os.path.basename(path)}", unit=" dialogues", delay=2)
+    for where, value in progress:
         if isinstance(value, UnreadableLine):
-            bad.append((where, value.reason))
-            continue
-        try:
-            dialogues.append(parse_dialogue(value, where, args))
-        except _BadDialogue as problem:
-            bad.append((where, str(problem)))
+            problem = value.reason
+        else:
+            try:
+                dialogue = parse_dialogue(value, where, args)
+            except _BadDialogue as error:
+                problem = str(error)
+            else:
+                writer.add(dialogue)
+                formats[dialogue.format] += 1
+                continue
+        bad_count += 1
+        if len(bad) < SKIPPED_KEPT:
+            bad.append((where, problem))
     if bad and args.on_bad_dialogue == "error":
         listed = "\n".join(f"  - {where}: {reason}" for where, reason in bad[:SHOWN_PROBLEMS])
-        more = f"\n  ... and {len(bad) - SHOWN_PROBLEMS} more" if len(bad) > SHOWN_PROBLEMS else ""
-        total = len(bad) + len(dialogues)
+        more = f"\n  ... and {bad_count - SHOWN_PROBLEMS} more" if bad_count > SHOWN_PROBLEMS else ""
+        total = bad_count + writer.count
         raise DialogueDataError(
-            f"{path}: {len(bad)} of {total} dialogues are invalid:\n{listed}{more}\n"
+            f"{path}: {bad_count} of {total} dialogues are invalid:\n{listed}{more}\n"
             "Fix them, or pass --on_bad_dialogue skip to leave them out (they are counted in data_report.json)."
         )
     if bad:
         shown = ", ".join(where for where, _ in bad[:SHOWN_PROBLEMS])
-        logger.warning("%s: skipped %d invalid dialogues (first: %s); see data_report.json", path, len(bad), shown)
-    if not dialogues:
+        logger.warning("%s: skipped %d invalid dialogues (first: %s); see data_report.json", path, bad_count, shown)
+    if not writer.count:
         raise DialogueDataError(f"{path}: no valid dialogue left to train on")
-    return dialogues, bad
+    return bad, bad_count, dict(formats)
 
 
 def parse_dialogue(value: Any, where: str, args: DataArguments) -> Dialogue:

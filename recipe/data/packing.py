@@ -54,6 +54,7 @@ def pack_batch(batch, max_length: int):
     ordered = lengths[order.to_numpy()]
     example_starts = offsets_from_lengths(ordered)[:-1]
     positions = np.arange(int(ordered.sum()), dtype=np.int64) - np.repeat(example_starts, ordered)
+    positions = positions.astype(np.uint16 if max_length <= np.iinfo(np.uint16).max + 1 else np.int32)  # cache size
     row_sizes = np.fromiter((lengths[row].sum() for row in rows), np.int64, len(rows))
     offsets = pa.array(offsets_from_lengths(row_sizes, np.int32))
 

@@ -9,19 +9,21 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from ..common.files import atomic_write_json, atomic_write_jsonl, file_sha256
+from ..common.files import atomic_write_json, atomic_write_jsonl
 from ..common.run_dir import DATA_REPORT
 from ..config import DataArguments
 from .audit import check_label_audit, column_array, drop_masked_examples, label_audit
-from .encoding import ENCODING_VERSION, dialogue_table, encode_batch, require_fast_tokenizer
+from .dialogues import Dialogue, DialogueTable, data_cache_dir
+from .encoding import ENCODING_VERSION, encode_batch, require_fast_tokenizer
 from .errors import DialogueDataError
-from .formats import Dialogue, DialogueFile, check_data_path, read_dialogues
+from .formats import SKIPPED_KEPT, DialogueFile, check_data_path, read_dialogues
 from .packing import pack_batch
 from .report import data_report, encoding_options
 
@@ -29,9 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 def split_dialogues(
-    dialogues: list[Dialogue], validation_split_ratio: float, seed: int, path: str = "the data"
-) -> tuple[list[Dialogue], list[Dialogue]]:
-    """Hold out a share of whole dialogues, chosen by `seed`; each side keeps file order.
+    dialogues: DialogueTable | list[Dialogue], validation_split_ratio: float, seed: int, path: str = "the data"
+) -> tuple[DialogueTable | list[Dialogue], DialogueTable | list[Dialogue]]:
+    """Hold out a share of whole dialogues, chosen by `seed`; each side keeps file order (a table is split
+    by index, without reading its dialogues).
 
     Raises:
         DialogueDataError: when a side would be empty.
@@ -39,7 +42,7 @@ def split_dialogues(
     count = len(dialogues)
     if validation_split_ratio == 0:
         logger.warning("validation_split_ratio is 0: training on all %d dialogues, with no evaluation", count)
-        return list(dialogues), []
+        return dialogues, dialogues[:0]
     n_validation = max(1, round(count * validation_split_ratio))
     if count - n_validation < 1:
         raise DialogueDataError(
@@ -49,9 +52,12 @@ def split_dialogues(
             "to train on all of them without evaluation."
         )
     order = np.random.default_rng(seed).permutation(count)
-    held_out = set(order[:n_validation].tolist())
-    train = [d for i, d in enumerate(dialogues) if i not in held_out]
-    validation = [d for i, d in enumerate(dialogues) if i in held_out]
+    held_out = np.zeros(count, bool)
+    held_out[order[:n_validation]] = True
+    if isinstance(dialogues, DialogueTable):
+        return dialogues.select(np.flatnonzero(~held_out)), dialogues.select(np.flatnonzero(held_out))
+    train = [d for d, out in zip(dialogues, held_out) if not out]
+    validation = [d for d, out in zip(dialogues, held_out) if out]
     return train, validation
 
 
@@ -66,100 +72,77 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
-def _dialogues_fingerprint(dialogues: list[Dialogue]) -> str:
-    digest = hashlib.sha256()
-    for d in dialogues:
-        digest.update(json.dumps([d.speakers, d.texts, d.roles], ensure_ascii=False).encode())
-    return digest.hexdigest()
-
-
-def _cache_dir(args: DataArguments) -> Path:
-    return Path(args.dataset_cache_dir) if args.dataset_cache_dir else default_cache_dir()
-
-
-def default_cache_dir() -> Path:
-    import datasets
-
-    return Path(datasets.config.HF_DATASETS_CACHE) / "dialogue_finetune"
-
-
 def tokenize_dialogues(
-    dialogues: list[Dialogue],
+    dialogues: DialogueTable | list[Dialogue],
     tokenizer,
     args: DataArguments,
     split_name: str,
     with_token_turns: bool = False,
-    main_process_first=contextlib.nullcontext,
 ):
-    """Tokenize dialogues with `datasets.map`, cached on disk under a fingerprint of the dialogues,
-    the tokenizer and every option that changes the result: a second run with the same inputs
-    loads the cached table instead of tokenizing again."""
-    import datasets
-
+    """Tokenize dialogues with `datasets.map`, a batch at a time from their Arrow table, cached on disk under a
+    fingerprint of the dialogues, the tokenizer and every option that changes the result: a second run with
+    the same inputs loads the cached table instead of tokenizing again."""
+    table = DialogueTable.from_dialogues(dialogues)
     fingerprint = hashlib.sha256(
         json.dumps(
-            [ENCODING_VERSION, _dialogues_fingerprint(dialogues), tokenizer_fingerprint(tokenizer),
-             encoding_options(args), with_token_turns],
+            [ENCODING_VERSION, table.fingerprint, tokenizer_fingerprint(tokenizer), encoding_options(args),
+             with_token_turns],
             sort_keys=True,
         ).encode()
     ).hexdigest()[:24]
-    cache_dir = _cache_dir(args)
+    cache_dir = data_cache_dir(args)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    table = datasets.Dataset(dialogue_table(dialogues)).with_format("arrow")  # encode_batch reads arrow batches
-    num_proc = args.preprocessing_num_workers if args.preprocessing_num_workers and len(dialogues) > 1 else None
-    with main_process_first():
-        return table.map(
-            encode_batch,
-            batched=True,
-            num_proc=num_proc,
-            remove_columns=table.column_names,
-            fn_kwargs={"tokenizer": tokenizer, "args": args, "with_token_turns": with_token_turns},
-            cache_file_name=str(cache_dir / f"{split_name}-tokenized-{fingerprint}.arrow"),
-            new_fingerprint=fingerprint,
-            desc=f"Tokenizing {split_name} dialogues",
-        ).with_format(None)
+    rows = table.dataset.with_format("arrow")  # encode_batch reads arrow batches
+    num_proc = args.preprocessing_num_workers if args.preprocessing_num_workers and len(rows) > 1 else None
+    return rows.map(
+        encode_batch,
+        batched=True,
+        with_indices=True,
+        num_proc=num_proc,
+        remove_columns=rows.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "args": args, "with_token_turns": with_token_turns},
+        cache_file_name=str(cache_dir / f"{split_name}-tokenized-{fingerprint}.arrow"),
+        new_fingerprint=fingerprint,
+        desc=f"Tokenizing {split_name} dialogues",
+    ).with_format(None)
 
 
-def pack_examples(examples, args: DataArguments, split_name: str, main_process_first=contextlib.nullcontext):
+def pack_examples(examples, args: DataArguments, split_name: str):
     """Pack tokenized examples into rows of max_length tokens (cached like tokenization)."""
     fingerprint = hashlib.sha256(
         f"{examples._fingerprint}-{args.max_length}-{args.packing_batch_size}-{ENCODING_VERSION}".encode()
     ).hexdigest()[:24]
-    cache_dir = _cache_dir(args)
-    with main_process_first():
-        return examples.select_columns(["input_ids", "labels"]).with_format("arrow").map(
-            pack_batch,
-            batched=True,
-            batch_size=args.packing_batch_size,
-            remove_columns=["input_ids", "labels"],
-            fn_kwargs={"max_length": args.max_length},
-            cache_file_name=str(cache_dir / f"{split_name}-packed-{fingerprint}.arrow"),
-            new_fingerprint=fingerprint,
-            desc=f"Packing {split_name} examples",
-        ).with_format(None)
+    return examples.select_columns(["input_ids", "labels"]).with_format("arrow").map(
+        pack_batch,
+        batched=True,
+        batch_size=args.packing_batch_size,
+        remove_columns=["input_ids", "labels"],
+        fn_kwargs={"max_length": args.max_length},
+        cache_file_name=str(data_cache_dir(args) / f"{split_name}-packed-{fingerprint}.arrow"),
+        new_fingerprint=fingerprint,
+        desc=f"Packing {split_name} examples",
+    ).with_format(None)
 
 
-def _training_form(examples, args: DataArguments, split_name: str, main_process_first):
+def _training_form(examples, args: DataArguments, split_name: str):
     if args.padding == "packing":
-        return pack_examples(examples, args, split_name, main_process_first)
+        return pack_examples(examples, args, split_name)
     return examples.select_columns(["input_ids", "labels"])
 
 
 @dataclass
 class DialogueSplits:
     source: DialogueFile
-    skipped: list[tuple[str, str]]
-    train: list[Dialogue]
-    validation: list[Dialogue]
+    skipped: list[tuple[str, str]]  # the first SKIPPED_KEPT
+    skipped_count: int
+    train: DialogueTable
+    validation: DialogueTable
 
 
 @dataclass
 class PreparedData:
-    """Tokenized splits (windows), their training form (packed or not), and the data report.
-
-    The dialogues themselves are read again only when asked for (`train_dialogues`): a run whose
-    preparation comes from the cache never parses the data file.
-    """
+    """Tokenized splits (windows), their training form (packed or not), the data report, and the dialogues
+    of each split (Arrow tables on disk: reading them costs nothing until they are iterated)."""
 
     train_examples: Any  # datasets.Dataset, one row per window, with bookkeeping columns
     validation_examples: Any | None
@@ -167,20 +150,16 @@ class PreparedData:
     validation_dataset: Any | None
     report: dict[str, Any]
     args: DataArguments
-    splits: DialogueSplits | None = None
-
-    def dialogue_splits(self) -> DialogueSplits:
-        if self.splits is None:
-            self.splits = load_dialogue_splits(self.args)
-        return self.splits
+    splits: DialogueSplits
+    key: str  # of the whole preparation (`prepared_key`): names what is cached of it
 
     @property
-    def train_dialogues(self) -> list[Dialogue]:
-        return self.dialogue_splits().train
+    def train_dialogues(self) -> DialogueTable:
+        return self.splits.train
 
     @property
-    def validation_dialogues(self) -> list[Dialogue]:
-        return self.dialogue_splits().validation
+    def validation_dialogues(self) -> DialogueTable:
+        return self.splits.validation
 
 
 def check_data_paths(args: DataArguments, options_from: str | None = None) -> None:
@@ -201,19 +180,20 @@ def load_dialogue_splits(args: DataArguments, options_from: str | None = None) -
     (`options_from`: the run_config.yaml or recipe the options came from, named in an error)."""
     source = read_dialogues(args.data_path, args, option=_option("data_path", options_from))
     dialogues = source.dialogues[: args.max_dialogues] if args.max_dialogues else source.dialogues
-    skipped = list(source.skipped)
+    skipped, skipped_count = list(source.skipped), source.skipped_count
     if args.validation_path:
         # A dataset folder validates on its "validation" split (or --dataset_validation_split), never its train split.
         validation_split = args.dataset_validation_split or "validation"
         validation_file = read_dialogues(args.validation_path, args, split=validation_split,
                                          option=_option("validation_path", options_from))
         train, validation = dialogues, validation_file.dialogues
-        skipped += validation_file.skipped
+        skipped = (skipped + validation_file.skipped)[:SKIPPED_KEPT]
+        skipped_count += validation_file.skipped_count
     elif source.validation_dialogues is not None:
         train, validation = dialogues, source.validation_dialogues
     else:
         train, validation = split_dialogues(dialogues, args.validation_split_ratio, args.split_seed, args.data_path)
-    return DialogueSplits(source, skipped, train, validation)
+    return DialogueSplits(source, skipped, skipped_count, train, validation)
 
 
 def build_datasets(
@@ -222,51 +202,50 @@ def build_datasets(
     """The whole data path used by training and by scripts/prepare_data.py: read, split, tokenize, audit the
     labels (refusing a loss mask that cannot train, leaving out examples with no target), pack.
 
-    A preparation done before from the same files, options and tokenizer is loaded from the cache
-    without reading the data again (see `prepared_key`).
+    A preparation done before from the same inputs, options and tokenizer is loaded from the cache without
+    reading the data again (see `prepared_key`). Under several processes, `main_process_first` lets the main
+    process prepare while the others wait, then load what it wrote.
     """
     require_fast_tokenizer(tokenizer)
-    key = prepared_key(args, tokenizer)
-    cached = load_prepared(key, args) if key else None
-    if cached is not None:
-        return cached
-    splits = load_dialogue_splits(args)
-    examples = {"train": tokenize_dialogues(splits.train, tokenizer, args, "train",
-                                            main_process_first=main_process_first)}
-    if splits.validation:
-        examples["validation"] = tokenize_dialogues(
-            splits.validation, tokenizer, args, "validation", main_process_first=main_process_first
-        )
+    with main_process_first():
+        splits = load_dialogue_splits(args)  # read once into Arrow tables; loaded from them after
+        key = prepared_key(args, tokenizer, splits)
+        prepared = load_prepared(key, args, splits)
+        if prepared is None:
+            prepared = _prepare(splits, args, tokenizer, key)
+            save_prepared(key, prepared)
+        return prepared
+
+
+def _prepare(splits: DialogueSplits, args: DataArguments, tokenizer, key: str) -> PreparedData:
+    examples = {"train": tokenize_dialogues(splits.train, tokenizer, args, "train")}
+    if len(splits.validation):
+        examples["validation"] = tokenize_dialogues(splits.validation, tokenizer, args, "validation")
     audits = {name: label_audit(split) for name, split in examples.items()}
     check_label_audit(audits["train"], audits.get("validation"), args)  # before any training
     kept = {name: drop_masked_examples(split, audits[name], name) for name, split in examples.items()}
-    rows = {name: _training_form(split, args, name, main_process_first) for name, split in kept.items()}
+    rows = {name: _training_form(split, args, name) for name, split in kept.items()}
     report = data_report(
-        args, splits.source, splits.skipped,
+        args, splits.source, splits.skipped_count, splits.skipped,
         {name: (examples[name], kept[name], rows[name], audits[name]) for name in examples},
     )
-    prepared = PreparedData(kept["train"], kept.get("validation"), rows["train"], rows.get("validation"), report,
-                            args, splits)
-    if key:
-        save_prepared(key, prepared)
-    return prepared
+    return PreparedData(kept["train"], kept.get("validation"), rows["train"], rows.get("validation"), report,
+                        args, splits, key)
 
 
-def prepared_key(args: DataArguments, tokenizer) -> str | None:
-    """A key for a whole preparation, when its inputs are files whose bytes identify them (not for a
-    saved or Hub dataset, which are read through their own caches): every option that changes the
-    result, the files' SHA-256 and the tokenizer."""
-    paths = [args.data_path] + ([args.validation_path] if args.validation_path else [])
-    if not all(os.path.isfile(path) for path in paths):
-        return None
+def prepared_key(args: DataArguments, tokenizer, splits: DialogueSplits) -> str:
+    """A key for a whole preparation: the dialogues of each split (their tables' fingerprints: the inputs'
+    SHA-256 or dataset fingerprints, how they were read and split), every option that changes the result
+    and the tokenizer."""
     options = {name: value for name, value in dataclasses.asdict(args).items()
                if name not in ("dataset_cache_dir", "preprocessing_num_workers")}
-    identity = [ENCODING_VERSION, [file_sha256(path) for path in paths], options, tokenizer_fingerprint(tokenizer)]
+    identity = [ENCODING_VERSION, splits.train.fingerprint, DialogueTable.from_dialogues(splits.validation).fingerprint,
+                options, tokenizer_fingerprint(tokenizer)]
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def _manifest_path(key: str, args: DataArguments) -> Path:
-    return _cache_dir(args) / f"prepared-{key}.json"
+    return data_cache_dir(args) / f"prepared-{key}.json"
 
 
 def save_prepared(key: str, prepared: PreparedData) -> None:
@@ -290,7 +269,7 @@ def _single_file(dataset) -> str | None:
     return files[0]["filename"] if len(files) == 1 else None
 
 
-def load_prepared(key: str, args: DataArguments) -> PreparedData | None:
+def load_prepared(key: str, args: DataArguments, splits: DialogueSplits) -> PreparedData | None:
     """The preparation recorded under `key`, or None when there is none (or a file of it is gone)."""
     import datasets
 
@@ -310,29 +289,39 @@ def load_prepared(key: str, args: DataArguments) -> PreparedData | None:
         return None
     logger.info("data preparation loaded from the cache (%s)", manifest)
     train, validation = loaded["train"], loaded.get("validation", (None, None))
-    return PreparedData(train[0], validation[0], train[1], validation[1], record["report"], args)
+    return PreparedData(train[0], validation[0], train[1], validation[1], record["report"], args, splits, key)
 
 
 def example_texts(examples, tokenizer) -> Iterator[dict[str, Any]]:
-    """Rows for the inspection files: the decoded text exactly as the model reads it."""
+    """Rows for the inspection files: the decoded text exactly as the model reads it (a batch at a time)."""
     columns = ("input_ids", "source", "window_index", "num_tokens", "num_loss_tokens")
-    for ids, source, window, num_tokens, num_loss_tokens in zip(*(examples[name] for name in columns)):
-        yield {
-            "text": tokenizer.decode(ids),
-            "source": source,
-            "window_index": window,
-            "num_tokens": num_tokens,
-            "num_loss_tokens": num_loss_tokens,
-        }
+    for batch in examples.select_columns(list(columns)).iter(batch_size=1000):
+        texts = tokenizer.batch_decode(batch["input_ids"])
+        for text, source, window, num_tokens, num_loss_tokens in zip(texts, *(batch[name] for name in columns[1:])):
+            yield {
+                "text": text,
+                "source": source,
+                "window_index": window,
+                "num_tokens": num_tokens,
+                "num_loss_tokens": num_loss_tokens,
+            }
 
 
 def write_prepared_data(prepared: PreparedData, tokenizer, output_dir: str | os.PathLike) -> list[Path]:
-    """Write train.jsonl, validation.jsonl and data_report.json for inspection."""
+    """Write train.jsonl, validation.jsonl and data_report.json for inspection. The decoded files are kept in
+    the data cache beside the preparation: a second call with the same preparation copies them."""
     output_dir = Path(output_dir)
-    paths = [atomic_write_jsonl(output_dir / "train.jsonl", example_texts(prepared.train_examples, tokenizer))]
-    if prepared.validation_examples is not None:
-        paths.append(
-            atomic_write_jsonl(output_dir / "validation.jsonl", example_texts(prepared.validation_examples, tokenizer))
-        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, examples in (("train", prepared.train_examples), ("validation", prepared.validation_examples)):
+        if examples is None:
+            continue
+        kept = data_cache_dir(prepared.args) / f"inspection-{prepared.key}-{name}.jsonl"
+        if not kept.is_file():
+            atomic_write_jsonl(kept, example_texts(examples, tokenizer))
+        partial, path = output_dir / f".{name}.jsonl.partial", output_dir / f"{name}.jsonl"
+        shutil.copyfile(kept, partial)
+        os.replace(partial, path)
+        paths.append(path)
     paths.append(atomic_write_json(output_dir / DATA_REPORT, prepared.report))
     return paths

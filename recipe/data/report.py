@@ -77,7 +77,7 @@ def _split_report(examples, kept, batches, audit: dict[str, Any] | None, args: D
     }
 
 
-def data_report(args, source, skipped, splits: dict[str, tuple]) -> dict[str, Any]:
+def data_report(args, source, skipped_count: int, skipped, splits: dict[str, tuple]) -> dict[str, Any]:
     """Counts a user can check against their file: what was read, skipped, split, windowed, packed, and
     what the loss sees. `splits` maps train / validation to (examples, examples kept, training rows, label audit)."""
     return {
@@ -87,7 +87,7 @@ def data_report(args, source, skipped, splits: dict[str, tuple]) -> dict[str, An
         "dialogues_read": len(source.dialogues),
         "dialogues_used": sum(split[-1]["dialogues"] for split in splits.values()),
         "skipped": {
-            "count": len(skipped),
+            "count": skipped_count,
             "first": [{"where": where, "reason": reason} for where, reason in skipped[:SHOWN_PROBLEMS]],
         },
         "split": {

@@ -8,7 +8,7 @@ messages; `value` is the parsed JSON, objects as `JsonObject` (their pairs in fi
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
 from typing import Any, Callable, Iterator
 
 from ..common.hub import require_hub
@@ -52,117 +52,252 @@ def as_object(value: Any) -> Any:
     return value
 
 
-def read_text(path: str) -> str:
-    raw = Path(path).read_bytes()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+CHUNK_BYTES = 1 << 24  # text read at a time: a file is never held whole
+
+
+def _check_start(path: str, first: bytes) -> None:
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DialogueDataError(f"{path} is UTF-16 encoded; re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise DialogueDataError(
-            f"{path} is not valid UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start} (line {line}). "
-            "Re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in.json > out.json"
-        ) from None
-    if not text.strip():
-        raise DialogueDataError(
-            f"{path} is empty; expected a JSON array of dialogues (.json) or one dialogue per line (.jsonl)"
-        )
-    return text
 
 
-def json_error(path: str, error: json.JSONDecodeError) -> DialogueDataError:
+def _not_utf8(path: str, raw: bytes, error: UnicodeDecodeError, offset: int, line: int) -> DialogueDataError:
+    """`raw` holds the undecodable byte at `error.start`; `offset` and `line`: where `raw` starts in the file."""
+    line += raw.count(b"\n", 0, error.start)
+    return DialogueDataError(
+        f"{path} is not valid UTF-8: byte 0x{raw[error.start]:02x} at offset {offset + error.start} (line {line}). "
+        "Re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in.json > out.json"
+    )
+
+
+def _empty(path: str) -> DialogueDataError:
+    return DialogueDataError(
+        f"{path} is empty; expected a JSON array of dialogues (.json) or one dialogue per line (.jsonl)"
+    )
+
+
+def read_text(path: str) -> str:
+    """A whole small file as text (a dialogue file is read in chunks instead: `text_chunks`)."""
+    return "".join(text for text, _ in text_chunks(path))
+
+
+def text_chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, int]]:
+    """The file's text in pieces of about `chunk_bytes`, each with the line it starts on; a BOM is dropped,
+    UTF-16 and bytes that are not UTF-8 are errors naming the offset and the line, an empty file too."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    offset, line, seen_text = 0, 1, False
+    with open(path, "rb") as file:
+        while True:
+            raw = file.read(chunk_bytes)
+            if offset == 0:
+                _check_start(path, raw)
+            pending = decoder.getstate()[0]  # a character's first bytes, cut by the previous chunk's end
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as error:
+                raise _not_utf8(path, pending + raw, error, offset - len(pending), line) from None
+            seen_text = seen_text or bool(text.strip())
+            if text:
+                yield text, line
+            if not raw:
+                break
+            offset += len(raw)
+            line += raw.count(b"\n")
+    if not seen_text:
+        raise _empty(path)
+
+
+def json_error(path: str, message: str, line: int, column: int, at_end: bool) -> DialogueDataError:
+    """Invalid JSON at `line` and `column` of `path`, with the likely fix; `at_end`: at the file's end."""
     hint = "fix the JSON there"
-    if error.msg == "Extra data":
+    if message == "Extra data":
         hint = "the file holds more than one JSON value; if it has one dialogue per line, name it .jsonl"
-    elif error.msg.startswith("Invalid control character"):
+    elif message.startswith("Invalid control character"):
         hint = ("a string holds a raw control character (NUL, tab, line break); escape it (\\u0000, \\t, \\n) or "
                 "remove it")
-    elif error.msg.startswith("Unterminated") or error.pos >= len(error.doc.rstrip()):
+    elif message.startswith("Unterminated") or at_end:
         hint = "the file ends in the middle of a value: it was cut short; restore its end"
-    return DialogueDataError(f"{path} line {error.lineno} column {error.colno}: invalid JSON ({error.msg}); {hint}")
+    return DialogueDataError(f"{path} line {line} column {column}: invalid JSON ({message}); {hint}")
 
 
-def json_records(path: str, text: str, is_one_dialogue: Callable[[list[Any]], bool]) -> Iterator[tuple[str, Any]]:
-    """Yield (where, value) for each dialogue of a .json file.
+_WHITESPACE = re.compile(r"[ \t\r\n]*")
 
-    A top-level array is walked element by element so that each dialogue's line is known.
-    """
-    start = len(text) - len(text.lstrip())
-    if text[start] != "[":
+
+class _Text:
+    """A window on a file's text that grows as a value needs more: `text[position:]` is what is left to
+    parse. Parsed text is dropped as the walk goes, so memory holds about one chunk, never the file; lines
+    are counted as the walk goes (counting from the start for every entry would be quadratic)."""
+
+    def __init__(self, path: str, chunk_bytes: int):
+        self.path = path
+        self.chunks = text_chunks(path, chunk_bytes)
+        self.text, self.position, self.done = "", 0, False
+        self.counted_to, self.counted_line = 0, 1  # the line at text[counted_to]
+        self.column_base = 0  # the column of text[0] on its line (the window may start mid-line)
+
+    def more(self) -> bool:
+        """Append the next chunk (first dropping what was parsed); False at the end of the file."""
         try:
-            value, end = DECODER.raw_decode(text, start)
-            if text[end:].strip():
-                raise json.JSONDecodeError("Extra data", text, end + len(text[end:]) - len(text[end:].lstrip()))
-        except json.JSONDecodeError as error:
-            raise json_error(path, error) from None
+            chunk, _ = next(self.chunks)
+        except StopIteration:
+            self.done = True
+            return False
+        self.counted_line, self.counted_to = self.line_at(self.position), 0
+        self.column_base = self.column_at(self.position)
+        self.text, self.position = self.text[self.position:] + chunk, 0
+        return True
+
+    def skip_whitespace(self) -> str:
+        """The next non-blank character ("" at the end of the file), `position` on it."""
+        while True:
+            self.position = _WHITESPACE.match(self.text, self.position).end()
+            if self.position < len(self.text):
+                return self.text[self.position]
+            if not self.more():
+                return ""
+
+    def line_at(self, position: int) -> int:
+        """The line of `text[position]`, for positions that only move forward."""
+        if position >= self.counted_to:
+            self.counted_line += self.text.count("\n", self.counted_to, position)
+        else:
+            self.counted_line -= self.text.count("\n", position, self.counted_to)
+        self.counted_to = position
+        return self.counted_line
+
+    def column_at(self, position: int) -> int:
+        """The 0-based column of `text[position]` in the file."""
+        newline = self.text.rfind("\n", 0, position)
+        return position - newline - 1 if newline >= 0 else self.column_base + position
+
+    def decode(self) -> Any:
+        """The JSON value at `position`, reading more text while it is cut by the window's end."""
+        while True:
+            try:
+                value, end = DECODER.raw_decode(self.text, self.position)
+            except json.JSONDecodeError as error:
+                if not self.done and self._may_continue(error) and self.more():
+                    continue
+                raise self.error(error) from None
+            if end == len(self.text) and not self.done and isinstance(value, (int, float)) and self.more():
+                continue  # a number at the window's end may go on in the next chunk
+            self.position = end
+            return value
+
+    def _may_continue(self, error: json.JSONDecodeError) -> bool:
+        """An error at (or cut by) the window's end may be a value the next chunk completes."""
+        return error.msg.startswith("Unterminated") or len(self.text) - error.pos < 64
+
+    def error(self, error: json.JSONDecodeError) -> DialogueDataError:
+        at_end = self.done and error.pos >= len(self.text.rstrip())
+        return json_error(self.path, error.msg, self.line_at(error.pos), self.column_at(error.pos) + 1, at_end)
+
+
+def json_records(path: str, is_one_dialogue: Callable[[list[Any]], bool],
+                 chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, Any]]:
+    """Yield (where, value) for each dialogue of a .json file, reading it a chunk at a time.
+
+    A top-level array is walked element by element so that each dialogue's line is known. An array whose
+    elements are all turns is one dialogue (`is_one_dialogue`, asked of the turns seen so far while they
+    all are: a file of dialogues is never held whole).
+    """
+    text = _Text(path, chunk_bytes)
+    first = text.skip_whitespace()
+    if first != "[":
+        try:
+            value = text.decode()
         except RecursionError:
             raise DialogueDataError(f"{path}: " + TOO_DEEP.format(fix="fix the file's structure")) from None
+        if text.skip_whitespace():
+            extra = json.JSONDecodeError("Extra data", text.text, text.position)
+            raise text.error(extra)
         yield f"{path}", value  # one dialogue: {"turns": [...]}, {"messages": [...]} or a speaker map
         return
-    elements = list(_iter_json_array(path, text, start))
-    if not elements:
-        raise DialogueDataError(f"{path} holds an empty array; add dialogues to it")
-    if is_one_dialogue([value for _, value in elements]):
-        yield f"{path} (a bare list of turns, read as one dialogue)", [value for _, value in elements]
-        return
-    for index, (line, value) in enumerate(elements):
-        yield f"{path} entry [{index}] (line {line})", value
-
-
-def _iter_json_array(path: str, text: str, start: int) -> Iterator[tuple[int, Any]]:
-    position, whitespace, index = start + 1, " \t\r\n", 0
-    # Lines are counted as the walk goes (counting from the start for every entry is quadratic).
-    line, counted_to = 1 + text.count("\n", 0, position), position
-    try:
-        while True:
-            while position < len(text) and text[position] in whitespace:
-                position += 1
-            if position < len(text) and text[position] == "]":
-                position += 1
-                break
-            line += text.count("\n", counted_to, position)
-            counted_to = position
-            try:
-                value, position = DECODER.raw_decode(text, position)
-            except RecursionError:
-                raise DialogueDataError(
-                    f"{path} entry [{index}] (line {line}): " + TOO_DEEP.format(fix="fix that entry")
-                ) from None
-            index += 1
-            yield line, value
-            while position < len(text) and text[position] in whitespace:
-                position += 1
-            if position < len(text) and text[position] == ",":
-                position += 1
-            elif position < len(text) and text[position] == "]":
-                position += 1
-                break
-            else:
-                raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
-        if text[position:].strip():
-            extra = position + len(text[position:]) - len(text[position:].lstrip())  # where the extra value starts
-            raise json.JSONDecodeError("Extra data", text, extra)
-    except json.JSONDecodeError as error:
-        raise json_error(path, error) from None
-
-
-def jsonl_records(path: str, text: str) -> Iterator[tuple[str, Any]]:
-    """Yield (where, value) per non-blank line; a line that is not one JSON value is yielded as
-    `UnreadableLine`, so that it is listed with the other bad dialogues (or skipped and counted)."""
-    hint = "each line of a .jsonl file must be one complete JSON value"
-    # Lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085 and other characters that
-    # JSON writers leave unescaped inside strings, splitting one dialogue into two invalid lines.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
+    turns: list[tuple[int, Any]] | None = []  # while every element so far is a turn: maybe one dialogue
+    count = 0
+    for line, value in _iter_json_array(path, text):
+        if turns is not None:
+            turns.append((line, value))
+            if is_one_dialogue([value]):
+                continue
+            held, turns = turns, None
+            for index, (held_line, held_value) in enumerate(held):
+                yield f"{path} entry [{index}] (line {held_line})", held_value
+            count = len(held)
             continue
+        yield f"{path} entry [{count}] (line {line})", value
+        count += 1
+    if turns:
+        values = [value for _, value in turns]
+        if is_one_dialogue(values):
+            yield f"{path} (a bare list of turns, read as one dialogue)", values
+            return
+        for index, (line, value) in enumerate(turns):
+            yield f"{path} entry [{index}] (line {line})", value
+    elif turns is not None:
+        raise DialogueDataError(f"{path} holds an empty array; add dialogues to it")
+
+
+def _iter_json_array(path: str, text: _Text) -> Iterator[tuple[int, Any]]:
+    text.position += 1  # past "["
+    index = 0
+    while True:
+        character = text.skip_whitespace()
+        if character == "]":
+            text.position += 1
+            break
+        line = text.line_at(text.position)
         try:
-            value = DECODER.decode(line)
-        except json.JSONDecodeError as error:
-            value = UnreadableLine(f"column {error.colno}: invalid JSON ({error.msg}); {hint}")
+            value = text.decode()
         except RecursionError:
-            value = UnreadableLine(TOO_DEEP.format(fix=hint))
-        yield f"{path} line {number}", value
+            raise DialogueDataError(
+                f"{path} entry [{index}] (line {line}): " + TOO_DEEP.format(fix="fix that entry")
+            ) from None
+        index += 1
+        yield line, value
+        character = text.skip_whitespace()
+        if character == ",":
+            text.position += 1
+        elif character == "]":
+            text.position += 1
+            break
+        else:
+            raise text.error(json.JSONDecodeError("Expecting ',' delimiter", text.text, text.position))
+    if text.skip_whitespace():
+        raise text.error(json.JSONDecodeError("Extra data", text.text, text.position))
+
+
+def jsonl_records(path: str) -> Iterator[tuple[str, Any]]:
+    """Yield (where, value) per non-blank line, reading the file a line at a time; a line that is not one
+    JSON value is yielded as `UnreadableLine`, so that it is listed with the other bad dialogues (or
+    skipped and counted)."""
+    hint = "each line of a .jsonl file must be one complete JSON value"
+    seen_text, offset = False, 0
+    # Lines end at "\n" only (binary lines): str.splitlines would also cut at U+2028, U+0085 and other
+    # characters that JSON writers leave unescaped inside strings, splitting one dialogue into two invalid lines.
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            if number == 1:
+                _check_start(path, raw)
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise _not_utf8(path, raw, error, offset, number) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            seen_text = True
+            try:
+                value = DECODER.decode(line)
+            except json.JSONDecodeError as error:
+                value = UnreadableLine(f"column {error.colno}: invalid JSON ({error.msg}); {hint}")
+            except RecursionError:
+                value = UnreadableLine(TOO_DEEP.format(fix=hint))
+            yield f"{path} line {number}", value
+    if not seen_text:
+        raise _empty(path)
 
 
 def read_saved_dataset(path: str, args: DataArguments, split: str | None):
