@@ -161,6 +161,17 @@ def test_evaluation_matches_the_training_runs_exact_eval_loss(runs):
     assert results["perplexity"]["token_loss"] == pytest.approx(trained["eval_token_loss"], rel=1e-4)
 
 
+def test_a_max_length_beyond_the_models_positions_is_refused_before_the_perplexity_pass(runs, tmp_path):
+    from recipe.config.errors import ConfigError
+
+    data_config = tmp_path / "data.yaml"
+    data_config.write_text(f"data_path: {REPO / 'data' / 'sample_dialogues.json'}\nmax_length: 100000\n")
+    with pytest.raises(ConfigError, match=r"max_length 100000 is longer than gpt2's \d+ positions; "
+                                          r"set max_length: \d+ or less in .*data\.yaml$"):
+        evaluate_model(EvaluationArguments(model_path=str(runs["full"]), data_config=str(data_config), wandb="off"),
+                       GenerationArguments(max_new_tokens=8))
+
+
 def test_results_json_schema_from_the_script(runs, tmp_path):
     output = tmp_path / "results.json"
     result = subprocess.run(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -49,10 +50,12 @@ def test_two_cpu_processes_match_one_process_at_the_same_global_batch(tmp_path):
     ddp = run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          *smoke(tmp_path / "ddp", "--per_device_train_batch_size", "1",
-                "--dataset_cache_dir", str(tmp_path / "ddp-cache"))],
+                "--dataset_cache_dir", str(tmp_path / "ddp-cache"),
+                "--log_level", "info", "--log_level_replica", "info")],
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    # The data is prepared once, by the main process; the other loads what it wrote.
+    # The data is prepared once, by the main process (one tokenization progress bar); the other loads what it wrote.
+    assert len(re.findall(r"Tokenizing train dialogues:\s+0%", ddp.stderr)) == 1, ddp.stderr[-3000:]
     assert ddp.stderr.count("data preparation loaded from the cache") == 1, ddp.stderr[-3000:]
     assert "x 2 processes = 2 rows per step" in ddp.stderr
     assert ddp.stderr.count("run summary") == 1  # summaries and files come from the main process only

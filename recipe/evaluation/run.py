@@ -16,6 +16,7 @@ from ..common.run_dir import EVALUATION, RunDir, read_json_file
 from ..config import ConfigError, DataArguments, GenerationArguments, run_data_arguments, run_model_arguments
 from ..data import Dialogue, load_dialogue_splits, read_dialogues
 from ..models.generation import prompts_from_dialogues, read_prompts_file, reply_samples
+from ..models.loading import check_max_length
 from ..models.trained import LoadedModel, load_model_for_evaluation
 from ..tracking import POSTHOC_EVAL_PREFIX, log_evaluation_to_wandb, read_wandb_record, refresh_model_cards
 from .metrics import quality_measures
@@ -148,6 +149,8 @@ def evaluate_model(eval_args, gen_args: GenerationArguments) -> dict[str, Any]:
     loaded = load_model_for_evaluation(eval_args.model_path, eval_args.base_model, eval_args.dtype)
     run_config = loaded.run_dir.read_config() if loaded.run_dir and not eval_args.data_config else None
     data_args = run_data_arguments(run_config, eval_args.data_config)
+    where = eval_args.data_config or "the run_config.yaml it comes from"
+    check_max_length(loaded.model, data_args.max_length, f"set max_length: {{limit}} or less in {where}")
     dialogues, data_description = evaluation_dialogues(eval_args, data_args)
     data_description["windowing"] = (
         f"sliding window of {data_args.max_length} tokens, stride {eval_args.stride}: every token but a "

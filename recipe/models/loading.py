@@ -110,15 +110,16 @@ def embedding_rows(model) -> int:
     return int(getattr(weight, "ds_shape", weight.shape)[0])
 
 
-def check_max_length(model_or_config, max_length: int) -> None:
+def check_max_length(model_or_config, max_length: int, fix: str = "set --max_length {limit} or less") -> None:
     """A row longer than the model's position table fails deep inside the forward pass; say it up front
-    (from the config, before the data is tokenized and the weights load)."""
+    (from the config, before the data is tokenized and the weights load). `fix`: what to change, where the
+    length comes from elsewhere than --max_length."""
     config = getattr(model_or_config, "config", model_or_config)
     limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if limit is not None and max_length > limit:
         raise ConfigError(
             f"max_length {max_length} is longer than {config.model_type}'s {limit} positions; "
-            f"set --max_length {limit} or less"
+            + fix.format(limit=limit)
         )
 
 
