@@ -188,7 +188,7 @@ def test_packed_dialogue_has_the_same_loss_as_alone(tokenizer, data_args, tiny_m
     """Packing must not let dialogues see each other, nor drop or add a target."""
     import datasets
 
-    from recipe.data import pack_batch
+    from recipe.data import pack_examples
 
     dialogues = [
         HELLO,
@@ -196,10 +196,9 @@ def test_packed_dialogue_has_the_same_loss_as_alone(tokenizer, data_args, tiny_m
         dialogue(("Carol", "Anyone up for lunch?"), ("Alex", "Me!"), ("Bob", "Count me in.")),
     ]
     windows = [encode_dialogue(d, tokenizer, data_args()).windows[0] for d in dialogues]
-    table = {"input_ids": [w.input_ids for w in windows], "labels": [w.labels for w in windows]}
-    packed = datasets.Dataset.from_dict(table).with_format("arrow").map(
-        pack_batch, batched=True, fn_kwargs={"max_length": 256}, remove_columns=["input_ids", "labels"]
-    ).with_format(None)
+    table = {"input_ids": [w.input_ids for w in windows], "labels": [w.labels for w in windows],
+             "num_tokens": [len(w.input_ids) for w in windows]}
+    packed = pack_examples(datasets.Dataset.from_dict(table), data_args(max_length=256), "train")
     assert len(packed) == 1
     batch = DialogueCollator(tokenizer.pad_token_id, padding="packing")([packed[0]])
     assert "attention_mask" not in batch

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..common.run_dir import RunDir, read_json_file
 from ..config import ConfigError
+from ..config.data_sources import data_path_text
 
 
 class ComparisonError(ConfigError):
@@ -122,7 +123,7 @@ def read_baseline(evaluation_file: str | os.PathLike, runs: list[RunSummary]) ->
              f"{data.get('source', 'its data')}: every token, {model.get('dtype', 'float32')} weights."]
     for run in runs:
         config = run.config
-        same = (data.get("data_path") == config.get("data_path") and data.get("split") == "validation"
+        same = (data.get("data_path") == data_path_text(config.get("data_path")) and data.get("split") == "validation"
                 and data.get("data_sha256") == run.data_sha256)
         if not same:
             notes.append(f"the base was evaluated on other data than {run.label}'s validation split "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Literal
 
+from .data_sources import DataSource, data_path_text, parse_source
 from .errors import raise_all
 
 
@@ -108,11 +109,12 @@ class DataArguments:
 
     help_group = "Data"
 
-    data_path: str = field(
-        default="data/sample_dialogues.json",
+    data_path: list[str] = field(
+        default_factory=lambda: ["data/sample_dialogues.json"],
         metadata={
             "help": "Dialogue file (.json or .jsonl), a directory written by datasets' save_to_disk, "
-            "or a Hub dataset name."
+            "or a Hub dataset name; several mix them: PATH,weight=0.5,data_format=messages,... each "
+            "(weight: the share of its dialogues trained on; docs/data.md: Several data sets)."
         },
     )
     data_format: Literal["auto", "speaker_map", "turns", "messages"] = field(
@@ -209,6 +211,16 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         errors = []
+        if isinstance(self.data_path, (str, dict)):  # one source, as code and older run_config.yaml files give it
+            self.data_path = [self.data_path]
+        self.data_path = list(self.data_path)
+        for position, entry in enumerate(self.data_path):
+            try:
+                parse_source(entry, position)
+            except ValueError as error:
+                errors.append(str(error))
+        if not self.data_path:
+            errors.append("data_path is empty; give a dialogue file, a saved dataset folder or a Hub dataset name")
         for placeholder in ("{speaker}", "{text}"):
             if self.turn_template.count(placeholder) != 1:
                 errors.append(f"turn_template {self.turn_template!r} must contain {placeholder} exactly once")
@@ -227,6 +239,16 @@ class DataArguments:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 errors.append(f"{name} is {getattr(self, name)}; use 1 or more, or leave it unset")
         raise_all(errors)
+
+    @property
+    def sources(self) -> list[DataSource]:
+        """The --data_path entries, parsed."""
+        return [parse_source(entry, position) for position, entry in enumerate(self.data_path)]
+
+    @property
+    def data_paths_text(self) -> str:
+        """The data as a user wrote it: one path, or the sources in their compact form."""
+        return data_path_text(self.data_path)
 
     @property
     def role_speaker_map(self) -> dict[str, str]:

@@ -79,8 +79,13 @@ def option_specs_of(dataclass_type: type) -> list[OptionSpec]:
 
 
 def all_option_specs() -> dict[str, OptionSpec]:
-    """Every option of every recipe dataclass, by name."""
-    return {spec.name: spec for dc in RECIPE_DATACLASSES for spec in option_specs_of(dc)}
+    """Every option of every recipe dataclass, by name; a name two of them define (data_path: the training data,
+    or the file an evaluation reads instead of the run's) is the first one's, as a recipe means it."""
+    specs: dict[str, OptionSpec] = {}
+    for dc in RECIPE_DATACLASSES:
+        for spec in option_specs_of(dc):
+            specs.setdefault(spec.name, spec)
+    return specs
 
 
 def recipe_keys() -> set[str]:

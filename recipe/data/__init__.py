@@ -32,7 +32,7 @@ from .encoding import (
 )
 from .errors import DialogueDataError
 from .formats import Dialogue, DialogueFile, parse_dialogue, read_dialogues
-from .packing import DialogueCollator, best_fit_decreasing, get_data_collator, pack_batch
+from .packing import DialogueCollator, PackedRows, best_fit_decreasing, get_data_collator, pack_layout, packed_row
 from .pipeline import (
     DialogueSplits,
     PreparedData,
@@ -67,7 +67,9 @@ __all__ = [
     "get_data_collator",
     "check_data_paths",
     "load_dialogue_splits",
-    "pack_batch",
+    "PackedRows",
+    "pack_layout",
+    "packed_row",
     "pack_examples",
     "parse_dialogue",
     "read_dialogues",

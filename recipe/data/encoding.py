@@ -16,7 +16,7 @@ from .templates import RenderedDialogue, render_with_chat_template
 from .tokens import IGNORE_INDEX, TokenBatch, add_labels, end_with_eos, offsets_from_lengths, tokenize_batch
 
 # Bump when encoding logic changes, so that caches written by older code are not reused.
-ENCODING_VERSION = 5
+ENCODING_VERSION = 6
 
 
 def render_dialogue(

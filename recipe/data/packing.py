@@ -37,36 +37,66 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def pack_batch(batch, max_length: int):
-    """`datasets.map` function on arrow batches: examples in, rows of at most max_length tokens out.
+def pack_layout(batch, indices, max_length: int):
+    """`datasets.map` function on arrow batches of examples (`with_indices`): which examples make each row of at
+    most max_length tokens, by their positions in the examples table, in data order inside a row.
 
-    Each example keeps its own positions (0, 1, ...), which is how transformers knows where one
-    dialogue ends: with no attention mask and no KV cache it builds a block-diagonal causal mask.
-    Labels need no change: the first token of each example is already -100. Only the bin choice is
-    Python (per example); the tokens are moved by arrow and numpy.
+    Rows hold references, not tokens: the tokens stay in the examples table (one copy in the cache), and
+    `PackedRows` puts a row together when the Trainer reads it.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    lengths = pc.list_value_length(batch.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
-    rows = [sorted(row) for row in best_fit_decreasing(lengths.tolist(), max_length)]  # data order inside a row
-    order = pa.array([i for row in rows for i in row], pa.int64())
-    ordered = lengths[order.to_numpy()]
-    example_starts = offsets_from_lengths(ordered)[:-1]
-    positions = np.arange(int(ordered.sum()), dtype=np.int64) - np.repeat(example_starts, ordered)
-    positions = positions.astype(np.uint16 if max_length <= np.iinfo(np.uint16).max + 1 else np.int32)  # cache size
-    row_sizes = np.fromiter((lengths[row].sum() for row in rows), np.int64, len(rows))
-    offsets = pa.array(offsets_from_lengths(row_sizes, np.int32))
+    lengths = batch.column("num_tokens").to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = [sorted(row) for row in best_fit_decreasing(lengths.tolist(), max_length)]
+    members = np.asarray(indices, np.int64)[[i for row in rows for i in row]]
+    offsets = offsets_from_lengths([len(row) for row in rows], np.int32)
+    return pa.table({"examples": pa.ListArray.from_arrays(pa.array(offsets), pa.array(members, pa.int64()))})
 
-    def packed(column: str):
-        values = pc.list_flatten(batch.column(column).combine_chunks().take(order))
-        return pa.ListArray.from_arrays(offsets, values)
 
-    return pa.table({
-        "input_ids": packed("input_ids"),
-        "labels": packed("labels"),
-        "position_ids": pa.ListArray.from_arrays(offsets, pa.array(positions)),
-    })
+def packed_row(examples: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Examples one after the other in one row, each keeping its own positions (0, 1, ...): that is how
+    transformers knows where one dialogue ends (with no attention mask and no KV cache it builds a
+    block-diagonal causal mask). Labels need no change: the first token of each example is already -100."""
+    row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for example in examples:
+        row["input_ids"] += example["input_ids"]
+        row["labels"] += example["labels"]
+        row["position_ids"] += range(len(example["input_ids"]))
+    return row
+
+
+class PackedRows:
+    """The Trainer's dataset under packing: row i is the examples `layout[i]` names, put together when read
+    (`packed_row`). Indexing by position, slice or column name answers as a `datasets.Dataset` does."""
+
+    column_names = ["input_ids", "labels", "position_ids"]
+
+    def __init__(self, examples, layout):
+        self.examples = examples.select_columns(["input_ids", "labels"])
+        self.layout = layout
+
+    @property
+    def cache_files(self):
+        return self.layout.cache_files
+
+    def __len__(self) -> int:
+        return len(self.layout)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return [row[key] for row in self]
+        if isinstance(key, slice):
+            rows = [self.row(i) for i in range(*key.indices(len(self)))]
+            return {name: [row[name] for row in rows] for name in self.column_names}
+        return self.row(key)
+
+    def __iter__(self):
+        return (self.row(i) for i in range(len(self)))
+
+    def row(self, index: int) -> dict[str, list[int]]:
+        members = self.examples[self.layout[int(index)]["examples"]]
+        return packed_row([{"input_ids": ids, "labels": labels}
+                           for ids, labels in zip(members["input_ids"], members["labels"])])
 
 
 @dataclass

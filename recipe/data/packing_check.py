@@ -19,7 +19,7 @@ import torch
 
 from ..common.library_messages import quiet_packed_rows
 from ..config import ConfigError, DataArguments
-from .packing import get_data_collator, pack_batch
+from .packing import get_data_collator, packed_row
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,7 @@ def check_packing_isolation(model, tokenizer, train_examples, data_args: DataArg
         return None
     model = _model_to_check(model)
     collator = get_data_collator(data_args, tokenizer)
-    import pyarrow as pa
-
-    table = pa.table({k: [e[k] for e in examples] for k in ("input_ids", "labels")})
-    row = pack_batch(table, data_args.max_length).slice(0, 1).to_pylist()[0]
+    row = packed_row(examples[:2])
     second_start = len(examples[0]["input_ids"])
     packed_logprobs = _log_probs(model, collator([row]), use_cache)[0, second_start:]
     alone_logprobs = _log_probs(model, collator([examples[1]]), use_cache)[0]

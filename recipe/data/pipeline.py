@@ -24,7 +24,8 @@ from .dialogues import Dialogue, DialogueTable, data_cache_dir
 from .encoding import ENCODING_VERSION, encode_batch, require_fast_tokenizer
 from .errors import DialogueDataError
 from .formats import SKIPPED_KEPT, DialogueFile, check_data_path, read_dialogues
-from .packing import pack_batch
+from .mixture import concatenate, source_arguments, weighted
+from .packing import PackedRows, pack_layout
 from .report import data_report, encoding_options
 
 logger = logging.getLogger(__name__)
@@ -107,21 +108,23 @@ def tokenize_dialogues(
     ).with_format(None)
 
 
-def pack_examples(examples, args: DataArguments, split_name: str):
-    """Pack tokenized examples into rows of max_length tokens (cached like tokenization)."""
+def pack_examples(examples, args: DataArguments, split_name: str) -> PackedRows:
+    """Pack tokenized examples into rows of max_length tokens (the layout cached like tokenization)."""
     fingerprint = hashlib.sha256(
         f"{examples._fingerprint}-{args.max_length}-{args.packing_batch_size}-{ENCODING_VERSION}".encode()
     ).hexdigest()[:24]
-    return examples.select_columns(["input_ids", "labels"]).with_format("arrow").map(
-        pack_batch,
+    layout = examples.select_columns(["num_tokens"]).with_format("arrow").map(
+        pack_layout,
         batched=True,
+        with_indices=True,
         batch_size=args.packing_batch_size,
-        remove_columns=["input_ids", "labels"],
+        remove_columns=["num_tokens"],
         fn_kwargs={"max_length": args.max_length},
         cache_file_name=str(data_cache_dir(args) / f"{split_name}-packed-{fingerprint}.arrow"),
         new_fingerprint=fingerprint,
         desc=f"Packing {split_name} examples",
     ).with_format(None)
+    return PackedRows(examples, layout)
 
 
 def _training_form(examples, args: DataArguments, split_name: str):
@@ -132,7 +135,7 @@ def _training_form(examples, args: DataArguments, split_name: str):
 
 @dataclass
 class DialogueSplits:
-    source: DialogueFile
+    sources: list[DialogueFile]  # one per --data_path entry
     skipped: list[tuple[str, str]]  # the first SKIPPED_KEPT
     skipped_count: int
     train: DialogueTable
@@ -165,9 +168,10 @@ class PreparedData:
 def check_data_paths(args: DataArguments, options_from: str | None = None) -> None:
     """data_path and validation_path name something that exists (or a Hub dataset): checked before a run writes
     anything. `options_from`: where the options came from, when not the command line (a run's run_config.yaml)."""
-    for name in ("data_path", "validation_path"):
-        if getattr(args, name):
-            check_data_path(getattr(args, name), _option(name, options_from))
+    for source in args.sources:
+        check_data_path(source.path, _option("data_path", options_from))
+    if args.validation_path:
+        check_data_path(args.validation_path, _option("validation_path", options_from))
 
 
 def _option(name: str, options_from: str | None) -> str:
@@ -177,23 +181,34 @@ def _option(name: str, options_from: str | None) -> str:
 def load_dialogue_splits(args: DataArguments, options_from: str | None = None) -> DialogueSplits:
     """Read the data and split it as training does: a validation file, a dataset's validation split,
     or a deterministic share of the dialogues. The evaluation script calls this to get the same split
-    (`options_from`: the run_config.yaml or recipe the options came from, named in an error)."""
-    source = read_dialogues(args.data_path, args, option=_option("data_path", options_from))
-    dialogues = source.dialogues[: args.max_dialogues] if args.max_dialogues else source.dialogues
-    skipped, skipped_count = list(source.skipped), source.skipped_count
+    (`options_from`: the run_config.yaml or recipe the options came from, named in an error).
+
+    Several sources (recipe/data/mixture.py): each is read with its own options and split on its own, its
+    training dialogues weighted; then the sources are joined."""
+    files, trains, validations = [], [], []
+    for position, source in enumerate(args.sources):
+        source_args = source_arguments(args, source)
+        read = read_dialogues(source.path, source_args, option=_option("data_path", options_from))
+        files.append(read)
+        dialogues = read.dialogues[: args.max_dialogues] if args.max_dialogues else read.dialogues
+        if args.validation_path:
+            train, validation = dialogues, dialogues[:0]
+        elif read.validation_dialogues is not None:
+            train, validation = dialogues, read.validation_dialogues
+        else:
+            train, validation = split_dialogues(dialogues, args.validation_split_ratio, args.split_seed, source.path)
+        trains.append(weighted(train, source.weight, args.split_seed + position))
+        validations.append(validation)
     if args.validation_path:
         # A dataset folder validates on its "validation" split (or --dataset_validation_split), never its train split.
         validation_split = args.dataset_validation_split or "validation"
         validation_file = read_dialogues(args.validation_path, args, split=validation_split,
                                          option=_option("validation_path", options_from))
-        train, validation = dialogues, validation_file.dialogues
-        skipped = (skipped + validation_file.skipped)[:SKIPPED_KEPT]
-        skipped_count += validation_file.skipped_count
-    elif source.validation_dialogues is not None:
-        train, validation = dialogues, source.validation_dialogues
-    else:
-        train, validation = split_dialogues(dialogues, args.validation_split_ratio, args.split_seed, args.data_path)
-    return DialogueSplits(source, skipped, skipped_count, train, validation)
+        files.append(validation_file)
+        validations = [validation_file.dialogues]
+    skipped = [pair for read in files for pair in read.skipped][:SKIPPED_KEPT]
+    return DialogueSplits(files[: len(args.sources)], skipped, sum(read.skipped_count for read in files),
+                          concatenate(trains), concatenate([v for v in validations if len(v)] or validations[:1]))
 
 
 def build_datasets(
@@ -226,7 +241,7 @@ def _prepare(splits: DialogueSplits, args: DataArguments, tokenizer, key: str) -
     kept = {name: drop_masked_examples(split, audits[name], name) for name, split in examples.items()}
     rows = {name: _training_form(split, args, name) for name, split in kept.items()}
     report = data_report(
-        args, splits.source, splits.skipped_count, splits.skipped,
+        args, splits.sources, splits.skipped_count, splits.skipped,
         {name: (examples[name], kept[name], rows[name], audits[name]) for name in examples},
     )
     return PreparedData(kept["train"], kept.get("validation"), rows["train"], rows.get("validation"), report,
@@ -282,7 +297,7 @@ def load_prepared(key: str, args: DataArguments, splits: DialogueSplits) -> Prep
             with_target = column_array(examples, "num_loss_tokens") > 0
             if not with_target.all():  # the examples the audit left out (every label masked)
                 examples = examples.select(np.flatnonzero(with_target))
-            rows = (datasets.Dataset.from_file(split["rows"]) if args.padding == "packing"
+            rows = (PackedRows(examples, datasets.Dataset.from_file(split["rows"])) if args.padding == "packing"
                     else examples.select_columns(["input_ids", "labels"]))
             loaded[name] = (examples, rows)
     except (OSError, ValueError, KeyError):  # no record yet, a cleaned cache, a record of another version

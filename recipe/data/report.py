@@ -77,14 +77,19 @@ def _split_report(examples, kept, batches, audit: dict[str, Any] | None, args: D
     }
 
 
-def data_report(args, source, skipped_count: int, skipped, splits: dict[str, tuple]) -> dict[str, Any]:
+def data_report(args, sources, skipped_count: int, skipped, splits: dict[str, tuple]) -> dict[str, Any]:
     """Counts a user can check against their file: what was read, skipped, split, windowed, packed, and
-    what the loss sees. `splits` maps train / validation to (examples, examples kept, training rows, label audit)."""
-    return {
-        "data_path": args.data_path,
+    what the loss sees. `sources`: what each --data_path entry read; `splits` maps train / validation to
+    (examples, examples kept, training rows, label audit)."""
+    formats: dict[str, int] = {}
+    for read in sources:
+        for name, count in read.format_counts.items():
+            formats[name] = formats.get(name, 0) + count
+    report = {
+        "data_path": args.data_paths_text,
         "validation_path": args.validation_path,
-        "formats": source.format_counts,
-        "dialogues_read": len(source.dialogues),
+        "formats": formats,
+        "dialogues_read": sum(len(read.dialogues) for read in sources),
         "dialogues_used": sum(split[-1]["dialogues"] for split in splits.values()),
         "skipped": {
             "count": skipped_count,
@@ -97,6 +102,44 @@ def data_report(args, source, skipped_count: int, skipped, splits: dict[str, tup
         "options": encoding_options(args) | {"padding": args.padding},
         **{name: _split_report(*splits.get(name, (None,) * 4), args) for name in ("train", "validation")},
     }
+    if len(sources) > 1:
+        report["sources"] = source_reports(args, sources, {name: split[:2] for name, split in splits.items()})
+    return report
+
+
+def source_reports(args, sources, splits: dict[str, tuple]) -> list[dict[str, Any]]:
+    """Per --data_path entry: dialogues read, and per split (`splits`: its examples and those kept for training)
+    its dialogues (a weighted source's repeats counted), tokens and loss tokens, with its share of the split's
+    loss tokens (counted on Arrow columns)."""
+    import pyarrow.compute as pc
+
+    def columns(examples, names):
+        return examples.select_columns(names).with_format("arrow")[:]
+
+    def of_source(where, path):
+        return pc.or_(pc.equal(where, path), pc.starts_with(where, path + " "))
+
+    reports = []
+    for source, read in zip(args.sources, sources):
+        entry = {"path": source.path, "weight": source.weight, "options": source.options,
+                 "dialogues_read": len(read.dialogues), "skipped": read.skipped_count}
+        for name, (examples, kept) in splits.items():
+            starts = columns(examples, ["source", "window_index"])
+            dialogues = pc.and_(of_source(starts.column("source"), source.path),
+                                pc.equal(starts.column("window_index"), 0))
+            table = columns(kept, ["source", "num_tokens", "num_loss_tokens"])
+            mine = of_source(table.column("source"), source.path)
+            loss = table.column("num_loss_tokens")
+            total_loss = pc.sum(loss).as_py() or 0
+            loss_tokens = pc.sum(pc.filter(loss, mine)).as_py() or 0
+            entry[name] = {
+                "dialogues": pc.sum(pc.cast(dialogues, "int64")).as_py() or 0,
+                "tokens": pc.sum(pc.filter(table.column("num_tokens"), mine)).as_py() or 0,
+                "loss_tokens": loss_tokens,
+                "share_of_loss_tokens": round(loss_tokens / total_loss, 4) if total_loss else 0.0,
+            }
+        reports.append(entry)
+    return reports
 
 
 def format_labels(split: dict[str, Any]) -> str:
@@ -136,6 +179,13 @@ def format_report(report: dict[str, Any]) -> str:
             + (f", {padding:.1%} padding" if padding is not None else "")
         )
         lines.append(f"{name} {format_labels(split)}")
+    for entry in report.get("sources") or []:
+        train = entry.get("train") or {}
+        lines.append(
+            f"source {entry['path']} (weight {entry['weight']:g}): {entry['dialogues_read']:,} dialogues read; "
+            f"train {train.get('dialogues', 0):,} dialogues, {train.get('tokens', 0):,} tokens, "
+            f"{train.get('share_of_loss_tokens', 0):.1%} of the loss tokens"
+        )
     if report["skipped"]["count"]:
         first = "; ".join(f"{p['where']}: {p['reason']}" for p in report["skipped"]["first"])
         lines.append(f"skipped {report['skipped']['count']}: {first}")

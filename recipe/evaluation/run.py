@@ -42,10 +42,10 @@ def evaluation_dialogues(eval_args, data_args: DataArguments) -> tuple[list[Dial
             )
         where = data_args.validation_path if data_args.validation_path and eval_args.split == "validation" else None
         described = {
-            "source": f"{eval_args.split} split of {where or data_args.data_path}"
+            "source": f"{eval_args.split} split of {where or data_args.data_paths_text}"
             + ("" if where else f" (validation_split_ratio {data_args.validation_split_ratio}, "
                                 f"split_seed {data_args.split_seed})"),
-            "data_path": where or data_args.data_path,
+            "data_path": where or data_args.data_paths_text,
             "split": eval_args.split,
         }
     if eval_args.max_eval_dialogues:
@@ -208,6 +208,8 @@ def format_results(results: dict[str, Any], max_samples: int = 5) -> str:
     ]
     for speaker, figures in p["per_speaker"].items():
         rows.append((f"  {speaker}", f"perplexity {figures['perplexity']:.3f} over {figures['num_tokens']:,} tokens"))
+    for source, figures in (p.get("per_source") or {}).items():
+        rows.append((f"  {source}", f"perplexity {figures['perplexity']:.3f} over {figures['num_tokens']:,} tokens"))
     differences = results.get("differs_from_training_eval")
     if differences is not None:
         rows.append(("vs training eval", "; ".join(differences) if differences else "same quantity as eval_token_loss"))
@@ -238,6 +240,8 @@ def wandb_metrics(results: dict[str, Any]) -> dict[str, float]:
     metrics = {f"{prefix}/{key}": p[key] for key in ("perplexity", "token_loss", "bits_per_token", "num_tokens")}
     for speaker, figures in p["per_speaker"].items():
         metrics[f"{prefix}/perplexity_{speaker}"] = figures["perplexity"]
+    for source, figures in (p.get("per_source") or {}).items():
+        metrics[f"{prefix}/perplexity_source_{source}"] = figures["perplexity"]
     for key in ("distinct_1", "distinct_2", "repeat_share", "clean_end_share", "mean_reply_words"):
         metrics[f"{prefix}/{key}"] = q[key]
     if q["token_f1"] is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.hub import is_hub_id
+from ..config.data_sources import data_path_text
 
 TASK = {"task_type": "text-generation", "task_name": "Dialogue modelling"}
 
@@ -33,8 +34,8 @@ def training_eval_dataset(config: dict[str, Any], environment: dict[str, Any]) -
         return _dataset(config["validation_path"], data.get("validation_sha256"), "validation",
                         {"validation_path": config["validation_path"]})
     args = {"validation_split_ratio": config.get("validation_split_ratio"), "split_seed": config.get("split_seed"),
-            "max_dialogues": config.get("max_dialogues"), "data_path": config.get("data_path")}
-    return _dataset(config.get("data_path"), data.get("data_sha256"), "validation", args)
+            "max_dialogues": config.get("max_dialogues"), "data_path": data_path_text(config.get("data_path"))}
+    return _dataset(data_path_text(config.get("data_path")), data.get("data_sha256"), "validation", args)
 
 
 def card_eval_results(config: dict[str, Any], environment: dict[str, Any], eval_results: dict[str, Any],

@@ -22,6 +22,7 @@ from ..common.run_dir import (
     read_json_file,
 )
 from ..config import ConfigError
+from ..config.data_sources import data_path_text
 from ..models.gguf_base import describe_gguf
 from ..models.quantization import bnb_config_code, describe_quantization
 from .card_results import card_eval_results, epoch_table
@@ -64,7 +65,7 @@ def build_model_card(run: RunDir, hub_model_id: str | None = None, merged: bool 
     lora = bool(config.get("use_lora")) and not merged
     base = config.get("model_name_or_path", "unknown")
     base_on_hub = is_hub_id(base) and not config.get("random_init")
-    data_path = config.get("data_path", "")
+    data_path = data_path_text(config.get("data_path", ""))
     dataset_on_hub = is_hub_id(data_path)
     mode = "LoRA" if config.get("use_lora") else "full fine-tuning"
     name = (hub_model_id or run_dir.name).split("/")[-1] + ("-merged" if merged and not hub_model_id else "")

@@ -28,6 +28,7 @@ from .wandb_run import (
     comparison_fields,
     guarded_wandb_callback_class,
     init_wandb_run,
+    log_data_sources,
     read_wandb_record,
     run_mode,
     wandb_dir_for,
@@ -117,6 +118,8 @@ class RunTracker:
 
             trainer.remove_callback(WandbCallback)  # same callback, guarded: W&B failures never stop training
             trainer.add_callback(guarded_wandb_callback_class()())
+        if self.wandb_run is not None and prepared is not None and prepared.report.get("sources"):
+            log_data_sources(self.wandb_run, prepared.report)
         # With sharded weights every process takes part in generating the replies; the main process writes them.
         sharded = bool(getattr(getattr(trainer, "sharding", None), "shards_weights", False))
         if (self.is_main or sharded) and prepared is not None and prepared.validation_dataset is not None:

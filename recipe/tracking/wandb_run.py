@@ -49,6 +49,19 @@ def comparison_fields(config: dict[str, Any], environment: dict[str, Any],
     }
 
 
+def log_data_sources(run, report: dict[str, Any]) -> None:
+    """Each --data_path source's dialogues, tokens and share of the loss tokens (data_report.json's "sources"), in
+    the run's config and summary, so runs on different mixtures compare in W&B's table. Never fatal."""
+    try:
+        run.config.update({"data_sources": report["sources"]}, allow_val_change=True)
+        for source in report["sources"]:
+            for split in ("train", "validation"):
+                for key, value in (source.get(split) or {}).items():
+                    run.summary[f"data/{source['path']}/{split}_{key}"] = value
+    except Exception as error:  # noqa: BLE001 - W&B never stops training
+        logger.warning("W&B: could not log the data sources (%s)", error)
+
+
 def _wandb_base_url() -> str:
     return os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL).rstrip("/")
 

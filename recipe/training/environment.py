@@ -57,6 +57,32 @@ def device_description(training_args: DialogueTrainingArguments) -> dict[str, An
     return device
 
 
+def data_record(data_args: DataArguments) -> dict[str, Any]:
+    """The data's identity: each --data_path entry's and the validation file's path and SHA-256 (None for a
+    folder or a Hub dataset), and, for one source, the same under the keys older records used."""
+    sources = data_args.sources
+    files = [{"option": "data_path", "path": source.path, "sha256": file_sha256(source.path)} for source in sources]
+    if data_args.validation_path:
+        files.append({"option": "validation_path", "path": data_args.validation_path,
+                      "sha256": file_sha256(data_args.validation_path)})
+    return {
+        "data_path": data_args.data_paths_text,
+        "data_sha256": files[0]["sha256"] if len(sources) == 1 else None,
+        "validation_path": data_args.validation_path,
+        "validation_sha256": file_sha256(data_args.validation_path),
+        "files": files,
+    }
+
+
+def recorded_data_files(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """(option, path, sha256) of every data file a run's environment.json records, in either form."""
+    if "files" in data:
+        return list(data["files"])
+    return [{"option": option, "path": data.get(option), "sha256": data.get(key)}
+            for option, key in (("data_path", "data_sha256"), ("validation_path", "validation_sha256"))
+            if data.get(option)]
+
+
 def environment_record(data_args: DataArguments, training_args: DialogueTrainingArguments,
                        model_args: ModelArguments | None = None, source: ModelSource | None = None,
                        options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -80,12 +106,7 @@ def environment_record(data_args: DataArguments, training_args: DialogueTraining
         "git": git_commit(),
         # Where the base's weights came from (a GGUF's file, SHA-256 and quantisation; a folder's provenance.json)
         "base_model": base_model_record(model_args, source) if model_args is not None else None,
-        "data": {
-            "data_path": data_args.data_path,
-            "data_sha256": file_sha256(data_args.data_path),
-            "validation_path": data_args.validation_path,
-            "validation_sha256": file_sha256(data_args.validation_path),
-        },
+        "data": data_record(data_args),
         "command": " ".join(redact_command(sys.argv)),  # no --hub_token: this file is pushed with the model
         "launcher": launcher_command(training_args.world_size),  # python, or accelerate launch / torchrun and theirs
         "options": options,

@@ -33,8 +33,7 @@ from ..common.errors import UserError
 from ..common.files import file_sha256
 from ..common.packages import installed_packages, read_pins, version_differences
 from ..common.run_dir import RunDir, read_json_file
-from .environment import cpu_name, git_commit
-from .resume import DATA_FILES
+from .environment import cpu_name, git_commit, recorded_data_files
 
 # Options a replay sets itself: where it writes, and no W&B run or Hub push of its own. None changes a step.
 REPLAY_OPTIONS = {"output_dir": None, "stop_after_steps": None, "report_to": "none", "push_to_hub": False}
@@ -155,8 +154,8 @@ def environment_differences(run: RunDir, environment: dict[str, Any]) -> list[tu
     if extra:
         differences.append(("packages not recorded", f"installed, not recorded: {', '.join(extra)}"))
     data = environment.get("data") or {}
-    for option, key in DATA_FILES:
-        path, sha = data.get(option), data.get(key)
+    for entry in recorded_data_files(data):
+        option, path, sha = entry["option"], entry["path"], entry["sha256"]
         if path and sha:
             here = file_sha256(path)
             if here != sha:

@@ -20,6 +20,7 @@ from typing import Any
 from ..common.files import atomic_write_json, file_sha256
 from ..common.run_dir import RunDir, read_json_file
 from ..config import resolved_config
+from .environment import data_record, recorded_data_files
 from .output_dir import OutputDirError, decided_by_main
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ FREE_ON_RESUME = frozenset({
     "stop_after_steps",  # where the run ends, not what a step computes
 })
 EXTENDS_THE_RUN = ("num_train_epochs", "max_steps")  # may be raised: the run goes on for longer
-DATA_FILES = (("data_path", "data_sha256"), ("validation_path", "validation_sha256"))
 MACHINE_DECIDES = ("bf16", "fp16", "use_cpu")  # settled per machine when asked as automatic (environment.json)
 
 
@@ -103,11 +103,12 @@ def _data_changes(origin: RunDir, data_args) -> dict[str, list[Any]]:
         logger.warning("resuming: %s records no data SHA-256, so the data files cannot be compared", origin.environment)
         return {}
     changes = {}
-    for option, key in DATA_FILES:
-        path = getattr(data_args, option)
+    current = {(entry["option"], entry["path"]) for entry in data_record(data_args)["files"]}
+    for entry in recorded_data_files(recorded):
+        option, path = entry["option"], entry["path"]
         now = file_sha256(path)
-        if path and recorded.get(option) == path and recorded.get(key) != now:
-            changes[f"{option} {path} (its content, SHA-256)"] = [_short(recorded.get(key)), _short(now)]
+        if (option, path) in current and entry["sha256"] != now:
+            changes[f"{option} {path} (its content, SHA-256)"] = [_short(entry["sha256"]), _short(now)]
     return changes
 
 
