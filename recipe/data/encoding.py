@@ -95,80 +95,82 @@ def encode_dialogue(dialogue: Dialogue, tokenizer, args: DataArguments) -> Encod
                            rows["turns_split_inside"][0])
 
 
-def _fit_to_max_length(ids, labels, turns, is_header, n_turns, args: DataArguments) -> EncodedDialogue:
-    """One window when the dialogue fits; else windows split at turn boundaries, or a truncated one."""
-    leading = 0
-    while leading < len(turns) and turns[leading] == -1:
-        leading += 1
-    result = EncodedDialogue(windows=[], num_tokens=len(ids))
+Window = tuple[np.ndarray, np.ndarray, np.ndarray]  # a training row's ids, labels and token turns
+
+
+def _fit_to_max_length(ids: np.ndarray, labels: np.ndarray, turns: np.ndarray, is_header: np.ndarray, n_turns: int,
+                       args: DataArguments) -> tuple[list[Window], int, int]:
+    """(windows, tokens dropped, turns split inside): one window when the dialogue fits; else windows split at
+    turn boundaries, or a truncated one."""
+    leading = int(np.argmax(turns != -1)) if (turns != -1).any() else len(turns)  # special tokens (BOS) first
     if len(ids) <= args.max_length:
-        result.windows.append(_window(ids, labels, turns))
-    elif args.overflow_strategy == "truncate":
-        result.windows.append(_window(ids[: args.max_length], labels[: args.max_length], turns[: args.max_length]))
-        result.tokens_dropped = len(ids) - args.max_length
-    else:
-        result.windows, result.turns_split_inside = _split_into_windows(
-            ids, labels, turns, is_header, leading, n_turns, args.max_length
-        )
-    return result
+        return [_window(ids, labels, turns)], 0, 0
+    if args.overflow_strategy == "truncate":
+        cut = slice(0, args.max_length)
+        return [_window(ids[cut], labels[cut], turns[cut])], len(ids) - args.max_length, 0
+    windows, split_inside = _split_into_windows(ids, labels, turns, is_header, leading, n_turns, args.max_length)
+    return windows, 0, split_inside
 
 
-def _window(ids: list[int], labels: list[int], turns: list[int]) -> EncodedWindow:
-    labels = list(labels)
+def _window(ids: np.ndarray, labels: np.ndarray, turns: np.ndarray) -> Window:
+    labels = labels.copy()
     labels[0] = IGNORE_INDEX  # the first token of a sequence is never predicted
-    return EncodedWindow(list(ids), labels, list(turns))
+    return ids, labels, turns
 
 
-def _split_into_windows(ids, labels, turns, is_header, leading, n_turns, max_length):
+def _split_into_windows(ids, labels, turns, is_header, leading, n_turns, max_length) -> tuple[list[Window], int]:
     """Group whole turns into windows of at most max_length tokens; every token lands in exactly one.
 
     A turn too long for a window on its own is cut into chunks; each continuation repeats the
-    turn's speaker label (without loss) so the model still knows who is speaking.
+    turn's speaker label (without loss) so the model still knows who is speaking. Positions move as numpy
+    arrays: a dialogue is split without a Python step per token.
     """
-    prefix = list(range(leading))  # special tokens (BOS) that start every window
-    turn_ranges: list[list[int]] = [[] for _ in range(n_turns)]
-    for position in range(leading, len(ids)):
-        turn_ranges[turns[position]].append(position)
-    windows, current, turns_split_inside = [], [], 0
+    prefix = np.arange(leading)  # special tokens (BOS) that start every window
+    owner = turns[leading:].copy()
+    owner[owner < 0] = n_turns - 1  # a special token after the start goes with the last turn
+    by_turn = leading + np.argsort(owner, kind="stable")
+    turn_positions = np.split(by_turn, np.cumsum(np.bincount(owner, minlength=n_turns))[:-1])
+    windows: list[Window] = []
+    current: list[np.ndarray] = []
+    current_size, turns_split_inside = 0, 0
+
+    def gather(positions: np.ndarray) -> Window:
+        return ids[positions], labels[positions], turns[positions]
 
     def flush():
+        nonlocal current_size
         if current:
-            positions = prefix + current
-            windows.append(
-                _window([ids[p] for p in positions], [labels[p] for p in positions], [turns[p] for p in positions])
-            )
+            windows.append(_window(*gather(np.concatenate([prefix, *current]))))
             current.clear()
+            current_size = 0
 
     budget = max_length - leading
-    for positions in turn_ranges:
-        if len(current) + len(positions) <= budget:
-            current += positions
+    for positions in turn_positions:
+        if current_size + len(positions) <= budget:
+            current.append(positions)
+            current_size += len(positions)
             continue
         flush()
         if len(positions) <= budget:
-            current += positions
+            current.append(positions)
+            current_size = len(positions)
             continue
         turns_split_inside += 1
-        header_positions = [p for p in positions if is_header[p]]
-        chunk_budget = budget - len(header_positions)
+        headers, body = positions[is_header[positions]], positions[~is_header[positions]]
+        chunk_budget = budget - len(headers)
         if chunk_budget < 1:
             raise DialogueDataError(f"max_length {max_length} cannot hold even one speaker label; raise it")
-        body = [p for p in positions if not is_header[p]]
-        first = header_positions + body[:chunk_budget]
-        windows.append(_window(*_gather(ids, labels, turns, prefix + first)))
+        windows.append(_window(*gather(np.concatenate([prefix, headers, body[:chunk_budget]]))))
+        repeated = slice(leading, leading + len(headers))
         for start in range(chunk_budget, len(body), chunk_budget):
-            chunk = body[start : start + chunk_budget]
-            window_ids, window_labels, window_turns = _gather(ids, labels, turns, prefix + header_positions + chunk)
-            for k in range(leading, leading + len(header_positions)):  # the repeated label is context only
-                window_labels[k] = IGNORE_INDEX
-                window_turns[k] = -1
+            window_ids, window_labels, window_turns = gather(
+                np.concatenate([prefix, headers, body[start : start + chunk_budget]]))
+            window_labels, window_turns = window_labels.copy(), window_turns.copy()
+            window_labels[repeated] = IGNORE_INDEX  # the repeated label is context only
+            window_turns[repeated] = -1
             windows.append(_window(window_ids, window_labels, window_turns))
     flush()
     return windows, turns_split_inside
-
-
-def _gather(ids, labels, turns, positions):
-    return [ids[p] for p in positions], [labels[p] for p in positions], [turns[p] for p in positions]
 
 
 def dialogue_table(dialogues: list[Dialogue]):
@@ -218,8 +220,8 @@ class WindowRows:
 
 
 def window_rows(tokens: TokenBatch, turn_counts: np.ndarray, args: DataArguments) -> WindowRows:
-    """A dialogue that fits is one row; a longer one is split at turn boundaries (or truncated) in
-    Python, which is rare enough not to matter. The first token of every row is never predicted."""
+    """A dialogue that fits is one row; a longer one is split at turn boundaries (or truncated), a dialogue at a
+    time over numpy arrays. The first token of every row is never predicted."""
     count, lengths = len(turn_counts), tokens.lengths()
     dropped, split_inside = np.zeros(count, np.int64), np.zeros(count, np.int64)
     parts: dict[str, list] = {"ids": [], "labels": [], "turns": [], "lengths": [], "dialogue": [], "window": []}
@@ -235,15 +237,12 @@ def window_rows(tokens: TokenBatch, turn_counts: np.ndarray, args: DataArguments
     done = 0
     for d in np.flatnonzero(lengths > args.max_length):
         add_dialogues(done, d)
-        encoded = _fit_to_max_length(*tokens.slice(d), int(turn_counts[d]), args)
-        dropped[d], split_inside[d] = encoded.tokens_dropped, encoded.turns_split_inside
-        for number, window in enumerate(encoded.windows):
-            parts["ids"].append(np.asarray(window.input_ids, np.int64))
-            parts["labels"].append(np.asarray(window.labels, np.int64))
-            parts["turns"].append(np.asarray(window.token_turns, np.int64))
-            parts["lengths"].append(np.asarray([len(window.input_ids)]))
-            parts["dialogue"].append(np.asarray([d]))
-            parts["window"].append(np.asarray([number]))
+        windows, dropped[d], split_inside[d] = _fit_to_max_length(*tokens.arrays(d), int(turn_counts[d]), args)
+        for name, values in zip(("ids", "labels", "turns"), zip(*windows)):
+            parts[name] += values
+        parts["lengths"].append(np.asarray([len(window[0]) for window in windows]))
+        parts["dialogue"].append(np.full(len(windows), d))
+        parts["window"].append(np.arange(len(windows)))
         done = d + 1
     add_dialogues(done, count)
     joined = {name: np.concatenate(values) for name, values in parts.items()}

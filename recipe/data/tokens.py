@@ -39,11 +39,10 @@ class TokenBatch:
     def lengths(self) -> np.ndarray:
         return np.diff(self.starts)
 
-    def slice(self, d: int) -> tuple[list[int], list[int], list[int], list[bool]]:
-        """(ids, labels, turns, headers) of dialogue d as lists."""
+    def arrays(self, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, labels, turns, headers) of dialogue d (views of the batch's arrays)."""
         part = slice(self.starts[d], self.starts[d + 1])
-        return (self.ids[part].tolist(), self.labels[part].tolist(), self.turns[part].tolist(),
-                self.headers[part].tolist())
+        return self.ids[part], self.labels[part], self.turns[part], self.headers[part]
 
 
 def _flat(values, dtype, count: int) -> np.ndarray:
