@@ -110,3 +110,12 @@ def test_evaluation_reports_perplexity_per_source(tmp_path, data_args, tokenizer
     result = perplexity_by_speaker(tiny_model, tokenizer, validation, args)
     assert set(result["per_source"]) == {str(SAMPLE_DATA), conversations}
     assert sum(s["num_tokens"] for s in result["per_source"].values()) == result["num_tokens"]
+
+
+def test_a_run_recorded_with_one_path_as_a_string_compares_equal_to_the_same_path_as_a_list():
+    """Runs recorded before --data_path took several entries hold a string: a resume or a replay of them is not
+    refused as 'data_path changed'."""
+    from recipe.config.data_sources import comparable_option
+
+    assert comparable_option("data_path", "data/a.json") == comparable_option("data_path", ["data/a.json"])
+    assert comparable_option("data_path", "data/a.json") != comparable_option("data_path", ["data/a.json,weight=2"])

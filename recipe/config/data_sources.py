@@ -89,3 +89,9 @@ def data_path_text(value: Any) -> str:
     if len(sources) == 1 and sources[0].text() == sources[0].path:
         return sources[0].path
     return " ".join(source.text() for source in sources)
+
+
+def comparable_option(name: str, value: Any) -> Any:
+    """An option's value as two runs' records compare it: data_path in one form (older records hold a string,
+    newer ones a list of entries)."""
+    return data_path_text(value) if name == "data_path" and value is not None else value

@@ -33,6 +33,7 @@ from ..common.errors import UserError
 from ..common.files import file_sha256
 from ..common.packages import installed_packages, read_pins, version_differences
 from ..common.run_dir import RunDir, read_json_file
+from ..config.data_sources import comparable_option
 from .environment import cpu_name, git_commit, recorded_data_files
 
 # Options a replay sets itself: where it writes, and no W&B run or Hub push of its own. None changes a step.
@@ -245,10 +246,14 @@ def option_differences(recorded: dict[str, Any] | None, replayed: dict[str, Any]
         return [("options not recorded", "options: not recorded by the run (recorded since requirements.lock.txt): "
                                           "not compared")]
     replayed = replayed or {}
+
+    def differs(name: str) -> bool:
+        return comparable_option(name, recorded.get(name, "absent")) != comparable_option(name, replayed.get(name,
+                                                                                                         "absent"))
+
     return [(name, f"option {name}: {recorded.get(name, 'absent')!r} recorded, {replayed.get(name, 'absent')!r} "
                    "in the replay")
-            for name in sorted(set(recorded) | set(replayed))
-            if name not in REPLAY_OPTIONS and recorded.get(name, "absent") != replayed.get(name, "absent")]
+            for name in sorted(set(recorded) | set(replayed)) if name not in REPLAY_OPTIONS and differs(name)]
 
 
 def _logged_losses(history: list[dict[str, Any]]) -> list[tuple[int, float]]:

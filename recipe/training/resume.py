@@ -20,6 +20,7 @@ from typing import Any
 from ..common.files import atomic_write_json, file_sha256
 from ..common.run_dir import RunDir, read_json_file
 from ..config import resolved_config
+from ..config.data_sources import comparable_option
 from .environment import data_record, recorded_data_files
 from .output_dir import OutputDirError, decided_by_main
 
@@ -60,7 +61,7 @@ def _compare(run: RunDir, resume: Path, configs: tuple) -> dict[str, Any]:
         return {"checkpoint": str(resume), "compared": False, "changed": {}, "machine_changed": {}}
     current = resolved_config(*configs)
     changed = {key: [previous[key], current.get(key)] for key in sorted(previous)
-               if key in current and previous[key] != current[key]}
+               if key in current and comparable_option(key, previous[key]) != comparable_option(key, current[key])}
     refused = {key: change for key, change in changed.items() if not _may_differ(key, *change)}
     refused.update(_data_changes(origin, configs[1]))
     if refused:
