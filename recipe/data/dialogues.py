@@ -87,7 +87,8 @@ class DialogueTable(Sequence):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"dialogue {index} of {len(self)}")
-        return next(iter(self.select([index])))
+        row = self.dataset[int(index)]
+        return Dialogue(row["source"], row["speakers"], row["texts"], [r or None for r in row["roles"]], row["format"])
 
     def __iter__(self) -> Iterator[Dialogue]:
         for batch in self.dataset.with_format("arrow").iter(batch_size=BATCH_ROWS):
@@ -109,7 +110,7 @@ class DialogueTable(Sequence):
         """The dialogues at `indices`, in that order (no copy: an index mapping over the same file)."""
         indices = np.asarray(indices, dtype=np.int64)
         digest = hashlib.sha256(self.fingerprint.encode() + indices.tobytes()).hexdigest()
-        return DialogueTable(self.dataset.select(indices), digest)
+        return DialogueTable(self.dataset.select(indices, keep_in_memory=True), digest)  # 8 bytes a dialogue
 
 
 def _features():
