@@ -204,6 +204,16 @@ class DataArguments:
     packing_batch_size: int = field(
         default=1000, metadata={"help": "Examples considered together by the best-fit packer."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read, shuffle, tokenize and pack the training dialogues while training, writing nothing "
+                  "(a corpus larger than the disk cache); needs --max_steps, and --validation_path or "
+                  "--validation_split_ratio 0 (docs/data.md: Streaming)."},
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000,
+        metadata={"help": "With --streaming: dialogues held to shuffle from (memory: that many dialogues)."},
+    )
     dataset_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Where tokenized splits are cached (default: the datasets cache, dialogue_finetune/)."},
@@ -233,6 +243,8 @@ class DataArguments:
         for pair in self.role_to_speaker or []:
             if pair.count("=") != 1 or not all(part.strip() for part in pair.split("=")):
                 errors.append(f"role_to_speaker entry {pair!r} must look like role=Speaker, e.g. user=Alex")
+        if self.shuffle_buffer_size < 1:
+            errors.append(f"shuffle_buffer_size is {self.shuffle_buffer_size}; use 1 (no shuffling) or more")
         if self.packing_batch_size < 1:
             errors.append(f"packing_batch_size is {self.packing_batch_size}; use 1 or more (1000 packs well)")
         for name in ("pad_to_multiple_of", "preprocessing_num_workers"):

@@ -35,7 +35,7 @@ from .sources import (
 
 logger = logging.getLogger(__name__)
 
-class _BadDialogue(Exception):
+class BadDialogue(Exception):
     """One invalid dialogue; collected, then raised together or skipped with a count."""
 
 
@@ -102,7 +102,7 @@ def read_dialogues(path: str, args: DataArguments, split: str | None = None, opt
                 return jsonl_records(path)
         else:
             def records():
-                return json_records(path, lambda values: _is_one_dialogue(values, args))
+                return json_records(path, lambda values: is_one_dialogue(values, args))
     elif os.path.isdir(path) or is_hub_id(path):
         reader = read_saved_dataset if os.path.isdir(path) else read_hub_dataset
         rows, validation_rows = reader(path, args, split)
@@ -192,7 +192,7 @@ def _turn_keys(args: DataArguments) -> set[str]:
     return {args.speaker_field, args.text_field, args.role_field, args.content_field}
 
 
-def _is_one_dialogue(values: list[Any], args: DataArguments) -> bool:
+def is_one_dialogue(values: list[Any], args: DataArguments) -> bool:
     """A .json file's top-level array is one dialogue when it is a bare list of turns."""
     return args.data_format != "speaker_map" and _is_turn_list(values, args)
 
@@ -222,7 +222,7 @@ def _parse_records(
         else:
             try:
                 dialogue = parse_dialogue(value, where, args)
-            except _BadDialogue as error:
+            except BadDialogue as error:
                 problem = str(error)
             else:
                 writer.add(dialogue)
@@ -252,7 +252,7 @@ def parse_dialogue(value: Any, where: str, args: DataArguments) -> Dialogue:
     try:
         value = as_object(value)
     except RecursionError:
-        raise _BadDialogue(TOO_DEEP.format(fix="fix that dialogue")) from None
+        raise BadDialogue(TOO_DEEP.format(fix="fix that dialogue")) from None
     fmt = args.data_format if args.data_format != "auto" else _detect_format(value, args)
     if fmt == "speaker_map":
         dialogue = _parse_speaker_map(value, args)
@@ -262,7 +262,7 @@ def parse_dialogue(value: Any, where: str, args: DataArguments) -> Dialogue:
         dialogue = _parse_messages(_field_list(value, args.messages_field, "messages_field"), args)
     speakers, texts, roles = dialogue
     if not speakers:
-        raise _BadDialogue("empty dialogue (no turns); remove it or add its turns")
+        raise BadDialogue("empty dialogue (no turns); remove it or add its turns")
     return Dialogue(source=where, speakers=speakers, texts=texts, roles=roles, format=fmt)
 
 
@@ -275,7 +275,7 @@ def _detect_format(value: Any, args: DataArguments) -> str:
             return "messages"
         turn_keys = sorted(_turn_keys(args) & set(keys))
         if turn_keys:
-            raise _BadDialogue(
+            raise BadDialogue(
                 f"holds one turn (keys: {keys}), not a dialogue; a dialogue is {{{json.dumps(args.turns_field)}: "
                 f"[turn, turn, ...]}}, {{{json.dumps(args.messages_field)}: [...]}} or a speaker map "
                 '{"Alex": "...", "Bob": "..."}, one per line in a .jsonl file (if a speaker is really named '
@@ -283,7 +283,7 @@ def _detect_format(value: Any, args: DataArguments) -> str:
             )
         nested = [k for k, v in value if isinstance(v, (list, JsonObject))]
         if nested:
-            raise _BadDialogue(
+            raise BadDialogue(
                 f"cannot tell its format: key {nested[0]!r} holds {_kind(value.get(nested[0]))}. Expected "
                 f"{{speaker: text, ...}}, {{{args.turns_field!r}: [...]}} or {{{args.messages_field!r}: [...]}}; "
                 f"if {nested[0]!r} holds the turns, pass --turns_field {nested[0]} (or --messages_field)"
@@ -294,7 +294,7 @@ def _detect_format(value: Any, args: DataArguments) -> str:
         if isinstance(first, JsonObject) and args.role_field in first.keys() and args.speaker_field not in first.keys():
             return "messages"
         return "turns"
-    raise _BadDialogue(
+    raise BadDialogue(
         f"cannot tell its format: it is {_kind(value)}. Expected an object of speaker: text pairs, "
         f"{{{args.turns_field!r}: [...]}} or {{{args.messages_field!r}: [...]}}"
     )
@@ -304,30 +304,30 @@ def _field_list(value: Any, key: str, option: str) -> list:
     if isinstance(value, list) and not isinstance(value, JsonObject):
         return value  # a bare list of turns/messages
     if not isinstance(value, JsonObject):
-        raise _BadDialogue(f"expected an object with {key!r}, found {_kind(value)}")
+        raise BadDialogue(f"expected an object with {key!r}, found {_kind(value)}")
     if key not in value.keys():
-        raise _BadDialogue(f"has no {key!r} key (keys: {value.keys()}); set --{option} or --data_format")
+        raise BadDialogue(f"has no {key!r} key (keys: {value.keys()}); set --{option} or --data_format")
     items = value.get(key)
     if not isinstance(items, list) or isinstance(items, JsonObject):
-        raise _BadDialogue(f"{key!r} holds {_kind(items)}; expected a list")
+        raise BadDialogue(f"{key!r} holds {_kind(items)}; expected a list")
     return items
 
 
 def _check_text(text: Any, turn: int, speaker: str, field_name: str) -> str:
     if not isinstance(text, str):
-        raise _BadDialogue(f"turn {turn} ({speaker}) has {field_name} that is {_kind(text)}; it must be a string")
+        raise BadDialogue(f"turn {turn} ({speaker}) has {field_name} that is {_kind(text)}; it must be a string")
     if not text.strip():
-        raise _BadDialogue(f"turn {turn} ({speaker}) is empty; remove the turn or give it text")
+        raise BadDialogue(f"turn {turn} ({speaker}) is empty; remove the turn or give it text")
     return text.strip()
 
 
 def _parse_speaker_map(value: Any, args: DataArguments):
     if not isinstance(value, JsonObject):
-        raise _BadDialogue(f"expected an object of speaker: text pairs, found {_kind(value)}")
+        raise BadDialogue(f"expected an object of speaker: text pairs, found {_kind(value)}")
     speakers, texts = [], []
     for number, (speaker, text) in enumerate(value, start=1):
         if not speaker.strip():
-            raise _BadDialogue(f"turn {number} has an empty speaker name; name the speaker")
+            raise BadDialogue(f"turn {number} has an empty speaker name; name the speaker")
         texts.append(_check_text(text, number, speaker, "a value"))
         speakers.append(speaker.strip())
     return speakers, texts, [None] * len(speakers)
@@ -335,10 +335,10 @@ def _parse_speaker_map(value: Any, args: DataArguments):
 
 def _turn_object(turn: Any, number: int) -> JsonObject:
     if not isinstance(turn, JsonObject):
-        raise _BadDialogue(f"turn {number} is {_kind(turn)}; expected an object")
+        raise BadDialogue(f"turn {number} is {_kind(turn)}; expected an object")
     repeated = [k for k, n in Counter(turn.keys()).items() if n > 1]
     if repeated:
-        raise _BadDialogue(f"turn {number} has the key {repeated[0]!r} twice; keep one")
+        raise BadDialogue(f"turn {number} has the key {repeated[0]!r} twice; keep one")
     return turn
 
 
@@ -347,7 +347,7 @@ def _required_name(item: JsonObject, key: str, what: str, option: str) -> str:
     value = item.get(key)
     if not isinstance(value, str) or not value.strip():
         problem = "has no" if value is None else "has an empty or non-string"
-        raise _BadDialogue(
+        raise BadDialogue(
             f'{what} {problem} "{key}" (keys: {item.keys()}); add it, or set --{option} to the key your file uses'
         )
     return value
@@ -359,7 +359,7 @@ def _parse_turns(turns: list, args: DataArguments):
         turn = _turn_object(turn, number)
         speaker = _required_name(turn, args.speaker_field, f"turn {number}", "speaker_field")
         if args.text_field not in turn.keys():
-            raise _BadDialogue(
+            raise BadDialogue(
                 f'turn {number} ({speaker}) has no "{args.text_field}" (keys: {turn.keys()}); '
                 "add it, or set --text_field to the key your file uses"
             )
@@ -377,7 +377,7 @@ def _parse_messages(messages: list, args: DataArguments):
         name = message.get("name")
         speaker = name.strip() if isinstance(name, str) and name.strip() else role_map.get(role, role.capitalize())
         if args.content_field not in message.keys():
-            raise _BadDialogue(
+            raise BadDialogue(
                 f'message {number} ({role}) has no "{args.content_field}"; add it or set --content_field'
             )
         texts.append(_check_text(message.get(args.content_field), number, speaker, f'"{args.content_field}"'))

@@ -67,12 +67,12 @@ def check_packing_isolation(model, tokenizer, train_examples, data_args: DataArg
     if data_args.padding != "packing":
         return None
     quiet_packed_rows()  # packed rows carry no attention mask on purpose: transformers' warning about it is for others
-    examples = probe_examples(train_examples, data_args.max_length)
+    examples = probe_examples(train_examples, data_args.max_length) if train_examples is not None else []
     if len(examples) < 2:
         logger.warning(
             "PACKING ISOLATION NOT VERIFIED: no two sequences of 2 tokens or more fit one packed row (max_length %d, "
             "%d training examples), so nothing checked that this model keeps packed dialogues apart. If it does not, "
-            "it trains on cross-talk; to be sure, %s", data_args.max_length, len(train_examples), USE_INSTEAD)
+            "it trains on cross-talk; to be sure, %s", data_args.max_length, len(train_examples or []), USE_INSTEAD)
         return None
     model = _model_to_check(model)
     collator = get_data_collator(data_args, tokenizer)

@@ -222,6 +222,9 @@ def build_datasets(
     process prepare while the others wait, then load what it wrote.
     """
     require_fast_tokenizer(tokenizer)
+    if args.streaming:
+        with main_process_first():
+            return _prepare_streamed(args, tokenizer)
     with main_process_first():
         splits = load_dialogue_splits(args)  # read once into Arrow tables; loaded from them after
         key = prepared_key(args, tokenizer, splits)
@@ -246,6 +249,29 @@ def _prepare(splits: DialogueSplits, args: DataArguments, tokenizer, key: str) -
     )
     return PreparedData(kept["train"], kept.get("validation"), rows["train"], rows.get("validation"), report,
                         args, splits, key)
+
+
+def _prepare_streamed(args: DataArguments, tokenizer) -> PreparedData:
+    """--streaming: the training rows as an iterable read while training; the validation file prepared as usual
+    (it is audited and reported; the training stream cannot be before it is read)."""
+    from .streaming import StreamedRows
+
+    validation = {}
+    splits = DialogueSplits([], [], 0, DialogueTable.from_dialogues([]), DialogueTable.from_dialogues([]))
+    if args.validation_path:
+        read = read_dialogues(args.validation_path, args, split=args.dataset_validation_split or "validation",
+                              option="--validation_path")
+        splits = DialogueSplits([read], read.skipped, read.skipped_count, splits.train, read.dialogues)
+        examples = tokenize_dialogues(read.dialogues, tokenizer, args, "validation")
+        audit = label_audit(examples)
+        check_label_audit(audit, None, args)
+        kept = drop_masked_examples(examples, audit, "validation")
+        validation = {"validation": (examples, kept, _training_form(kept, args, "validation"), audit)}
+    report = data_report(args, splits.sources, splits.skipped_count, splits.skipped, validation) | {
+        "streaming": True, "train": {"dialogues": 0, "streamed": True}}
+    rows = validation.get("validation", (None,) * 4)
+    return PreparedData(None, rows[1], StreamedRows(args, tokenizer, args.split_seed), rows[2], report, args, splits,
+                        key="")
 
 
 def prepared_key(args: DataArguments, tokenizer, splits: DialogueSplits) -> str:

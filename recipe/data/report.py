@@ -157,11 +157,16 @@ def format_labels(split: dict[str, Any]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """A short, human summary of `data_report`."""
-    lines = [f"data: {report['data_path']} ({', '.join(f'{k}: {v}' for k, v in report['formats'].items())})"]
-    lines.append(
-        f"dialogues: {report['dialogues_read']} read, {report['skipped']['count']} skipped, "
-        f"{report['train']['dialogues']} train / {report['validation']['dialogues']} validation"
-    )
+    if report.get("streaming"):
+        lines = [f"data: {report['data_path']}, streamed (read, shuffled, tokenized and packed while training: "
+                 "not counted before)",
+                 f"validation: {report['validation_path'] or 'none'}, {report['validation']['dialogues']} dialogues"]
+    else:
+        lines = [f"data: {report['data_path']} ({', '.join(f'{k}: {v}' for k, v in report['formats'].items())})"]
+        lines.append(
+            f"dialogues: {report['dialogues_read']} read, {report['skipped']['count']} skipped, "
+            f"{report['train']['dialogues']} train / {report['validation']['dialogues']} validation"
+        )
     for name in ("train", "validation"):
         split = report[name]
         if not split.get("examples"):

@@ -34,6 +34,7 @@ from ..config import (
 from ..config.sharding import get_sharding
 from ..data import PreparedData, build_datasets, check_data_paths
 from ..data.packing_check import check_packing_isolation, refuse_cache_with_packing
+from ..data.streaming import check_streaming
 from ..memory.check import format_plan, plan_and_check_memory
 from ..memory.measured import TensorMemoryCallback
 from ..memory.plan import MIB, plan_memory
@@ -91,6 +92,8 @@ def run_training(
     check_quantization(model_args, lora_args, training_args.device, sharding)  # before anything is written or loaded
     source = resolve_model_source(model_args)  # a base that cannot be read fails here, in seconds
     check_data_paths(data_args)  # so does a data path with nothing there
+    if data_args.streaming:
+        check_streaming(data_args, training_args)
     plan = plan_and_check_memory(model_args, data_args, lora_args, training_args, state.is_main_process, source)
     if training_args.dry_run:  # the plan is printed; nothing is written or loaded
         return None
@@ -117,8 +120,9 @@ def run_training(
         if state.is_main_process:
             summary = start_summary(model_args, lora_args, training_args, prepared, *parameters, resume, sharding)
             logger.info("run summary\n%s", summary + (f"\n{format_plan(plan)}" if plan else ""))
-        check_disk_space(run, model, training_args, lora_args, total_steps(len(prepared.train_dataset),
-                                                                           training_args), resume, state)
+        steps = training_args.max_steps if data_args.streaming else total_steps(len(prepared.train_dataset),
+                                                                                training_args)
+        check_disk_space(run, model, training_args, lora_args, steps, resume, state)
 
         training_args = tracker.configure(training_args, resume, parameters)  # W&B started; Hub off if unreachable
         trainer = build_trainer(model, tokenizer, prepared, data_args, training_args)
@@ -246,7 +250,8 @@ def prepare_data_and_model(model_args, data_args, lora_args, training_args, run:
             model.enable_input_require_grads()  # checkpointed blocks need inputs that carry gradients
         model = apply_lora(model, lora_args)
         record_adapter_base(model, model_args, run.base_model, source)  # adapter_config.json names a loadable base
-    check_packing_isolation(model, tokenizer, prepared.train_examples, data_args, training_args.use_cache)
+    probe = prepared.train_examples if prepared.train_examples is not None else prepared.validation_examples
+    check_packing_isolation(model, tokenizer, probe, data_args, training_args.use_cache)
     return tokenizer, prepared, model, training_args
 
 

@@ -45,8 +45,9 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
     effective_batch = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
-    per_epoch = steps_per_epoch(len(prepared.train_dataset), training_args)
-    all_steps = total_steps(len(prepared.train_dataset), training_args)
+    streamed = prepared.report.get("streaming")
+    per_epoch = "? (streamed)" if streamed else steps_per_epoch(len(prepared.train_dataset), training_args)
+    all_steps = training_args.max_steps if streamed else total_steps(len(prepared.train_dataset), training_args)
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
     lines = [
         f"model: {model_args.model_name_or_path}{' (random init)' if model_args.random_init else ''}, "
@@ -54,6 +55,7 @@ def start_summary(model_args, lora_args, training_args, prepared, trainable, tot
         + (f" on a {describe_quantization(dataclasses.asdict(model_args))} base" if model_args.quantized else ""),
         f"parameters: {total:,} total, {trainable:,} trainable ({trainable / total:.2%})",
         format_report(prepared.report),
+        "tokens per epoch: streamed, counted as trained" if streamed else
         f"tokens per epoch: {train['tokens']:,} ({train['loss_tokens']:,} in the loss), "
         f"in {len(prepared.train_dataset):,} rows",
         f"batch: {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "

@@ -174,6 +174,10 @@ def build_trainer(
         )
     if training_args.stop_after_steps:
         callbacks.append(StopAfterSteps(training_args.stop_after_steps))
+    if data_args.streaming:
+        # Each process reads the stream and trains its share of every step's rows (accelerate's shard of an
+        # iterable); dispatching from the main process would need rows of one length.
+        training_args.accelerator_config.dispatch_batches = False
     return DialogueTrainer(
         model=model,
         args=training_args,

@@ -1,7 +1,8 @@
 """SIGTERM (a cluster preempting the job) and Ctrl-C: the current step finishes, a complete checkpoint is
 saved, the command that resumes is printed, the exit status is 128 + the signal; the printed command
 resumes to the same losses as an uninterrupted run: Ctrl-C and SIGTERM to one process, SIGTERM under
-torchrun with 2 CPU processes. A second Ctrl-C exits at once."""
+torchrun with 2 CPU processes. A second Ctrl-C exits at once. A streamed run killed with SIGKILL resumes at its
+checkpoint's place in the stream."""
 
 import shlex
 import subprocess
@@ -100,3 +101,29 @@ def test_a_second_ctrl_c_exits_at_once_without_saving(tmp_path):
     assert stopped.returncode == 130
     assert "second Ctrl-C: exiting now, without saving" in stopped.stderr
     assert "training stopped by" not in stopped.stderr and not list(out.glob("checkpoint-*"))
+
+
+def streaming_train(out, *extra, fault=None):
+    return train(out, "--per_device_train_batch_size", "2", "--streaming", "true", "--max_steps", "12",
+                  "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "steps", "--eval_steps", "4",
+                  *extra, fault=fault)
+
+
+def test_killed_and_resumed_streaming_trains_the_same_steps_as_an_uninterrupted_run(tmp_path):
+    """kill -9 as step 11 begins (the last checkpoint at step 8, after the stream's first pass of about 7 steps): the
+    resumed run regenerates the stream, skips the rows the checkpoint had trained, and every step has the
+    uninterrupted run's loss: no row trained twice or skipped."""
+    from test_data_streaming import streaming_split_files
+
+    train_file, validation = streaming_split_files(tmp_path)
+    data = ("--data_path", train_file, "--validation_path", validation)
+    whole = streaming_train(tmp_path / "whole", *data)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "stopped"
+    killed = streaming_train(out, *data, fault="kill:11:0")
+    assert killed.returncode != 0 and (out / "checkpoint-8").is_dir() and not (out / "checkpoint-12").exists()
+    resumed = subprocess.run([sys.executable, "scripts/train.py", "--config", str(out / "run_config.yaml")],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(resuming from" in resumed.stderr
+    assert step_losses(out) == pytest.approx(step_losses(tmp_path / "whole"), rel=1e-5)
