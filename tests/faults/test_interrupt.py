@@ -109,21 +109,32 @@ def streaming_train(out, *extra, fault=None):
                   *extra, fault=fault)
 
 
-def test_killed_and_resumed_streaming_trains_the_same_steps_as_an_uninterrupted_run(tmp_path):
-    """kill -9 as step 11 begins (the last checkpoint at step 8, after the stream's first pass of about 7 steps): the
-    resumed run regenerates the stream, skips the rows the checkpoint had trained, and every step has the
-    uninterrupted run's loss: no row trained twice or skipped."""
+@pytest.fixture(scope="module")
+def streamed_uninterrupted(tmp_path_factory):
+    """12 steps of a stream of 60 dialogues (about 7 steps a pass), never stopped; its data files."""
     from test_data_streaming import streaming_split_files
 
-    train_file, validation = streaming_split_files(tmp_path)
+    root = tmp_path_factory.mktemp("streamed")
+    train_file, validation = streaming_split_files(root)
     data = ("--data_path", train_file, "--validation_path", validation)
-    whole = streaming_train(tmp_path / "whole", *data)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    result = streaming_train(root / "whole", *data)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "whole", data
+
+
+@pytest.mark.parametrize("fault, checkpoint", [("kill:11:0", 8), ("signal:SIGTERM:9", 9)])
+def test_a_stopped_streaming_run_resumes_to_the_uninterrupted_runs_steps(tmp_path, streamed_uninterrupted, fault,
+                                                                         checkpoint):
+    """kill -9 as step 11 begins (the last checkpoint at step 8), or SIGTERM at step 9 (a checkpoint there), both
+    after the stream's first pass of about 7 steps: the resumed run regenerates the stream, skips the rows the
+    checkpoint had trained, and every step has the uninterrupted run's loss: no row trained twice or skipped."""
+    whole, data = streamed_uninterrupted
     out = tmp_path / "stopped"
-    killed = streaming_train(out, *data, fault="kill:11:0")
-    assert killed.returncode != 0 and (out / "checkpoint-8").is_dir() and not (out / "checkpoint-12").exists()
+    stopped = streaming_train(out, *data, fault=fault)
+    assert stopped.returncode != 0 and (out / f"checkpoint-{checkpoint}").is_dir()
+    assert not (out / "checkpoint-12").exists()
     resumed = subprocess.run([sys.executable, "scripts/train.py", "--config", str(out / "run_config.yaml")],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "(resuming from" in resumed.stderr
-    assert step_losses(out) == pytest.approx(step_losses(tmp_path / "whole"), rel=1e-5)
+    assert f"(resuming from {out / f'checkpoint-{checkpoint}'})" in resumed.stderr
+    assert step_losses(out) == pytest.approx(step_losses(whole), rel=1e-5)
