@@ -1,11 +1,12 @@
 """--streaming true: the training dialogues read, shuffled, tokenized and packed while training runs, for a corpus
 larger than the disk cache. Nothing is written; the first step waits for one shuffle buffer, whatever the corpus.
 
-The order is a function of the seed and the epoch alone: records in file order, a shuffle buffer of
-`shuffle_buffer_size` dialogues (each drawn at random from the buffer, seeded by seed and epoch), tokenized a
-batch at a time by the map path's own `encode_batch`, then packed best-fit within `packing_batch_size` examples.
-A resumed run (after SIGTERM or kill -9) regenerates the same sequence and the Trainer skips the rows its
-checkpoint already trained: no dialogue is trained twice or skipped.
+The order is a function of the seed and the pass alone: records in file order (the sources one after another),
+a shuffle buffer of `shuffle_buffer_size` dialogues (each drawn at random from the buffer, seeded by seed and
+pass), tokenized a batch at a time by the map path's own `encode_batch`, then packed best-fit within
+`packing_batch_size` examples. The passes follow each other as one sequence: a resumed run (after SIGTERM or
+kill -9) regenerates it and the Trainer skips the rows its checkpoint already trained, so no dialogue is
+trained twice or skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from ..common.hub import is_hub_id
+from ..common.hub import is_hub_id, require_hub
 from ..config import DataArguments
 from .dialogues import Dialogue
 from .encoding import dialogue_table, encode_batch
@@ -46,6 +47,7 @@ def _records(path: str, args: DataArguments) -> Iterator[tuple[str, Any]]:
         if isinstance(rows, datasets.DatasetDict):
             rows = rows[args.dataset_train_split]
     elif is_hub_id(path):
+        require_hub(path, "dataset")  # offline: fails at once, saying how to run without the Hub
         rows = datasets.load_dataset(path, args.dataset_config_name, split=args.dataset_train_split, streaming=True)
     else:
         raise DialogueDataError(f"--data_path {path}: no such file or directory")
