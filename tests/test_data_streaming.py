@@ -65,3 +65,28 @@ def test_a_bad_dialogue_in_the_stream_names_its_line(tmp_path, data_args, tokeni
     prepared = build_datasets(data_args(data_path=data, validation_split_ratio=0, streaming=True), tokenizer)
     with pytest.raises(DialogueDataError, match=r"d\.jsonl line 2: turn 1 \(Alex\) has a value that is a number"):
         next(iter(prepared.train_dataset))
+
+
+def test_several_sources_are_interleaved_by_weight_each_dialogue_weight_times(split_files, tmp_path, data_args,
+                                                                              tokenizer):
+    train, validation = split_files
+    chats = write(tmp_path / "chats.jsonl", "".join(
+        json.dumps({"conversations": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]})
+        + "\n" for i in range(30)))
+    args = data_args(data_path=[train, f"{chats},weight=2,data_format=messages,messages_field=conversations"],
+                     validation_path=validation, max_length=64, shuffle_buffer_size=1, streaming=True)
+    rows = streamed(build_datasets(args, tokenizer))
+    sources = [source for row in rows for source in row["sources"]]
+    chat_windows = [s for s in sources if s.startswith(chats)]
+    assert len(chat_windows) == 60 and set(Counter(chat_windows).values()) == {2}
+    assert Counter(s for s in sources if s.startswith(train)) == Counter(
+        build_datasets(data_args(data_path=train, validation_path=validation, max_length=64), tokenizer)
+        .train_examples["source"])
+    # Interleaved: the chats are spread over the pass, not all after the other source.
+    import numpy as np
+
+    from recipe.data.streaming import streamed_dialogues
+
+    order = [d.source for d in streamed_dialogues(args, np.random.default_rng(0))]
+    first_quarter = Counter(source.startswith(chats) for source in order[:30])
+    assert len(order) == 120 and first_quarter[True] > 10 and first_quarter[False] > 5  # 2:1 by weight

@@ -1,8 +1,8 @@
 """--streaming true: the training dialogues read, shuffled, tokenized and packed while training runs, for a corpus
 larger than the disk cache. Nothing is written; the first step waits for one shuffle buffer, whatever the corpus.
 
-The order is a function of the seed and the pass alone: records in file order (the sources one after another),
-a shuffle buffer of `shuffle_buffer_size` dialogues (each drawn at random from the buffer, seeded by seed and
+The order is a function of the seed and the pass alone: records in file order (several sources interleaved by
+weight), a shuffle buffer of `shuffle_buffer_size` dialogues (each drawn at random from the buffer, seeded by seed and
 pass), tokenized a batch at a time by the map path's own `encode_batch`, then packed best-fit within
 `packing_batch_size` examples. The passes follow each other as one sequence: a resumed run (after SIGTERM or
 kill -9) regenerates it and the Trainer skips the rows its checkpoint already trained, so no dialogue is
@@ -55,28 +55,41 @@ def _records(path: str, args: DataArguments) -> Iterator[tuple[str, Any]]:
         yield f"{path} row {index}", as_object(row)
 
 
-def streamed_dialogues(args: DataArguments) -> Iterator[Dialogue]:
-    """Every valid training dialogue of every source, in file order (weights are whole copies only here). A bad
-    dialogue stops the run at once, naming it, or with `on_bad_dialogue skip` is left out."""
-    for source in args.sources:
-        source_args = source_arguments(args, source)
-        for _ in range(round(source.weight)):
-            taken = 0
-            for where, value in _records(source.path, source_args):
-                if args.max_dialogues and taken >= args.max_dialogues:
-                    break
-                try:
-                    if isinstance(value, UnreadableLine):
-                        raise BadDialogue(value.reason)
-                    dialogue = parse_dialogue(value, where, source_args)
-                except BadDialogue as problem:
-                    if args.on_bad_dialogue == "error":
-                        raise DialogueDataError(
-                            f"{where}: {problem}. Fix it, or pass --on_bad_dialogue skip to leave such dialogues out"
-                        ) from None
-                    continue
-                taken += 1
-                yield dialogue
+def _source_dialogues(source, args: DataArguments) -> Iterator[Dialogue]:
+    """One source's valid dialogues in file order, `weight` times over. A bad dialogue stops the run at once,
+    naming it, or with `on_bad_dialogue skip` is left out."""
+    source_args = source_arguments(args, source)
+    for _ in range(round(source.weight)):
+        taken = 0
+        for where, value in _records(source.path, source_args):
+            if args.max_dialogues and taken >= args.max_dialogues:
+                break
+            try:
+                if isinstance(value, UnreadableLine):
+                    raise BadDialogue(value.reason)
+                dialogue = parse_dialogue(value, where, source_args)
+            except BadDialogue as problem:
+                if args.on_bad_dialogue == "error":
+                    raise DialogueDataError(
+                        f"{where}: {problem}. Fix it, or pass --on_bad_dialogue skip to leave such dialogues out"
+                    ) from None
+                continue
+            taken += 1
+            yield dialogue
+
+
+def streamed_dialogues(args: DataArguments, rng: np.random.Generator) -> Iterator[Dialogue]:
+    """Every valid training dialogue of every source, each source in file order; several sources interleaved,
+    the next dialogue drawn from a source chosen at random in proportion to its weight, until all are read
+    (so a pass holds each source's dialogues `weight` times, mixed throughout, not one source after another)."""
+    streams = [_source_dialogues(source, args) for source in args.sources]
+    weights = [source.weight for source in args.sources]
+    while streams:
+        choice = int(rng.choice(len(streams), p=np.asarray(weights) / sum(weights))) if len(streams) > 1 else 0
+        try:
+            yield next(streams[choice])
+        except StopIteration:
+            del streams[choice], weights[choice]
 
 
 def shuffled(items: Iterator[Any], buffer_size: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -127,7 +140,7 @@ class StreamedRows(IterableDataset):
 
     def rows(self, pass_number: int = 0, with_sources: bool = False) -> Iterator[dict[str, Any]]:
         rng = np.random.default_rng([self.seed, pass_number])
-        dialogues = shuffled(streamed_dialogues(self.args), self.args.shuffle_buffer_size, rng)
+        dialogues = shuffled(streamed_dialogues(self.args, rng), self.args.shuffle_buffer_size, rng)
         examples = streamed_examples(dialogues, self.tokenizer, self.args)
         if self.args.padding != "packing":
             for example in examples:
