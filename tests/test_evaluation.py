@@ -327,3 +327,14 @@ def test_an_edited_data_file_is_not_called_the_same_quantity(tmp_path, data_args
 
 
 SAMPLE_DIALOGUES_TEXT = json.dumps([{"Alex": "Hello, how are you?", "Bob": "Fine, you?"}] * 10)
+
+
+def test_a_prompt_longer_than_the_models_positions_keeps_its_end_and_is_answered(tokenizer, tiny_model, capsys):
+    """A context turn longer than the position table crashed reply sampling (an index past the positions)."""
+    positions = tiny_model.config.n_positions
+    prompt = "Alex: " + "word " * (positions * 2) + "\nBob:"
+    greedy = GenerationArguments(do_sample=False, max_new_tokens=8)
+    (reply,), = generate_replies(tiny_model, tokenizer, [prompt], greedy, "\n")
+    assert reply.new_tokens >= 1
+    said = capsys.readouterr().err
+    assert f"1 prompt(s) longer than the model's {positions:,} positions less --max_new_tokens 8" in said

@@ -161,10 +161,19 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
         options["stopping_criteria"] = StoppingCriteriaList(stopping_criteria)
     from tqdm.auto import tqdm
 
+    positions = model_positions(model)
+    room = positions - gen_args.max_new_tokens if positions else None
+    if room is not None and room < 1:
+        raise ConfigError(f"--max_new_tokens {gen_args.max_new_tokens} leaves no room for a prompt in the model's "
+                          f"{positions:,} positions; set --max_new_tokens {positions - 16} or less")
     replies: list[list[Reply]] = []
+    cut = 0
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="Generating", unit="batch", disable=len(starts) < 2):
         encoded = [prompt_ids(tokenizer, p, add_special_tokens) for p in prompts[start : start + batch_size]]
+        if room is not None:  # a prompt and its reply must fit the positions: the prompt keeps its last tokens
+            cut += sum(len(ids) > room for ids in encoded)
+            encoded = [ids[-room:] for ids in encoded]
         width = max(len(ids) for ids in encoded)
         # Left padding: every prompt ends at the same position, where generation starts.
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in encoded],
@@ -176,6 +185,9 @@ def generate_replies(model, tokenizer, prompts: list[str], gen_args: GenerationA
         for i in range(len(encoded)):
             group = new[i * gen_args.num_return_sequences : (i + 1) * gen_args.num_return_sequences]
             replies.append([cut_reply(tokens, tokenizer, turn_separator, gen_args, turn_end_ids) for tokens in group])
+    if cut:
+        say(f"({cut} prompt(s) longer than the model's {positions:,} positions less --max_new_tokens "
+            f"{gen_args.max_new_tokens}: each kept its last {room:,} tokens)")
     return replies
 
 
