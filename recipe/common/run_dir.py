@@ -69,6 +69,15 @@ def read_json_file(path: str | os.PathLike) -> dict[str, Any] | None:
         raise RunDirError(f"{path} is not valid JSON ({error}); rerun the step that writes it") from None
 
 
+def recorded_data_files(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """(option, path, sha256) of every data file a run's environment.json records, in either form."""
+    if "files" in data:
+        return list(data["files"])
+    return [{"option": option, "path": data.get(option), "sha256": data.get(key)}
+            for option, key in (("data_path", "data_sha256"), ("validation_path", "validation_sha256"))
+            if data.get(option)]
+
+
 def weights_file(folder: str | os.PathLike) -> Path | None:
     """The weights (or adapter weights) of a model folder, None when it holds none."""
     folder = Path(folder)

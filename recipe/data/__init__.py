@@ -7,8 +7,7 @@ One module per step, each usable on its own:
   every turn in file order, and names the file, entry and fix of every bad one (`errors`); the dialogues go
   to an Arrow table in the data cache (`dialogues`: `DialogueTable`), never held as Python objects.
 - `mixture`: several --data_path sources, each split on its own, weighted and joined.
-- `streaming`: --streaming, the training rows read, shuffled, tokenized and packed while training (it imports
-  torch: training imports it from its module).
+- `streaming`: --streaming, the training rows read, shuffled, tokenized and packed while training.
 - `encoding`: `encode_batch` (a `datasets.map` function) renders `Speaker: text` lines + EOS, builds
   the labels, splits long dialogues into windows at turn boundaries and counts what the loss sees;
   `tokens` tokenizes a batch at once and places every token in its turn with numpy.

@@ -27,6 +27,7 @@ from .formats import SKIPPED_KEPT, DialogueFile, check_data_path, read_dialogues
 from .mixture import concatenate, source_arguments, weighted
 from .packing import PackedRows, pack_layout
 from .report import data_report, encoding_options
+from .streaming import StreamedRows
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +255,6 @@ def _prepare(splits: DialogueSplits, args: DataArguments, tokenizer, key: str) -
 def _prepare_streamed(args: DataArguments, tokenizer) -> PreparedData:
     """--streaming: the training rows as an iterable read while training; the validation file prepared as usual
     (it is audited and reported; the training stream cannot be before it is read)."""
-    from .streaming import StreamedRows
-
     validation = {}
     splits = DialogueSplits([], [], 0, DialogueTable.from_dialogues([]), DialogueTable.from_dialogues([]))
     if args.validation_path:

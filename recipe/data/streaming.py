@@ -16,7 +16,6 @@ import os
 from typing import Any, Iterator
 
 import numpy as np
-from torch.utils.data import IterableDataset
 
 from ..common.hub import is_hub_id, require_hub
 from ..config import DataArguments
@@ -128,14 +127,13 @@ def streamed_examples(dialogues: Iterator[Dialogue], tokenizer, args: DataArgume
                 yield {"input_ids": ids, "labels": labels, "source": source}
 
 
-class StreamedRows(IterableDataset):
+class StreamedRows:
     """The Trainer's training data under --streaming: an endless iterable (no length) of passes over the stream,
     pass p shuffled by (seed, p). The Trainer sees one sequence until max_steps, so a resumed run skips exactly
     the rows its checkpoint trained, across passes. `rows(p, with_sources=True)` is one pass, naming the
-    dialogue (window) each row holds, for checks."""
+    dialogue (window) each row holds, for checks. (Training hands it to the Trainer as a torch IterableDataset.)"""
 
     def __init__(self, args: DataArguments, tokenizer, seed: int):
-        super().__init__()
         self.args, self.tokenizer, self.seed = args, tokenizer, seed
 
     def rows(self, pass_number: int = 0, with_sources: bool = False) -> Iterator[dict[str, Any]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.files import file_sha256
-from ..common.run_dir import EVALUATION, RunDir, read_json_file
+from ..common.run_dir import EVALUATION, RunDir, read_json_file, recorded_data_files
 from ..config import ConfigError, DataArguments, GenerationArguments, run_data_arguments, run_model_arguments
 from ..data import Dialogue, load_dialogue_splits, read_dialogues
 from ..models.generation import prompts_from_dialogues, read_prompts_file, reply_samples
@@ -91,22 +91,25 @@ def differences_from_training_eval(eval_args, data_args: DataArguments, loaded: 
 
 
 def _data_file_changes(environment: dict[str, Any], eval_args, data_args: DataArguments, run) -> list[str]:
-    """The run's split is rebuilt from its data file: an edited file gives another split under the same name.
-    Compared with the SHA-256 that environment.json recorded at training time."""
+    """The run's split is rebuilt from its data files: an edited file gives another split under the same name.
+    Compared with the SHA-256 that environment.json recorded at training time, file by file."""
     own_validation = eval_args.split == "validation" and data_args.validation_path
-    option, key = ("validation_path", "validation_sha256") if own_validation else ("data_path", "data_sha256")
-    path = getattr(data_args, option)
-    now = file_sha256(path)
-    if now is None:  # a datasets folder or a Hub dataset: no file to hash (cached by fingerprint instead)
-        return []
-    recorded = environment.get("data") or {}
-    if key not in recorded:
-        return [f"{path} cannot be checked against the file the run trained on ({run.environment.name} records "
-                "no SHA-256 of it)"]
-    if recorded[key] != now:
-        return [f"{path} has changed since training (SHA-256 {str(recorded[key])[:12]} then, {now[:12]} now), so "
-                f"its {eval_args.split} split is not the one the run evaluated"]
-    return []
+    option = "validation_path" if own_validation else "data_path"
+    paths = [data_args.validation_path] if own_validation else [source.path for source in data_args.sources]
+    recorded = {entry["path"]: entry["sha256"]
+                for entry in recorded_data_files(environment.get("data") or {}) if entry["option"] == option}
+    reasons = []
+    for path in paths:
+        now = file_sha256(path)
+        if now is None:  # a datasets folder or a Hub dataset: no file to hash (cached by fingerprint instead)
+            continue
+        if not recorded.get(path):
+            reasons.append(f"{path} cannot be checked against the file the run trained on ({run.environment.name} "
+                           "records no SHA-256 of it)")
+        elif recorded[path] != now:
+            reasons.append(f"{path} has changed since training (SHA-256 {recorded[path][:12]} then, {now[:12]} now), "
+                           f"so its {eval_args.split} split is not the one the run evaluated")
+    return reasons
 
 
 def default_output_file(model_path: str) -> Path:

@@ -74,15 +74,6 @@ def data_record(data_args: DataArguments) -> dict[str, Any]:
     }
 
 
-def recorded_data_files(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """(option, path, sha256) of every data file a run's environment.json records, in either form."""
-    if "files" in data:
-        return list(data["files"])
-    return [{"option": option, "path": data.get(option), "sha256": data.get(key)}
-            for option, key in (("data_path", "data_sha256"), ("validation_path", "validation_sha256"))
-            if data.get(option)]
-
-
 def environment_record(data_args: DataArguments, training_args: DialogueTrainingArguments,
                        model_args: ModelArguments | None = None, source: ModelSource | None = None,
                        options: dict[str, Any] | None = None) -> dict[str, Any]:

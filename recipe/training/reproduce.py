@@ -32,9 +32,9 @@ from typing import Any
 from ..common.errors import UserError
 from ..common.files import file_sha256
 from ..common.packages import installed_packages, read_pins, version_differences
-from ..common.run_dir import RunDir, read_json_file
+from ..common.run_dir import RunDir, read_json_file, recorded_data_files
 from ..config.data_sources import comparable_option
-from .environment import cpu_name, git_commit, recorded_data_files
+from .environment import cpu_name, git_commit
 
 # Options a replay sets itself: where it writes, and no W&B run or Hub push of its own. None changes a step.
 REPLAY_OPTIONS = {"output_dir": None, "stop_after_steps": None, "report_to": "none", "push_to_hub": False}

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..common.files import atomic_write_json, file_sha256
-from ..common.run_dir import RunDir, read_json_file
+from ..common.run_dir import RunDir, read_json_file, recorded_data_files
 from ..config import resolved_config
 from ..config.data_sources import comparable_option
-from .environment import data_record, recorded_data_files
+from .environment import data_record
 from .output_dir import OutputDirError, decided_by_main
 
 logger = logging.getLogger(__name__)

@@ -174,20 +174,33 @@ def build_trainer(
         )
     if training_args.stop_after_steps:
         callbacks.append(StopAfterSteps(training_args.stop_after_steps))
+    train_dataset = prepared.train_dataset
     if data_args.streaming:
         # Each process reads the stream and trains its share of every step's rows (accelerate's shard of an
         # iterable); dispatching from the main process would need rows of one length.
         training_args.accelerator_config.dispatch_batches = False
+        train_dataset = IterableRows(train_dataset)
     return DialogueTrainer(
         model=model,
         args=training_args,
-        train_dataset=prepared.train_dataset,
+        train_dataset=train_dataset,
         eval_dataset=prepared.validation_dataset,
         data_collator=CountingCollator(get_data_collator(data_args, tokenizer)),
         processing_class=tokenizer,
         compute_metrics=compute_perplexity_metrics,  # from the per-sequence sums of prediction_step
         callbacks=callbacks,
     )
+
+
+class IterableRows(torch.utils.data.IterableDataset):
+    """Streamed rows (recipe/data/streaming.py) as the torch IterableDataset the Trainer and its DataLoader take."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = rows
+
+    def __iter__(self):
+        return iter(self.rows)
 
 
 def without_evaluation(training_args: DialogueTrainingArguments) -> DialogueTrainingArguments:
