@@ -354,19 +354,20 @@ def main(args) -> dict:
 
     scratch_root = Path(args.scratch or tempfile.gettempdir())
     scratch_root.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(exist_ok=True)
+    out = record_path(datetime.date.today().isoformat(), args.dialogues)
     sizes = []
     for count in args.dialogues:
         sizes.append(benchmark_size(count, args, scratch_root))
         print("\n" + size_table(sizes[-1]) + "\n", flush=True)
+        # Written after every size: a long run stopped at its largest size keeps what it measured.
+        record = {"date": datetime.date.today().isoformat(), "machine": cpu_name(), "cores": os.cpu_count(),
+                  "load_average_after": [round(x, 2) for x in os.getloadavg()], "git": git_commit(),
+                  "command": shlex.join(["python", *sys.argv]), "format": args.format,
+                  "max_length": args.max_length, "tokenizer": "recipe/assets/tiny-gpt2", "sizes": sizes}
+        out.write_text(json.dumps(record, indent=2) + "\n")
     if len(sizes) > 1:
         print(growth_table(sizes) + "\n")
-    record = {"date": datetime.date.today().isoformat(), "machine": cpu_name(), "cores": os.cpu_count(),
-              "load_average_after": [round(x, 2) for x in os.getloadavg()], "git": git_commit(),
-              "command": shlex.join(["python", *sys.argv]), "format": args.format, "max_length": args.max_length,
-              "tokenizer": "recipe/assets/tiny-gpt2", "sizes": sizes}
-    RESULTS.mkdir(exist_ok=True)
-    out = record_path(record["date"], args.dialogues)
-    out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"recorded in {out}")
     if any(step["returncode"] for size in sizes for step in size["steps"].values()):
         raise SystemExit("some steps failed: see their log tails above and in the record")
