@@ -75,11 +75,6 @@ def _empty(path: str) -> DialogueDataError:
     )
 
 
-def read_text(path: str) -> str:
-    """A whole small file as text (a dialogue file is read in chunks instead: `text_chunks`)."""
-    return "".join(text for text, _ in text_chunks(path))
-
-
 def text_chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, int]]:
     """The file's text in pieces of about `chunk_bytes`, each with the line it starts on; a BOM is dropped,
     UTF-16 and bytes that are not UTF-8 are errors naming the offset and the line, an empty file too."""
