@@ -37,6 +37,11 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def packed_rows_of(lengths: list[int], max_length: int) -> list[list[int]]:
+    """Which examples (by position) make each row: best fit, longest first; data order inside a row."""
+    return [sorted(row) for row in best_fit_decreasing(lengths, max_length)]
+
+
 def pack_layout(batch, indices, max_length: int):
     """`datasets.map` function on arrow batches of examples (`with_indices`): which examples make each row of at
     most max_length tokens, by their positions in the examples table, in data order inside a row.
@@ -47,7 +52,7 @@ def pack_layout(batch, indices, max_length: int):
     import pyarrow as pa
 
     lengths = batch.column("num_tokens").to_numpy(zero_copy_only=False).astype(np.int64)
-    rows = [sorted(row) for row in best_fit_decreasing(lengths.tolist(), max_length)]
+    rows = packed_rows_of(lengths.tolist(), max_length)
     members = np.asarray(indices, np.int64)[[i for row in rows for i in row]]
     offsets = offsets_from_lengths([len(row) for row in rows], np.int32)
     return pa.table({"examples": pa.ListArray.from_arrays(pa.array(offsets), pa.array(members, pa.int64()))})

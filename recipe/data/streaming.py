@@ -24,7 +24,7 @@ from .encoding import dialogue_table, encode_batch
 from .errors import SHOWN_PROBLEMS, DialogueDataError
 from .formats import BadDialogue, is_one_dialogue, parse_dialogue
 from .mixture import source_arguments
-from .packing import best_fit_decreasing, packed_row
+from .packing import packed_row, packed_rows_of
 from .sources import UnreadableLine, as_object, json_records, jsonl_records
 
 TOKENIZE_BATCH = 256  # dialogues per tokenizer call
@@ -145,8 +145,8 @@ class StreamedRows:
                 yield example if with_sources else {k: example[k] for k in ("input_ids", "labels")}
             return
         for batch in batched(examples, self.args.packing_batch_size):
-            for row in best_fit_decreasing([len(e["input_ids"]) for e in batch], self.args.max_length):
-                members = [batch[i] for i in sorted(row)]
+            for row in packed_rows_of([len(e["input_ids"]) for e in batch], self.args.max_length):
+                members = [batch[i] for i in row]
                 packed = packed_row(members)
                 if with_sources:
                     packed["sources"] = [e["source"] for e in members]
